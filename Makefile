@@ -1,0 +1,35 @@
+# wardstream: one entry point per job. `make demo` and `make test` work on a fresh machine.
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+
+.PHONY: install up down status demo test test-fast bench clean dashboards
+
+install: ## install wardstream and its test tools into the current Python
+	$(PIP) install -q -e '.[dev]'
+
+up: install ## start the local Kafka (KRaft, from Maven Central jars) and PostgreSQL
+	wardstream stack up
+
+down: ## stop the local stack cleanly
+	wardstream stack down
+
+status:
+	wardstream stack status
+
+demo: up ## stream a simulated period through the whole pipeline, with a live view and a summary
+	wardstream demo
+
+test: up ## the whole test suite against the real broker and database
+	$(PYTHON) -m pytest
+
+test-fast: install ## unit tests only (no broker or database)
+	$(PYTHON) -m pytest -m "not e2e"
+
+bench: up ## benchmarks: prints a table, writes bench/results/*.json
+	$(PYTHON) -m bench
+
+dashboards: install ## regenerate the committed Grafana dashboard JSON from code
+	$(PYTHON) -m grafana.build
+
+clean:
+	rm -rf .wardstream .pytest_cache

@@ -1,0 +1,352 @@
+"""The topic contracts of wardstream: topic names and typed event / output models.
+
+This is the only place that defines a topic name or an event field (DESIGN.md, contract v1).
+Producers, the Faust app, the sinks and the tests import from here. Field names are fixed:
+add fields, never rename. Every message carries ``schema_version`` 1.
+
+>>> ev = parse_adt(b'{"schema_version":1,"event_id":"6c0f7c0e-3a56-4a8e-9d1f-0d6f2b1e8a11",'
+...   b'"event_type":"transfer","hl7_trigger":"A02","occurred_at":"2025-01-01T10:00:00Z",'
+...   b'"facility_id":"F01","patient_id":"P1","encounter_id":"E1","department":"Surgery",'
+...   b'"attending_provider_id":"D1"}')
+>>> ev.event_type, ev.occurred_at.isoformat()
+('transfer', '2025-01-01T10:00:00+00:00')
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Annotated, Literal, Union
+from uuid import UUID
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    field_serializer,
+    model_validator,
+)
+
+SCHEMA_VERSION = 1
+
+# --------------------------------------------------------------------------- topics
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names, optionally under a namespace prefix (replays into a fresh namespace)."""
+
+    namespace: str = ""
+
+    def _t(self, name: str) -> str:
+        return f"{self.namespace}{name}"
+
+    @property
+    def adt(self) -> str:
+        return self._t("hospital.adt")
+
+    @property
+    def discharge_scores(self) -> str:
+        return self._t("hospital.discharge-scores")
+
+    @property
+    def readmission_labels(self) -> str:
+        return self._t("hospital.readmission-labels")
+
+    @property
+    def alerts(self) -> str:
+        return self._t("hospital.alerts")
+
+    @property
+    def kpis(self) -> str:
+        return self._t("hospital.kpis")
+
+    @property
+    def dlq(self) -> str:
+        return self._t("hospital.dlq")
+
+    @property
+    def reference(self) -> str:
+        """Extension of DESIGN.md: compacted reference data (providers' capacity, beds)."""
+        return self._t("hospital.reference")
+
+    @property
+    def kpi_contributions(self) -> str:
+        """Internal: per-event KPI increments re-keyed by dimension for the KPI aggregator."""
+        return self._t("hospital.kpi-contributions")
+
+    def outputs(self) -> list[str]:
+        return [self.discharge_scores, self.readmission_labels, self.alerts, self.kpis, self.dlq]
+
+    def all(self) -> list[str]:
+        return [self.adt, self.reference, self.kpi_contributions, *self.outputs()]
+
+
+# --------------------------------------------------------------------------- enums
+
+EventType = Literal["admission", "discharge", "transfer"]
+Hl7Trigger = Literal["A01", "A03", "A02"]
+AdmissionType = Literal["emergency", "urgent", "elective"]
+AdmitSource = Literal["ed", "referral", "transfer"]
+Payer = Literal["medicare", "medicaid", "private", "uninsured"]
+Sex = Literal["F", "M"]
+Disposition = Literal["home", "home_health", "snf", "rehab", "ama", "expired"]
+Dimension = Literal["facility", "department", "provider"]
+Window = Literal["1d", "7d", "30d"]
+
+TRIGGER_OF: dict[str, str] = {"admission": "A01", "discharge": "A03", "transfer": "A02"}
+
+DEPARTMENTS: tuple[str, ...] = (
+    "Emergency",
+    "Cardiology",
+    "Oncology",
+    "Orthopedics",
+    "Pediatrics",
+    "Internal Medicine",
+    "Neurology",
+    "Surgery",
+)
+
+KPI_NAMES: tuple[str, ...] = (
+    "readmission_rate",
+    "avg_length_of_stay",
+    "cost_per_patient",
+    "high_risk_pct",
+    "provider_utilization",
+    "outcome_efficiency",
+    "discharges",
+    "admissions",
+    "census",
+)
+
+NonNegFloat = Annotated[float, Field(ge=0)]
+
+
+class _Model(BaseModel):
+    """Strict-ish base: unknown fields are rejected on input, datetimes must carry a zone."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_serializer("*", when_used="json", check_fields=False)
+    def _ser(self, value: object) -> object:
+        if isinstance(value, datetime):
+            return format_ts(value)
+        return value
+
+
+def format_ts(value: datetime) -> str:
+    """ISO-8601 UTC with a ``Z`` suffix and no sub-second noise beyond what is set."""
+    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+# --------------------------------------------------------------------------- ADT events
+
+
+class PatientInfo(_Model):
+    age: int = Field(ge=0, le=120)
+    sex: Sex
+    race: str
+    payer: Payer
+    chronic_conditions: list[str]
+
+
+class Vitals(_Model):
+    systolic_bp: float = Field(gt=0, lt=400)
+    diastolic_bp: float = Field(gt=0, lt=300)
+    heart_rate: float = Field(gt=0, lt=400)
+    glucose_mg_dl: float = Field(gt=0, lt=3000)
+
+
+class _AdtBase(_Model):
+    schema_version: Literal[1] = 1
+    event_id: UUID
+    hl7_trigger: Hl7Trigger
+    occurred_at: AwareDatetime
+    facility_id: str = Field(min_length=1)
+    patient_id: str = Field(min_length=1)
+    encounter_id: str = Field(min_length=1)
+    department: str = Field(min_length=1)
+    attending_provider_id: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _trigger_matches(self) -> "_AdtBase":
+        expected = TRIGGER_OF[self.event_type]  # type: ignore[attr-defined]
+        if self.hl7_trigger != expected:
+            raise ValueError(f"hl7_trigger {self.hl7_trigger} does not match {expected}")
+        return self
+
+
+class AdmissionEvent(_AdtBase):
+    event_type: Literal["admission"] = "admission"
+    admission_type: AdmissionType
+    admit_source: AdmitSource
+    patient: PatientInfo
+    diagnosis_codes: list[str] = Field(min_length=1)
+    vitals: Vitals
+
+
+class DischargeEvent(_AdtBase):
+    event_type: Literal["discharge"] = "discharge"
+    admitted_at: AwareDatetime
+    length_of_stay_days: NonNegFloat
+    discharge_disposition: Disposition
+    diagnosis_codes: list[str] = Field(min_length=1)
+    procedure_codes: list[str]
+    total_cost: NonNegFloat
+    payer: Payer
+    satisfaction_score: float | None = Field(default=None, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _admitted_before(self) -> "DischargeEvent":
+        if self.admitted_at > self.occurred_at:
+            raise ValueError("admitted_at is after the discharge time")
+        return self
+
+
+class TransferEvent(_AdtBase):
+    event_type: Literal["transfer"] = "transfer"
+
+
+AdtEvent = Annotated[
+    Union[AdmissionEvent, DischargeEvent, TransferEvent], Field(discriminator="event_type")
+]
+_ADT = TypeAdapter(AdtEvent)
+
+
+def parse_adt(raw: bytes | str) -> AdmissionEvent | DischargeEvent | TransferEvent:
+    """Validate one ADT message; raises ``pydantic.ValidationError`` (or ValueError) when bad."""
+    return _ADT.validate_json(raw)
+
+
+def dump(model: BaseModel) -> bytes:
+    """Serialize any contract model to compact UTF-8 JSON."""
+    return model.model_dump_json().encode()
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+class TopFactor(_Model):
+    feature: str
+    contribution: float
+    text: str
+
+
+class DischargeScore(_Model):
+    schema_version: Literal[1] = 1
+    encounter_id: str
+    patient_id: str
+    facility_id: str
+    department: str
+    attending_provider_id: str
+    discharged_at: AwareDatetime
+    score: float = Field(ge=0, le=1)
+    lace: int = Field(ge=0, le=19)
+    threshold: float = Field(ge=0, le=1)
+    high_risk: bool
+    model_version: str
+    top_factors: list[TopFactor]
+
+
+class ReadmissionLabel(_Model):
+    schema_version: Literal[1] = 1
+    encounter_id: str
+    patient_id: str
+    discharged_at: AwareDatetime
+    readmitted: bool
+    readmission_encounter_id: str | None
+    known_at: AwareDatetime
+
+
+class Alert(_Model):
+    schema_version: Literal[1] = 1
+    alert_id: str
+    encounter_id: str
+    patient_id: str
+    facility_id: str
+    department: str
+    attending_provider_id: str
+    discharged_at: AwareDatetime
+    score: float
+    lace: int
+    threshold: float
+    reasons: list[str]
+
+
+class KpiValue(_Model):
+    schema_version: Literal[1] = 1
+    kpi: str
+    dimension: Dimension
+    dimension_id: str
+    facility_id: str
+    window: Window
+    window_start: AwareDatetime
+    window_end: AwareDatetime
+    value: float | None
+    numerator: float
+    denominator: float
+
+
+class DeadLetter(_Model):
+    schema_version: Literal[1] = 1
+    reason: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    raw: str
+    raw_encoding: Literal["utf-8", "base64"] = "utf-8"
+    failed_at: AwareDatetime
+
+
+def raw_text(raw: bytes | None) -> tuple[str, Literal["utf-8", "base64"]]:
+    """The original bytes as text, or base64 when they are not UTF-8 (DLQ contract)."""
+    if raw is None:
+        return "", "utf-8"
+    try:
+        return raw.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(raw).decode("ascii"), "base64"
+
+
+# --------------------------------------------------------------------------- reference data
+
+
+class ProviderRef(_Model):
+    """Extension: one provider's reference record (capacity = patients they can carry)."""
+
+    schema_version: Literal[1] = 1
+    kind: Literal["provider"] = "provider"
+    provider_id: str
+    facility_id: str
+    department: str
+    capacity: int = Field(gt=0)
+
+
+class FacilityRef(_Model):
+    """Extension: one facility's reference record (beds per department)."""
+
+    schema_version: Literal[1] = 1
+    kind: Literal["facility"] = "facility"
+    facility_id: str
+    name: str
+    beds: int = Field(gt=0)
+    department_beds: dict[str, int]
+
+
+ReferenceRecord = Annotated[Union[ProviderRef, FacilityRef], Field(discriminator="kind")]
+_REF = TypeAdapter(ReferenceRecord)
+
+
+def parse_reference(raw: bytes | str) -> ProviderRef | FacilityRef:
+    return _REF.validate_json(raw)
+
+
+class TruthRecord(_Model):
+    """Simulator truth file line (``--truth-out``); never part of the events."""
+
+    encounter_id: str
+    p_readmit: float = Field(ge=0, le=1)
+    readmitted: bool

@@ -1,0 +1,45 @@
+"""Shared fixtures: the real local stack, and an isolated namespace / database per test.
+
+Tests that touch Kafka or PostgreSQL take the ``stack`` fixture (directly or through
+``kafka_ns`` / ``fresh_db``); the session starts both services once, idempotently.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from wardstream.stack.kafka import LocalKafka
+from wardstream.stack.postgres import LocalPostgres
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[None]:
+    """Bring up the real Kafka broker and PostgreSQL server (no-op when already up)."""
+    if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        LocalKafka().up()
+    LocalPostgres().up()
+    yield
+
+
+@pytest.fixture()
+def kafka_ns(stack, monkeypatch) -> str:
+    """A fresh topic namespace (prefix) for this test, so tests never see each other's data."""
+    ns = f"t{uuid.uuid4().hex[:10]}."
+    monkeypatch.setenv("WARDSTREAM_NAMESPACE", ns)
+    return ns
+
+
+@pytest.fixture()
+def fresh_db(stack, monkeypatch) -> Iterator[str]:
+    """A new empty database for this test; DATABASE_URL points at it. Dropped afterwards."""
+    pg = LocalPostgres()
+    name = f"wardstream_t{uuid.uuid4().hex[:10]}"
+    pg.psql_admin(f"CREATE DATABASE {name} OWNER wardstream")
+    url = f"postgresql://wardstream:wardstream@127.0.0.1:5432/{name}"
+    monkeypatch.setenv("DATABASE_URL", url)
+    yield url
+    pg.psql_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

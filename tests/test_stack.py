@@ -1,0 +1,37 @@
+"""The local stack answers for real: a round trip through Kafka and a query on PostgreSQL."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from stream.contracts import Topics
+from wardstream.config import settings
+from wardstream.kafka_io import ensure_topics, make_consumer, make_producer
+from wardstream.stack.kafka import LocalKafka
+from wardstream.stack.postgres import LocalPostgres
+
+
+def test_up_is_idempotent(stack) -> None:
+    assert "already up" in LocalKafka().up() or LocalKafka().healthy()
+    assert "up on" in LocalPostgres().up()
+
+
+def test_kafka_round_trip(kafka_ns) -> None:
+    topic = Topics(kafka_ns).adt
+    ensure_topics([topic])
+    producer = make_producer()
+    for i in range(10):
+        producer.send(topic, key=b"P1", value=f"m{i}".encode())
+    producer.flush()
+    producer.close()
+    consumer = make_consumer(topic, group_id=None, consumer_timeout_ms=5000)
+    values = [m.value.decode() for m in consumer]
+    consumer.close()
+    assert values == [f"m{i}" for i in range(10)]  # one key, one partition: order kept
+
+
+def test_postgres_answers(fresh_db) -> None:
+    engine = sa.create_engine(settings().sqlalchemy_url)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("select current_database()")).scalar() == fresh_db.rsplit("/", 1)[1]
+    engine.dispose()

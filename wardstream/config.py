@@ -1,0 +1,102 @@
+"""One place for configuration: everything comes from environment variables.
+
+Secrets (database passwords, SASL credentials, webhook URLs, Grafana tokens) are read
+from the environment only, never from files in the repository. Defaults point at the
+local stack that ``wardstream stack up`` starts on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    """Kafka client settings shared by the producer, the Faust worker and the sinks."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    sasl_mechanism: str | None = None  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: str | None = None
+
+    def kafka_python_kwargs(self) -> dict[str, object]:
+        """Keyword arguments for kafka-python's KafkaProducer / KafkaConsumer / KafkaAdminClient."""
+        kwargs: dict[str, object] = {
+            "bootstrap_servers": self.bootstrap_servers.split(","),
+            "security_protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            kwargs.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=self.sasl_password,
+            )
+        if self.ssl_cafile:
+            kwargs["ssl_cafile"] = self.ssl_cafile
+        return kwargs
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All runtime settings; build with :func:`settings` so tests can override env vars."""
+
+    kafka: KafkaSettings
+    database_url: str
+    # Prefix for every topic name and consumer group: "" gives the DESIGN.md names
+    # (hospital.adt, ...); a replay into a fresh namespace uses e.g. "replay-1.".
+    topic_namespace: str
+    state_dir: Path
+    adt_partitions: int
+    alert_webhook_url: str | None
+    grafana_url: str | None
+    grafana_token: str | None = field(repr=False)
+    grafana_user: str | None
+    grafana_password: str | None = field(repr=False)
+    log_level: str
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """DATABASE_URL for SQLAlchemy, pinned to the psycopg2 driver (SQLAlchemy 2.1 defaults to psycopg 3)."""
+        url = self.database_url
+        for prefix in ("postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg2://" + url[len(prefix):]
+        return url
+
+
+def settings() -> Settings:
+    """Read the settings from the environment (cheap; call it where needed)."""
+    return Settings(
+        kafka=KafkaSettings(
+            bootstrap_servers=_env("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092") or "",
+            security_protocol=_env("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT") or "PLAINTEXT",
+            sasl_mechanism=_env("KAFKA_SASL_MECHANISM"),
+            sasl_username=_env("KAFKA_SASL_USERNAME"),
+            sasl_password=_env("KAFKA_SASL_PASSWORD"),
+            ssl_cafile=_env("KAFKA_SSL_CAFILE"),
+        ),
+        database_url=_env(
+            "DATABASE_URL", "postgresql://wardstream:wardstream@127.0.0.1:5432/wardstream"
+        )
+        or "",
+        topic_namespace=_env("WARDSTREAM_NAMESPACE", "") or "",
+        state_dir=Path(_env("WARDSTREAM_STATE_DIR", str(REPO_ROOT / ".wardstream" / "state")) or ""),
+        adt_partitions=int(_env("WARDSTREAM_ADT_PARTITIONS", "4") or "4"),
+        alert_webhook_url=_env("ALERT_WEBHOOK_URL"),
+        grafana_url=_env("GRAFANA_URL"),
+        grafana_token=_env("GRAFANA_TOKEN"),
+        grafana_user=_env("GRAFANA_USER"),
+        grafana_password=_env("GRAFANA_PASSWORD"),
+        log_level=_env("WARDSTREAM_LOG_LEVEL", "INFO") or "INFO",
+    )

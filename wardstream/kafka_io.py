@@ -1,0 +1,91 @@
+"""Kafka plumbing shared by producers, sinks, replay and tests (kafka-python).
+
+Topic creation with sensible partition counts, and producer / consumer factories that apply
+the security settings of :mod:`wardstream.config` and the delivery guarantees we rely on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+from stream.contracts import Topics
+from wardstream.config import Settings, settings
+
+log = logging.getLogger(__name__)
+
+
+def topic_specs(s: Settings | None = None) -> dict[str, tuple[int, dict[str, str]]]:
+    """Every topic with (partitions, config). ADT partitions bound the worker parallelism."""
+    s = s or settings()
+    t = Topics(s.topic_namespace)
+    n = s.adt_partitions
+    keep = {"retention.ms": "-1"}  # event topics are the system of record: replay needs them
+    return {
+        t.adt: (n, keep),
+        t.reference: (1, {"cleanup.policy": "compact"}),
+        t.kpi_contributions: (n, {}),
+        t.discharge_scores: (n, keep),
+        t.readmission_labels: (n, keep),
+        t.alerts: (n, keep),
+        t.kpis: (n, {}),
+        t.dlq: (1, keep),
+    }
+
+
+def ensure_topics(names: Iterable[str] | None = None, s: Settings | None = None) -> None:
+    """Create the wardstream topics that do not exist yet (idempotent)."""
+    s = s or settings()
+    specs = topic_specs(s)
+    wanted = list(names) if names is not None else list(specs)
+    admin = KafkaAdminClient(**s.kafka.kafka_python_kwargs())
+    try:
+        existing = set(admin.list_topics())
+        new = [
+            NewTopic(name, specs.get(name, (s.adt_partitions, {}))[0], 1,
+                     topic_configs=specs.get(name, (0, {}))[1])
+            for name in wanted
+            if name not in existing
+        ]
+        if new:
+            try:
+                admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass
+            log.info("created topics: %s", ", ".join(t.name for t in new))
+    finally:
+        admin.close()
+
+
+def make_producer(s: Settings | None = None, **overrides: object) -> KafkaProducer:
+    """Idempotent producer (acks=all): a retry never duplicates a message in the log."""
+    s = s or settings()
+    kwargs: dict[str, object] = dict(
+        s.kafka.kafka_python_kwargs(),
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=20,
+        batch_size=256 * 1024,
+        compression_type=None,
+    )
+    kwargs.update(overrides)
+    return KafkaProducer(**kwargs)
+
+
+def make_consumer(*topics: str, group_id: str | None, s: Settings | None = None,
+                  **overrides: object) -> KafkaConsumer:
+    """Consumer reading committed data only, with manual commits (commit after the sink's write)."""
+    s = s or settings()
+    kwargs: dict[str, object] = dict(
+        s.kafka.kafka_python_kwargs(),
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+    )
+    kwargs.update(overrides)
+    return KafkaConsumer(*topics, **kwargs)
