@@ -64,7 +64,15 @@ class Settings:
     grafana_user: str | None
     grafana_password: str | None = field(repr=False)
     log_level: str
+    # The sink / notifier connect as their own least-privilege role (sql/migrations/V003__roles.sql).
+    sink_database_url: str | None = None
+    sink_password: str = field(default="wardstream_sink", repr=False)
+    reader_password: str = field(default="wardstream_reader", repr=False)
 
+    @property
+    def sink_url(self) -> str:
+        """SINK_DATABASE_URL, falling back to DATABASE_URL (libpq form, for psycopg2)."""
+        return self.sink_database_url or self.database_url
     @property
     def sqlalchemy_url(self) -> str:
         """DATABASE_URL for SQLAlchemy, pinned to the psycopg2 driver (SQLAlchemy 2.1 defaults to psycopg 3)."""
@@ -99,4 +107,8 @@ def settings() -> Settings:
         grafana_user=_env("GRAFANA_USER"),
         grafana_password=_env("GRAFANA_PASSWORD"),
         log_level=_env("WARDSTREAM_LOG_LEVEL", "INFO") or "INFO",
+        sink_database_url=_env("SINK_DATABASE_URL"),
+        # Defaults are for the local stack only; set real secrets in the environment.
+        sink_password=_env("WARDSTREAM_SINK_PASSWORD", "wardstream_sink") or "",
+        reader_password=_env("WARDSTREAM_READER_PASSWORD", "wardstream_reader") or "",
     )

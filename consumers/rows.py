@@ -1,0 +1,259 @@
+"""Pure mapping from contract messages to database rows, merged per key within a batch.
+
+No I/O here: the sink feeds decoded messages (with their partition/offset) into a
+:class:`Batch`, which keeps one row per table key, merged the same way the SQL upserts of
+:mod:`consumers.tables` merge with what is already stored. That makes a batch a single
+multi-row ``INSERT ... ON CONFLICT`` per table (PostgreSQL refuses to touch a row twice in
+one statement) and keeps every write idempotent: the same messages give the same rows.
+
+>>> from datetime import datetime, timezone
+>>> from stream.contracts import TransferEvent
+>>> t = datetime(2025, 1, 1, tzinfo=timezone.utc)
+>>> b = Batch()
+>>> ev = TransferEvent(event_id="6c0f7c0e-3a56-4a8e-9d1f-0d6f2b1e8a11", hl7_trigger="A02",
+...     occurred_at=t, facility_id="F1", patient_id="P1", encounter_id="E1",
+...     department="Surgery", attending_provider_id="D1")
+>>> b.add_adt(ev, partition=0, offset=7)
+>>> b.rows("encounters")[0]["department"], b.row_count()
+('Surgery', 7)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from stream.contracts import (
+    AdmissionEvent,
+    Alert,
+    DeadLetter,
+    DischargeEvent,
+    DischargeScore,
+    FacilityRef,
+    KpiValue,
+    ProviderRef,
+    ReadmissionLabel,
+    TransferEvent,
+)
+
+Row = dict[str, Any]
+
+# Columns of ``encounters`` set by the event that opens / closes the encounter: first writer wins.
+ENCOUNTER_SET_ONCE = (
+    "admit_department", "admission_type", "admit_source", "age_at_admission", "sex",
+    "payer_at_admission", "chronic_condition_count", "systolic_bp", "diastolic_bp", "heart_rate",
+    "glucose_mg_dl", "admitted_at", "discharged_at", "length_of_stay_days", "discharge_disposition",
+    "payer", "total_cost", "satisfaction_score",
+)
+
+
+def clean(value: Any) -> Any:
+    """Replace NUL characters, which PostgreSQL text and jsonb cannot store (a valid event must
+    never stall the sink).
+
+    >>> clean({"a": ["x\\x00y"]})
+    {'a': ['x\\ufffdy']}
+    """
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, list):
+        return [clean(v) for v in value]
+    if isinstance(value, dict):
+        return {k: clean(v) for k, v in value.items()}
+    return value
+
+
+def _json(model_data: Any) -> str:
+    return orjson.dumps(clean(model_data)).decode()
+
+
+class Batch:
+    """Rows of one database transaction, one per table key, merged in arrival (offset) order."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, dict[tuple, Row]] = {}
+        self.messages = 0
+
+    # ------------------------------------------------------------------ generic merges
+
+    def _put(self, table: str, key: tuple, row: Row) -> None:
+        """Last writer wins (outputs: scores, labels, alerts, kpis, dead letters, facts)."""
+        self._rows.setdefault(table, {})[key] = row
+
+    def _fill(self, table: str, key: tuple, row: Row) -> None:
+        """Reference rows: a non-null value replaces, a null keeps what is known."""
+        rows = self._rows.setdefault(table, {})
+        old = rows.get(key)
+        rows[key] = row if old is None else {k: (v if v is not None else old.get(k)) for k, v in row.items()}
+
+    def _first(self, table: str, key: tuple, row: Row) -> None:
+        """Insert-only rows (raw events): the first copy is kept."""
+        self._rows.setdefault(table, {}).setdefault(key, row)
+
+    # ------------------------------------------------------------------ hospital.adt
+
+    def add_adt(self, ev: AdmissionEvent | DischargeEvent | TransferEvent, partition: int,
+                offset: int) -> None:
+        self.messages += 1
+        self._stubs(ev.facility_id, ev.department, ev.attending_provider_id, ev.patient_id)
+        data = ev.model_dump(mode="json")
+        self._first("adt_events", (str(ev.event_id),), {
+            "event_id": str(ev.event_id), "event_type": ev.event_type, "hl7_trigger": ev.hl7_trigger,
+            "occurred_at": ev.occurred_at, "facility_id": clean(ev.facility_id),
+            "patient_id": clean(ev.patient_id), "encounter_id": clean(ev.encounter_id),
+            "department": clean(ev.department), "attending_provider_id": clean(ev.attending_provider_id),
+            "payload": _json(data), "source_partition": partition, "source_offset": offset,
+        })
+        patch: Row = {
+            "encounter_id": clean(ev.encounter_id), "patient_id": clean(ev.patient_id),
+            "facility_id": clean(ev.facility_id), "department": clean(ev.department),
+            "attending_provider_id": clean(ev.attending_provider_id),
+            "last_event_at": ev.occurred_at, "last_event_offset": offset,
+        }
+        if isinstance(ev, AdmissionEvent):
+            p = ev.patient
+            patch.update(
+                admit_department=clean(ev.department), admission_type=ev.admission_type,
+                admit_source=ev.admit_source, age_at_admission=p.age, sex=p.sex,
+                payer_at_admission=p.payer, chronic_condition_count=len(p.chronic_conditions),
+                systolic_bp=ev.vitals.systolic_bp, diastolic_bp=ev.vitals.diastolic_bp,
+                heart_rate=ev.vitals.heart_rate, glucose_mg_dl=ev.vitals.glucose_mg_dl,
+                admitted_at=ev.occurred_at,
+            )
+            self._patient({
+                "patient_id": clean(ev.patient_id), "age": p.age, "sex": p.sex, "race": clean(p.race),
+                "payer": p.payer, "chronic_conditions": clean(list(p.chronic_conditions)),
+                "as_of": ev.occurred_at,
+            })
+            self._codes("diagnoses", ev.encounter_id, "admission", ev.diagnosis_codes)
+        elif isinstance(ev, DischargeEvent):
+            patch.update(
+                admitted_at=ev.admitted_at, discharged_at=ev.occurred_at,
+                length_of_stay_days=ev.length_of_stay_days,
+                discharge_disposition=ev.discharge_disposition, payer=ev.payer,
+                total_cost=ev.total_cost, satisfaction_score=ev.satisfaction_score,
+            )
+            self._codes("diagnoses", ev.encounter_id, "discharge", ev.diagnosis_codes)
+            for i, code in enumerate(ev.procedure_codes):
+                self._put("procedures", (clean(ev.encounter_id), i),
+                          {"encounter_id": clean(ev.encounter_id), "position": i, "cpt_code": clean(code)})
+            self._put("charges", (clean(ev.encounter_id),), {
+                "encounter_id": clean(ev.encounter_id), "patient_id": clean(ev.patient_id),
+                "facility_id": clean(ev.facility_id), "department": clean(ev.department),
+                "payer": ev.payer, "amount": ev.total_cost, "charged_at": ev.occurred_at,
+            })
+        self._encounter(patch)
+
+    def _stubs(self, facility_id: str, department: str, provider_id: str, patient_id: str) -> None:
+        f, d, pr, pa = clean(facility_id), clean(department), clean(provider_id), clean(patient_id)
+        self._fill("facilities", (f,), {"facility_id": f, "name": None, "beds": None})
+        self._fill("departments", (f, d), {"facility_id": f, "department": d, "beds": None})
+        self._fill("providers", (pr,), {"provider_id": pr, "facility_id": f, "department": None,
+                                        "capacity": None})
+        self._patient({"patient_id": pa, "age": None, "sex": None, "race": None, "payer": None,
+                       "chronic_conditions": None, "as_of": None})
+
+    def _patient(self, row: Row) -> None:
+        """Demographics of the latest admission (by event time) win; stubs never overwrite."""
+        rows = self._rows.setdefault("patients", {})
+        old = rows.get((row["patient_id"],))
+        if old is None or (row["as_of"] is not None and (old["as_of"] is None or row["as_of"] >= old["as_of"])):
+            rows[(row["patient_id"],)] = row
+
+    def _codes(self, table: str, encounter_id: str, coded_at: str, codes: Iterable[str]) -> None:
+        e = clean(encounter_id)
+        for i, code in enumerate(codes):
+            self._put(table, (e, coded_at, i),
+                      {"encounter_id": e, "coded_at": coded_at, "position": i, "icd10_code": clean(code)})
+
+    def _encounter(self, patch: Row) -> None:
+        rows = self._rows.setdefault("encounters", {})
+        key = (patch["encounter_id"],)
+        old = rows.get(key)
+        if old is None:
+            row = {c: None for c in ENCOUNTER_SET_ONCE}
+            row.update(patch)
+            rows[key] = row
+            return
+        for c in ENCOUNTER_SET_ONCE:  # first writer wins, like the SQL upsert
+            if old.get(c) is None and patch.get(c) is not None:
+                old[c] = patch[c]
+        if (patch["last_event_at"], patch["last_event_offset"]) >= (old["last_event_at"], old["last_event_offset"]):
+            for c in ("department", "attending_provider_id", "last_event_at", "last_event_offset"):
+                old[c] = patch[c]
+
+    # ------------------------------------------------------------------ hospital.reference
+
+    def add_reference(self, ref: ProviderRef | FacilityRef) -> None:
+        self.messages += 1
+        if isinstance(ref, ProviderRef):
+            f = clean(ref.facility_id)
+            self._fill("facilities", (f,), {"facility_id": f, "name": None, "beds": None})
+            self._fill("departments", (f, clean(ref.department)),
+                       {"facility_id": f, "department": clean(ref.department), "beds": None})
+            self._fill("providers", (clean(ref.provider_id),), {
+                "provider_id": clean(ref.provider_id), "facility_id": f,
+                "department": clean(ref.department), "capacity": ref.capacity})
+        else:
+            f = clean(ref.facility_id)
+            self._fill("facilities", (f,), {"facility_id": f, "name": clean(ref.name), "beds": ref.beds})
+            for dep, beds in ref.department_beds.items():
+                self._fill("departments", (f, clean(dep)),
+                           {"facility_id": f, "department": clean(dep), "beds": beds})
+
+    # ------------------------------------------------------------------ output topics
+
+    def add_score(self, s: DischargeScore, partition: int, offset: int) -> None:
+        self.messages += 1
+        row = clean(s.model_dump(exclude={"schema_version", "top_factors"}))
+        row.update(top_factors=_json([f.model_dump(mode="json") for f in s.top_factors]),
+                   source_partition=partition, source_offset=offset)
+        self._put("discharge_scores", (row["encounter_id"],), row)
+
+    def add_label(self, lab: ReadmissionLabel, partition: int, offset: int) -> None:
+        self.messages += 1
+        row = clean(lab.model_dump(exclude={"schema_version"}))
+        row.update(source_partition=partition, source_offset=offset)
+        self._put("readmissions", (row["encounter_id"],), row)
+
+    def add_alert(self, a: Alert, partition: int, offset: int) -> None:
+        self.messages += 1
+        row = clean(a.model_dump(exclude={"schema_version"}))
+        row.update(source_partition=partition, source_offset=offset)
+        self._put("alerts", (row["alert_id"],), row)
+
+    def add_kpi(self, k: KpiValue, partition: int, offset: int) -> None:
+        self.messages += 1
+        row = clean(k.model_dump(exclude={"schema_version"}))
+        row.update(source_partition=partition, source_offset=offset)
+        key = (row["kpi"], row["dimension"], row["dimension_id"], row["window"], row["window_start"])
+        self._put("kpi_windows", key, row)
+
+    def add_dead_letter(self, d: DeadLetter, partition: int, offset: int) -> None:
+        self.messages += 1
+        row = clean(d.model_dump(exclude={"schema_version"}))
+        row.update(dlq_partition=partition, dlq_offset=offset)
+        self._put("dead_letters", (row["source_topic"], row["source_partition"], row["source_offset"]), row)
+
+    # ------------------------------------------------------------------ output
+
+    def rows(self, table: str) -> list[Row]:
+        """The rows of ``table`` sorted by key (a fixed lock order: concurrent sinks cannot deadlock)."""
+        items = self._rows.get(table, {})
+        return [items[k] for k in sorted(items, key=_sort_key)]
+
+    def tables(self) -> list[str]:
+        return [t for t, rows in self._rows.items() if rows]
+
+    def row_count(self) -> int:
+        return sum(len(r) for r in self._rows.values())
+
+    def __len__(self) -> int:
+        return self.messages
+
+
+def _sort_key(key: tuple) -> tuple:
+    return tuple(k.isoformat() if isinstance(k, datetime) else k for k in key)

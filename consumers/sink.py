@@ -1,0 +1,295 @@
+"""``wardstream sink``: the topics into PostgreSQL, batched, idempotent, commit after write.
+
+Loop: poll a batch of messages -> decode with the contracts (invalid ones are counted and
+logged by coordinates, never stored: fixing them is the stream's job, it sends them to the DLQ)
+-> one transaction of multi-row upserts (:mod:`consumers.tables`) -> Kafka offsets committed only
+after the database commit. A database outage makes the write retry with exponential backoff
+(tenacity) without committing anything, so progress stops and resumes with nothing lost; a
+crash between the two commits re-reads a few messages, which the upserts make harmless.
+A message the database refuses for good (a constraint) is isolated, logged and skipped rather
+than stalling the sink.
+
+Python API (the demo and tests)::
+
+    from consumers.sink import run_sink
+    stats = run_sink(until_idle=5)        # stop after 5 s without new messages
+    stats = run_sink(once=True)           # stop when caught up with the end of every partition
+    print(stats.as_dict())
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg2
+from kafka.errors import CommitFailedError, KafkaError
+from pydantic import ValidationError
+from tenacity import Retrying, retry_if_exception_type, wait_exponential
+
+from consumers.db import TRANSIENT_ERRORS, close_quietly, connect, libpq_url, sink_url
+from consumers.rows import Batch
+from consumers.tables import write_batch
+from stream.contracts import (
+    Alert,
+    DeadLetter,
+    DischargeScore,
+    KpiValue,
+    ReadmissionLabel,
+    Topics,
+    parse_adt,
+    parse_reference,
+)
+from wardstream.config import settings
+from wardstream.kafka_io import ensure_topics, make_consumer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SinkStats:
+    """What one run did (messages are Kafka messages, rows are upserted table rows)."""
+
+    messages: int = 0
+    stored: int = 0
+    invalid: Counter = field(default_factory=Counter)  # topic -> messages failing the contract
+    rejected: int = 0  # contract-valid messages the database refused (isolated and skipped)
+    rows: Counter = field(default_factory=Counter)  # table -> rows upserted
+    batches: int = 0
+    commits: int = 0
+    commit_failures: int = 0
+    db_retries: int = 0
+    elapsed_s: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "messages": self.messages, "stored": self.stored, "invalid": dict(self.invalid),
+            "rejected": self.rejected, "rows": dict(self.rows), "batches": self.batches,
+            "commits": self.commits, "commit_failures": self.commit_failures,
+            "db_retries": self.db_retries, "elapsed_s": round(self.elapsed_s, 3),
+        }
+
+
+def default_topics(namespace: str | None = None) -> list[str]:
+    """Every topic the sink stores (under the namespace of WARDSTREAM_NAMESPACE)."""
+    t = Topics(settings().topic_namespace if namespace is None else namespace)
+    return [t.adt, t.reference, t.discharge_scores, t.readmission_labels, t.alerts, t.kpis, t.dlq]
+
+
+def default_group(namespace: str | None = None) -> str:
+    return f"{settings().topic_namespace if namespace is None else namespace}wardstream-sink"
+
+
+Adder = Callable[[Batch, bytes, int, int], None]
+
+
+def _adders(namespace: str) -> dict[str, Adder]:
+    """Topic name -> function decoding a message value into the batch (raises when invalid)."""
+    t = Topics(namespace)
+    return {
+        t.adt: lambda b, v, p, o: b.add_adt(parse_adt(v), p, o),
+        t.reference: lambda b, v, p, o: b.add_reference(parse_reference(v)),
+        t.discharge_scores: lambda b, v, p, o: b.add_score(DischargeScore.model_validate_json(v), p, o),
+        t.readmission_labels: lambda b, v, p, o: b.add_label(ReadmissionLabel.model_validate_json(v), p, o),
+        t.alerts: lambda b, v, p, o: b.add_alert(Alert.model_validate_json(v), p, o),
+        t.kpis: lambda b, v, p, o: b.add_kpi(KpiValue.model_validate_json(v), p, o),
+        t.dlq: lambda b, v, p, o: b.add_dead_letter(DeadLetter.model_validate_json(v), p, o),
+    }
+
+
+@contextmanager
+def stop_on_signals(stop: threading.Event):
+    """SIGTERM / SIGINT set ``stop`` (the loop finishes its batch, commits, and exits)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def handler(signum, _frame):
+        log.info("signal %s: stopping after the current batch", signum)
+        stop.set()
+
+    for s in previous:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+class DatabaseWriter:
+    """Writes batches in one transaction each, reconnecting and backing off on transient errors."""
+
+    def __init__(self, url: str, stop: threading.Event, stats: SinkStats,
+                 backoff_max: float = 10.0, application_name: str = "wardstream-sink") -> None:
+        self.url, self.stop, self.stats = url, stop, stats
+        self.backoff_max, self.application_name = backoff_max, application_name
+        self.conn = None
+
+    def close(self) -> None:
+        close_quietly(self.conn)
+        self.conn = None
+
+    def _once(self, batch: Batch) -> dict[str, int]:
+        if self.conn is None or self.conn.closed:
+            self.conn = connect(self.url, self.application_name)
+        try:
+            with self.conn.cursor() as cur:
+                written = write_batch(cur, batch)
+            self.conn.commit()
+            return written
+        except TRANSIENT_ERRORS:
+            self.close()
+            raise
+        except psycopg2.Error:
+            self.conn.rollback()
+            raise
+
+    def write(self, batch: Batch) -> dict[str, int]:
+        """Write with retries until it succeeds or the run is asked to stop (then re-raises)."""
+        def before_sleep(state) -> None:
+            self.stats.db_retries += 1
+            exc = state.outcome.exception()
+            log.warning("database unavailable (%s), retry %d in %.1fs; offsets not committed",
+                        type(exc).__name__, state.attempt_number, state.next_action.sleep)
+
+        for attempt in Retrying(retry=retry_if_exception_type(TRANSIENT_ERRORS),
+                                wait=wait_exponential(multiplier=0.2, max=self.backoff_max),
+                                stop=lambda _state: self.stop.is_set(),
+                                before_sleep=before_sleep, reraise=True):
+            with attempt:
+                return self._once(batch)
+        raise AssertionError("unreachable")
+
+
+def run_sink(*, topics: Iterable[str] | None = None, group: str | None = None,
+             until_idle: float | None = None, once: bool = False, max_batch: int = 5000,
+             poll_ms: int = 500, db_url: str | None = None, stop: threading.Event | None = None,
+             on_batch: Callable[[SinkStats], None] | None = None,
+             handle_signals: bool = True) -> SinkStats:
+    """Run the sink until stopped (signal / ``stop``), caught up (``once``) or idle (``until_idle`` s).
+
+    ``topics`` default to every output topic plus ``hospital.adt`` and ``hospital.reference`` of
+    the current namespace; ``group`` defaults to ``<namespace>wardstream-sink``; ``db_url`` to
+    SINK_DATABASE_URL (else DATABASE_URL). Returns the run's :class:`SinkStats`.
+    """
+    s = settings()
+    ns = s.topic_namespace
+    topic_list = list(topics) if topics is not None else default_topics(ns)
+    adders = _adders(ns)
+    unknown = [t for t in topic_list if t not in adders]
+    if unknown:
+        raise ValueError(f"the sink does not know how to store topics {unknown}; "
+                         f"known: {sorted(adders)}")
+    stop = stop or threading.Event()
+    stats = SinkStats()
+    started = time.monotonic()
+    ensure_topics(topic_list, s)
+    consumer = make_consumer(*topic_list, group_id=group or default_group(ns), s=s,
+                             max_poll_records=max_batch, max_poll_interval_ms=1_800_000)
+    writer = DatabaseWriter(libpq_url(db_url) if db_url else sink_url(), stop, stats)
+    ctx = stop_on_signals(stop) if handle_signals else nullcontext()
+    end_offsets: dict | None = None
+    last_data = time.monotonic()
+    try:
+        with ctx:
+            while not stop.is_set():
+                polled = consumer.poll(timeout_ms=poll_ms, max_records=max_batch)
+                records = [r for recs in polled.values() for r in recs]
+                if not records:
+                    idle = time.monotonic() - last_data
+                    if until_idle is not None and idle >= until_idle:
+                        break
+                    if once:
+                        end_offsets = end_offsets or _end_offsets(consumer)
+                        if end_offsets and _caught_up(consumer, end_offsets):
+                            break
+                        if idle >= max(5.0, until_idle or 0):  # no assignment / nothing to read
+                            break
+                    continue
+                last_data = time.monotonic()
+                if once and end_offsets is None:
+                    end_offsets = _end_offsets(consumer)
+                _process(records, adders, writer, stats)
+                try:
+                    consumer.commit()
+                    stats.commits += 1
+                except (CommitFailedError, KafkaError) as exc:  # rebalance: re-read, upserts absorb it
+                    stats.commit_failures += 1
+                    log.warning("offset commit failed (%s); messages will be re-read", exc)
+                if on_batch:
+                    on_batch(stats)
+                if once and end_offsets and _caught_up(consumer, end_offsets):
+                    break
+    except TRANSIENT_ERRORS:
+        if not stop.is_set():
+            raise
+        log.info("stopped during a database outage; the last batch was not committed")
+    finally:
+        writer.close()
+        consumer.close(autocommit=False)
+        stats.elapsed_s = time.monotonic() - started
+    log.info("sink finished: %s", stats.as_dict())
+    return stats
+
+
+def _decode(records, adders: dict[str, Adder], stats: SinkStats, batch: Batch) -> list:
+    """Add every valid record to ``batch``; returns the valid records (for isolation on refusal)."""
+    valid = []
+    for r in records:
+        stats.messages += 1
+        try:
+            adders[r.topic](batch, r.value, r.partition, r.offset)
+        except (ValidationError, ValueError, TypeError) as exc:
+            stats.invalid[r.topic] += 1
+            kind = exc.errors()[0]["type"] if isinstance(exc, ValidationError) and exc.errors() else type(exc).__name__
+            log.warning("skipped contract-invalid message %s[%d]@%d (%s)", r.topic, r.partition, r.offset, kind)
+            continue
+        valid.append(r)
+    return valid
+
+
+def _process(records, adders: dict[str, Adder], writer: DatabaseWriter, stats: SinkStats) -> None:
+    batch = Batch()
+    valid = _decode(records, adders, stats, batch)
+    if not batch.messages:
+        return
+    try:
+        written = writer.write(batch)
+        stats.stored += len(valid)
+    except (psycopg2.DataError, psycopg2.IntegrityError):
+        # A message the database refuses must not stall the stream: write them one by one.
+        # (Other errors - a missing column, a missing grant - are deployment faults: they stop
+        # the sink without committing, so nothing is skipped.)
+        written = Counter()
+        for r in valid:
+            single = Batch()
+            adders[r.topic](single, r.value, r.partition, r.offset)
+            try:
+                written.update(writer.write(single))
+                stats.stored += 1
+            except (psycopg2.DataError, psycopg2.IntegrityError) as exc:
+                stats.rejected += 1
+                log.error("database refused %s[%d]@%d (%s %s); skipped", r.topic, r.partition,
+                          r.offset, exc.pgcode, getattr(exc.diag, "constraint_name", None))
+    stats.batches += 1
+    stats.rows.update(written)
+
+
+def _end_offsets(consumer) -> dict | None:
+    assignment = consumer.assignment()
+    if not assignment:
+        return None
+    return consumer.end_offsets(list(assignment))
+
+
+def _caught_up(consumer, end_offsets: dict) -> bool:
+    return all(consumer.position(tp) >= end for tp, end in end_offsets.items())

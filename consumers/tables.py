@@ -1,0 +1,126 @@
+"""The sink's upsert statements, one per table, and the function that writes a Batch.
+
+Each statement is a multi-row ``INSERT ... ON CONFLICT (key) DO UPDATE`` (psycopg2
+``execute_values``) whose merge rule matches :class:`consumers.rows.Batch`:
+
+* ``fill``: reference data, a non-null value replaces, a null keeps (stubs never erase);
+* ``latest``: last writer wins, skipped when nothing changes (no dead tuples on replays);
+* ``kpi``: last writer wins by source offset (hospital.kpis: the last message is the value);
+* encounters: current department / attending by (event time, offset), other columns set once;
+* ``first``: raw events, insert-only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg2.extras import execute_values
+
+from consumers.rows import ENCOUNTER_SET_ONCE, Batch
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: tuple[str, ...]
+    key: tuple[str, ...]
+    policy: str  # fill | latest | kpi | first | patients | encounters
+    casts: tuple[tuple[str, str], ...] = ()
+
+    def _q(self, c: str) -> str:
+        return f'"{c}"' if c == "window" else c
+
+    @property
+    def template(self) -> str:
+        casts = dict(self.casts)
+        return "(" + ", ".join(f"%({c})s" + (f"::{casts[c]}" if c in casts else "") for c in self.columns) + ")"
+
+    @property
+    def sql(self) -> str:
+        cols = ", ".join(self._q(c) for c in self.columns)
+        key = ", ".join(self._q(c) for c in self.key)
+        rest = [c for c in self.columns if c not in self.key]
+        head = f"INSERT INTO {self.name} AS t ({cols}) VALUES %s ON CONFLICT ({key}) DO "
+        q = self._q
+        if self.policy == "first":
+            return head + "NOTHING"
+        if self.policy == "fill":
+            sets = ", ".join(f"{q(c)} = COALESCE(EXCLUDED.{q(c)}, t.{q(c)})" for c in rest)
+            changed = " OR ".join(f"(EXCLUDED.{q(c)} IS NOT NULL AND EXCLUDED.{q(c)} IS DISTINCT FROM t.{q(c)})"
+                                  for c in rest)
+            return head + f"UPDATE SET {sets}, updated_at = now() WHERE {changed}"
+        if self.policy in ("latest", "kpi"):
+            sets = ", ".join(f"{q(c)} = EXCLUDED.{q(c)}" for c in rest)
+            old = ", ".join(f"t.{q(c)}" for c in rest)
+            new = ", ".join(f"EXCLUDED.{q(c)}" for c in rest)
+            where = f"({old}) IS DISTINCT FROM ({new})"
+            if self.policy == "kpi":
+                where = (f"{where} AND (EXCLUDED.source_partition <> t.source_partition "
+                         f"OR EXCLUDED.source_offset >= t.source_offset)")
+            return head + f"UPDATE SET {sets} WHERE {where}"
+        if self.policy == "patients":
+            sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in rest)
+            return head + (f"UPDATE SET {sets} WHERE EXCLUDED.as_of IS NOT NULL "
+                           f"AND (t.as_of IS NULL OR EXCLUDED.as_of >= t.as_of)")
+        if self.policy == "encounters":
+            newer = ("(EXCLUDED.last_event_at, EXCLUDED.last_event_offset) "
+                     ">= (t.last_event_at, t.last_event_offset)")
+            sets = [f"{c} = CASE WHEN {newer} THEN EXCLUDED.{c} ELSE t.{c} END"
+                    for c in ("department", "attending_provider_id", "last_event_at", "last_event_offset")]
+            sets += [f"{c} = COALESCE(t.{c}, EXCLUDED.{c})" for c in ENCOUNTER_SET_ONCE]
+            return head + "UPDATE SET " + ", ".join(sets) + ", updated_at = now()"
+        raise ValueError(f"unknown policy {self.policy}")
+
+
+# Write order: referenced tables before the tables whose foreign keys point at them.
+TABLES: tuple[Table, ...] = (
+    Table("facilities", ("facility_id", "name", "beds"), ("facility_id",), "fill"),
+    Table("departments", ("facility_id", "department", "beds"), ("facility_id", "department"), "fill"),
+    Table("providers", ("provider_id", "facility_id", "department", "capacity"), ("provider_id",), "fill"),
+    Table("patients", ("patient_id", "age", "sex", "race", "payer", "chronic_conditions", "as_of"),
+          ("patient_id",), "patients", (("chronic_conditions", "text[]"),)),
+    Table("encounters", ("encounter_id", "patient_id", "facility_id", "department", "attending_provider_id",
+                         *ENCOUNTER_SET_ONCE, "last_event_at", "last_event_offset"),
+          ("encounter_id",), "encounters"),
+    Table("adt_events", ("event_id", "event_type", "hl7_trigger", "occurred_at", "facility_id", "patient_id",
+                         "encounter_id", "department", "attending_provider_id", "payload",
+                         "source_partition", "source_offset"),
+          ("event_id",), "first", (("event_id", "uuid"), ("payload", "jsonb"))),
+    Table("diagnoses", ("encounter_id", "coded_at", "position", "icd10_code"),
+          ("encounter_id", "coded_at", "position"), "latest"),
+    Table("procedures", ("encounter_id", "position", "cpt_code"), ("encounter_id", "position"), "latest"),
+    Table("charges", ("encounter_id", "patient_id", "facility_id", "department", "payer", "amount",
+                      "charged_at"), ("encounter_id",), "latest"),
+    Table("readmissions", ("encounter_id", "patient_id", "discharged_at", "readmitted",
+                           "readmission_encounter_id", "known_at", "source_partition", "source_offset"),
+          ("encounter_id",), "latest"),
+    Table("discharge_scores", ("encounter_id", "patient_id", "facility_id", "department",
+                               "attending_provider_id", "discharged_at", "score", "lace", "threshold",
+                               "high_risk", "model_version", "top_factors", "source_partition",
+                               "source_offset"),
+          ("encounter_id",), "latest", (("top_factors", "jsonb"),)),
+    Table("alerts", ("alert_id", "encounter_id", "patient_id", "facility_id", "department",
+                     "attending_provider_id", "discharged_at", "score", "lace", "threshold", "reasons",
+                     "source_partition", "source_offset"),
+          ("alert_id",), "latest", (("reasons", "text[]"),)),
+    Table("kpi_windows", ("kpi", "dimension", "dimension_id", "window", "window_start", "window_end",
+                          "facility_id", "value", "numerator", "denominator", "source_partition",
+                          "source_offset"),
+          ("kpi", "dimension", "dimension_id", "window", "window_start"), "kpi"),
+    Table("dead_letters", ("source_topic", "source_partition", "source_offset", "reason", "raw",
+                           "raw_encoding", "failed_at", "dlq_partition", "dlq_offset"),
+          ("source_topic", "source_partition", "source_offset"), "latest"),
+)
+TABLE_NAMES = tuple(t.name for t in TABLES)
+
+
+def write_batch(cur, batch: Batch) -> dict[str, int]:
+    """Upsert every row of ``batch`` in FK order (inside the caller's transaction); rows per table."""
+    written: dict[str, int] = {}
+    for table in TABLES:
+        rows = batch.rows(table.name)
+        if not rows:
+            continue
+        execute_values(cur, table.sql, rows, template=table.template, page_size=1000)
+        written[table.name] = len(rows)
+    return written

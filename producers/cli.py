@@ -1,0 +1,104 @@
+"""``wardstream simulate``: the seeded hospital simulator, into Kafka or a JSON-lines file."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from producers.hospital import MIN_BEDS
+from producers.runner import Summary, simulate_to_file, write_truth
+from producers.simulator import SimConfig, Simulation
+
+
+def _date(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a date like 2025-01-01", param_hint="--start") from None
+
+
+def _writable(path: Path | None, flag: str) -> Path | None:
+    if path is None:
+        return None
+    parent = path.resolve().parent
+    if path.is_dir():
+        raise typer.BadParameter(f"{path} is a directory", param_hint=flag)
+    if not parent.is_dir():
+        raise typer.BadParameter(f"folder {parent} does not exist", param_hint=flag)
+    existed = path.exists()
+    try:  # the real test (root passes every os.access check)
+        with path.open("ab"):
+            pass
+    except OSError as exc:
+        raise typer.BadParameter(f"{path} is not writable ({exc.strerror})", param_hint=flag) from None
+    if not existed:
+        path.unlink()
+    return path
+
+
+def print_summary(summary: Summary, console: Console, truth: tuple[Path, int] | None = None) -> None:
+    table = Table(title="simulation summary", show_header=False)
+    for k, v in summary.table_rows():
+        table.add_row(k, v)
+    if truth:
+        table.add_row("truth file", f"{truth[0]} ({truth[1]:,} discharges)")
+    console.print(table)
+
+
+def simulate(
+    seed: int = typer.Option(42, help="Random seed: same seed and options give byte-identical events."),
+    start: str = typer.Option("2025-01-01", help="First simulated day (UTC), YYYY-MM-DD."),
+    days: int = typer.Option(7, help="Simulated days; nothing at or after start + days is emitted."),
+    beds: int = typer.Option(300, help=f"Beds per facility (at least {MIN_BEDS})."),
+    facilities: int = typer.Option(1, help="Number of hospitals (F01, F02, ...)."),
+    speed: float = typer.Option(0.0, help="Simulated seconds per wall second; 0 = as fast as possible."),
+    out: Path | None = typer.Option(None, "--out", help="Write events to this JSON-lines file instead of Kafka."),
+    truth_out: Path | None = typer.Option(None, "--truth-out",
+                                          help="Write the truth (p_readmit, readmitted per discharge) here."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+    client: str = typer.Option("auto", help="Kafka client: auto (confluent-kafka when installed), "
+                               "confluent or kafka-python."),
+) -> None:
+    """Simulate hospital ADT events (admissions, transfers, discharges) for a period.
+
+    Events go to the hospital.adt topic (keyed by patient_id, after the reference data on
+    hospital.reference) or, with --out, to a file. Ctrl-C stops cleanly after flushing.
+    """
+    if days <= 0:
+        raise typer.BadParameter("must be at least 1", param_hint="--days")
+    if speed < 0:
+        raise typer.BadParameter("must be >= 0 (0 = as fast as possible)", param_hint="--speed")
+    if beds < MIN_BEDS:
+        raise typer.BadParameter(f"must be at least {MIN_BEDS} (4 per department, 8 departments, x2)",
+                                 param_hint="--beds")
+    config = SimConfig(seed=seed, start=_date(start), days=days, beds=beds, facilities=facilities)
+    try:
+        config.validate()
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if client not in ("auto", "confluent", "kafka-python"):
+        raise typer.BadParameter("must be auto, confluent or kafka-python", param_hint="--client")
+    _writable(out, "--out")
+    _writable(truth_out, "--truth-out")
+    console = Console(stderr=True)
+    if out is not None:
+        sim = Simulation(config)
+        summary = simulate_to_file(sim, out, speed=speed, progress=not no_progress, console=console)
+        n_truth = write_truth(sim, truth_out) if truth_out else 0
+    else:
+        from producers.kafka_sink import simulate_to_kafka  # kafka client only when needed
+
+        summary = simulate_to_kafka(config, speed=speed, progress=not no_progress,
+                                    truth_out=truth_out, console=console, client=client)
+        n_truth = summary.by_type.get("discharge", 0)
+    print_summary(summary, console, (truth_out, n_truth) if truth_out else None)
+    if summary.interrupted:
+        raise typer.Exit(130)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("simulate")(simulate)

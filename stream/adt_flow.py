@@ -1,0 +1,309 @@
+"""The per-event flow of ``process_adt`` (stream/README.md), over plain mappings.
+
+The Faust agent hands this module its tables (``patients``, ``partition_state``, ``due``,
+``models``) as ``MutableMapping``s and sends the returned :class:`Output`s. Keeping the flow
+free of Faust means the same code runs under a dict in unit tests and under changelogged
+RocksDB tables in the worker, and that every output is visibly a function of (state, message).
+
+Why the pieces look the way they do:
+
+* ``partition_state[p{n}]`` holds the partition's event-time watermark and the offset of the last
+  message applied. A message at or below that offset is skipped: Faust 0.15.3 can deliver a
+  message again after a restart although its table writes were kept (#323/#517), and without the
+  guard the re-delivery would count twice (or land in the DLQ as a duplicate event_id).
+* ``models[p{n}]`` holds the partition's river model (bytes, checksummed by the domain) and the
+  alert policy, with a revision number so the worker can keep the live objects in memory and
+  only re-read them when the table holds something newer (after a restart or a rebalance).
+* ``due[p{n}:YYYY-MM-DD]`` lists the patients whose pending discharge falls due that day, so the
+  watermark expires pending discharges without scanning every patient.
+* ``failed_at`` of a dead letter is the partition watermark (event time), never the wall clock:
+  a replay gives byte-identical DLQ records.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+from pydantic import ValidationError
+
+from stream.contracts import (
+    AdmissionEvent,
+    Alert,
+    DeadLetter,
+    DischargeEvent,
+    DischargeScore,
+    TransferEvent,
+    dump,
+    parse_adt,
+    raw_text,
+)
+from stream.domain import kpis, patient
+from stream.domain.features import discharge_features
+from stream.domain.lace import lace_points
+from stream.domain.model import OnlineRiskModel
+from stream.domain.policy import ThresholdPolicy, alert_reasons
+
+log = logging.getLogger(__name__)
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+# Output "topics" are named by their attribute on contracts.Topics (the app maps them to names).
+SCORES, ALERTS, LABELS, CONTRIBUTIONS, DLQ = (
+    "discharge_scores", "alerts", "readmission_labels", "kpi_contributions", "dlq")
+
+
+@dataclass(frozen=True)
+class Output:
+    """One message to send: ``topic`` is a :class:`stream.contracts.Topics` attribute name."""
+
+    topic: str
+    key: str | bytes | None
+    value: bytes
+
+
+def partition_key(partition: int) -> str:
+    return f"p{partition}"
+
+
+def due_key(partition: int, day: date) -> str:
+    return f"p{partition}:{day.isoformat()}"
+
+
+def alert_id(encounter_id: str) -> str:
+    """Alert ids derive from the encounter: a replay or a duplicate upserts the same alert."""
+    return f"alert-{encounter_id}"
+
+
+class Brain:
+    """A partition's online model and alert policy, plus the revision stored with them."""
+
+    def __init__(self, model: OnlineRiskModel, policy: ThresholdPolicy, rev: int = 0) -> None:
+        self.model, self.policy, self.rev = model, policy, rev
+
+    @classmethod
+    def from_entry(cls, entry: dict[str, Any] | None) -> "Brain":
+        if not entry:
+            return cls(OnlineRiskModel(), ThresholdPolicy(), 0)
+        model = OnlineRiskModel.from_bytes(base64.b64decode(entry["model"]))
+        return cls(model, ThresholdPolicy.from_dict(entry["policy"]), int(entry["rev"]))
+
+    def to_entry(self) -> dict[str, Any]:
+        return {
+            "rev": self.rev,
+            "n_learned": self.model.n_learned,
+            "model": base64.b64encode(self.model.to_bytes()).decode("ascii"),
+            "policy": self.policy.to_dict(),
+        }
+
+
+class AdtFlow:
+    """Apply ADT messages of any partition to the tables; return the messages to send."""
+
+    def __init__(
+        self,
+        *,
+        source_topic: str,
+        patients: MutableMapping[str, Any],
+        partitions: MutableMapping[str, Any],
+        due: MutableMapping[str, Any],
+        models: MutableMapping[str, Any],
+    ) -> None:
+        self.source_topic = source_topic
+        self.patients, self.partitions, self.due, self.models = patients, partitions, due, models
+        self._brains: dict[int, Brain] = {}
+
+    # ------------------------------------------------------------------ state access
+
+    def forget_cache(self) -> None:
+        """Drop the in-memory models (call on rebalance: the tables are the truth)."""
+        self._brains.clear()
+
+    def brain(self, partition: int) -> Brain:
+        entry = self.models.get(partition_key(partition))
+        rev = int(entry["rev"]) if entry else 0
+        cached = self._brains.get(partition)
+        if cached is None or cached.rev != rev:
+            cached = Brain.from_entry(entry)
+            self._brains[partition] = cached
+        return cached
+
+    def _state(self, patient_id: str) -> patient.PatientState | None:
+        d = self.patients.get(patient_id)
+        return None if d is None else patient.PatientState.from_dict(d)
+
+    def _save(self, state: patient.PatientState) -> None:
+        self.patients[state.patient_id] = state.to_dict()
+
+    # ------------------------------------------------------------------ the flow
+
+    def process(self, raw: bytes | None, partition: int, offset: int,
+                key: bytes | None = None) -> list[Output]:
+        """Steps 1-5 of stream/README.md for one message of ``hospital.adt``."""
+        pkey = partition_key(partition)
+        pstate = dict(self.partitions.get(pkey) or {"watermark": None, "offset": -1})
+        if offset <= int(pstate["offset"]):
+            log.info("skip already applied message partition=%s offset=%s", partition, offset)
+            return []
+        watermark = None if pstate["watermark"] is None else datetime.fromisoformat(pstate["watermark"])
+        out: list[Output] = []
+        try:
+            event = parse_adt(raw if raw is not None else b"")
+        except (ValidationError, ValueError) as exc:
+            out.append(self._dead_letter(raw, key, _contract_reason(exc), partition, offset, watermark))
+            self._done(pkey, watermark, offset)
+            return out
+        state = self._state(event.patient_id)
+        reason = patient.check(state, event, watermark)
+        if reason is not None:
+            log.info("dlq event_id=%s partition=%s offset=%s reason=%s",
+                     event.event_id, partition, offset, reason)
+            out.append(self._dead_letter(raw, key, reason, partition, offset, watermark))
+            self._done(pkey, watermark, offset)
+            return out
+
+        brain = self.brain(partition)
+        learned = False
+        if watermark is None or event.occurred_at > watermark:
+            learned |= self._expire(partition, watermark, event.occurred_at, brain, out)
+            watermark = event.occurred_at
+        state = self._state(event.patient_id)  # the expiry may have changed it
+
+        if isinstance(event, AdmissionEvent):
+            state, outcomes = patient.apply_admission(state, event)
+            self._save(state)
+            out.extend(_contributions(kpis.for_admission(event)))
+            learned |= self._labels(outcomes, brain, out)
+        elif isinstance(event, TransferEvent):
+            assert state is not None and state.open is not None  # check() guarantees it
+            before = state.open
+            state = patient.apply_transfer(state, event)
+            self._save(state)
+            out.extend(_contributions(kpis.for_transfer(
+                event, before.department, before.attending_provider_id)))
+        else:
+            assert state is not None
+            state = self._discharge(partition, state, event, watermark, brain, out)
+            self._save(state)
+
+        if learned:
+            brain.rev += 1
+            self.models[pkey] = brain.to_entry()
+        self._done(pkey, watermark, offset)
+        return out
+
+    # ------------------------------------------------------------------ steps
+
+    def _done(self, pkey: str, watermark: datetime | None, offset: int) -> None:
+        self.partitions[pkey] = {
+            "watermark": None if watermark is None else watermark.isoformat(),
+            "offset": offset,
+        }
+
+    def _expire(self, partition: int, old: datetime | None, new: datetime, brain: Brain,
+                out: list[Output]) -> bool:
+        """Watermark moves old -> new: false labels for pending discharges now past due."""
+        if old is None:
+            return False
+        learned = False
+        day = old.date()
+        while day <= new.date():
+            key = due_key(partition, day)
+            ids = self.due.get(key)
+            if ids:
+                for pid in ids:
+                    state = self._state(pid)
+                    if state is None:
+                        continue
+                    state, outcomes = patient.expire(state, new)
+                    if outcomes:
+                        self._save(state)
+                        learned |= self._labels(outcomes, brain, out)
+                if day < new.date():  # every discharge due that day is now past due
+                    del self.due[key]
+            day += timedelta(days=1)
+        return learned
+
+    def _labels(self, outcomes: list[patient.LabelOutcome], brain: Brain, out: list[Output]) -> bool:
+        for o in outcomes:
+            brain.model.learn(o.pending.features, o.readmitted)
+            brain.policy.observe(o.pending.score, o.readmitted)
+            label = o.to_label()
+            out.append(Output(LABELS, label.encounter_id, dump(label)))
+            out.extend(_contributions(kpis.for_label(o)))
+        return bool(outcomes)
+
+    def _discharge(self, partition: int, state: patient.PatientState, dis: DischargeEvent,
+                   watermark: datetime, brain: Brain, out: list[Output]) -> patient.PatientState:
+        state, ctx = patient.apply_discharge(state, dis)
+        x = discharge_features(ctx)
+        points = lace_points(dis.length_of_stay_days, ctx.open.admission_type, ctx.charlson,
+                             ctx.ed_visits_6m)
+        lace = int(sum(points.values()))
+        score = float(brain.model.predict(x))
+        top = brain.model.explain(x, k=3)
+        threshold = float(brain.policy.threshold)
+        high_risk = score >= threshold
+        scored = DischargeScore(
+            encounter_id=dis.encounter_id, patient_id=dis.patient_id, facility_id=dis.facility_id,
+            department=dis.department, attending_provider_id=dis.attending_provider_id,
+            discharged_at=dis.occurred_at, score=score, lace=lace, threshold=threshold,
+            high_risk=high_risk, model_version=str(brain.model.version), top_factors=top,
+        )
+        out.append(Output(SCORES, dis.encounter_id, dump(scored)))
+        index = patient.is_index(dis)
+        if high_risk and index:  # no care-team alert for a patient who died in hospital
+            alert = Alert(
+                alert_id=alert_id(dis.encounter_id), encounter_id=dis.encounter_id,
+                patient_id=dis.patient_id, facility_id=dis.facility_id, department=dis.department,
+                attending_provider_id=dis.attending_provider_id, discharged_at=dis.occurred_at,
+                score=score, lace=lace, threshold=threshold,
+                reasons=alert_reasons(top, lace, points),
+            )
+            out.append(Output(ALERTS, dis.encounter_id, dump(alert)))
+        out.extend(_contributions(kpis.for_discharge(dis, high_risk)))
+        if index:
+            pending = patient.PendingDischarge(
+                encounter_id=dis.encounter_id, patient_id=dis.patient_id,
+                facility_id=dis.facility_id, department=dis.department,
+                attending_provider_id=dis.attending_provider_id, discharged_at=dis.occurred_at,
+                features=x, score=score, lace=lace, threshold=threshold, high_risk=high_risk,
+            )
+            state = patient.add_pending(state, pending)
+            key = due_key(partition, pending.due_at.date())
+            ids = list(self.due.get(key) or [])
+            if dis.patient_id not in ids:
+                self.due[key] = [*ids, dis.patient_id]
+        return state
+
+    def _dead_letter(self, raw: bytes | None, key: bytes | None, reason: str, partition: int, offset: int,
+                     watermark: datetime | None) -> Output:
+        text, encoding = raw_text(raw)
+        letter = DeadLetter(
+            reason=reason, source_topic=self.source_topic, source_partition=partition,
+            source_offset=offset, raw=text, raw_encoding=encoding, failed_at=watermark or EPOCH,
+        )
+        return Output(DLQ, key, dump(letter))  # DESIGN.md: the DLQ keeps the original key
+
+
+def _contributions(items: Any) -> list[Output]:
+    return [Output(CONTRIBUTIONS, c.key, _json(c.to_dict())) for c in items]
+
+
+def _json(value: Any) -> bytes:
+    import orjson
+
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+def _contract_reason(exc: Exception) -> str:
+    """A short reason without the offending values (they may hold patient data)."""
+    if isinstance(exc, ValidationError):
+        errs = exc.errors(include_url=False, include_input=False)
+        parts = [f"{'.'.join(str(x) for x in e['loc']) or 'message'}: {e['type']}" for e in errs[:3]]
+        return "contract: " + "; ".join(parts)
+    return f"contract: {type(exc).__name__}"

@@ -1,0 +1,185 @@
+"""The Faust app: topics, tables and agents. Thin wiring; the logic lives in ``stream/domain``.
+
+Run it with ``wardstream worker`` (or ``faust -A stream.app worker -l info``). Everything is
+configured from the environment through :func:`wardstream.config.settings`, read at import:
+
+* the app id and consumer group are ``{namespace}wardstream-stream``, so a replay into a fresh
+  namespace (``WARDSTREAM_NAMESPACE=replay-1.``) starts from empty state with its own group,
+  changelog topics (``{app id}-{table}-changelog``) and local RocksDB directory;
+* ``WARDSTREAM_PROCESSING_GUARANTEE`` (``exactly_once`` by default, or ``at_least_once``): both
+  give the same final outputs, see stream/README.md "Determinism";
+* ``KPI_FLUSH_SECONDS`` (default 2): how often dirty KPI windows are emitted (wall clock decides
+  only *when*, never a value); ``WARDSTREAM_WEB_PORT`` turns on Faust's web view.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+from typing import Any
+
+import faust
+
+from stream import adt_flow
+from stream.contracts import Topics
+from stream.kpi_aggregator import KpiAggregator
+from wardstream.config import Settings, settings
+
+log = logging.getLogger(__name__)
+
+GUARANTEES = ("exactly_once", "at_least_once")
+
+
+def app_id(namespace: str) -> str:
+    """Faust app id = consumer group id, derived from the topic namespace."""
+    return f"{namespace}wardstream-stream"
+
+
+def processing_guarantee() -> str:
+    value = os.environ.get("WARDSTREAM_PROCESSING_GUARANTEE", "exactly_once") or "exactly_once"
+    if value not in GUARANTEES:
+        raise ValueError(f"WARDSTREAM_PROCESSING_GUARANTEE must be one of {GUARANTEES}, got {value!r}")
+    return value
+
+
+def kpi_flush_seconds() -> float:
+    value = float(os.environ.get("KPI_FLUSH_SECONDS", "2") or "2")
+    if value <= 0:
+        raise ValueError(f"KPI_FLUSH_SECONDS must be > 0, got {value}")
+    return value
+
+
+def broker_credentials(s: Settings) -> Any:
+    """Faust credentials for KAFKA_SECURITY_PROTOCOL (None for PLAINTEXT)."""
+    k = s.kafka
+    proto = k.security_protocol.upper()
+    if proto == "PLAINTEXT":
+        return None
+    context = ssl.create_default_context(cafile=k.ssl_cafile) if "SSL" in proto else None
+    if proto.startswith("SASL"):
+        if not (k.sasl_mechanism and k.sasl_username):
+            raise ValueError(f"{proto} needs KAFKA_SASL_MECHANISM and KAFKA_SASL_USERNAME")
+        return faust.SASLCredentials(
+            username=k.sasl_username, password=k.sasl_password or "",
+            mechanism=k.sasl_mechanism, ssl_context=context,
+        )
+    if proto == "SSL":
+        return faust.SSLCredentials(context)
+    raise ValueError(f"unknown KAFKA_SECURITY_PROTOCOL {k.security_protocol!r}")
+
+
+def create_app(s: Settings | None = None) -> faust.App:
+    s = s or settings()
+    ns = s.topic_namespace
+    port = os.environ.get("WARDSTREAM_WEB_PORT")
+    datadir = s.state_dir / "faust" / app_id(ns)
+    datadir.mkdir(parents=True, exist_ok=True)
+    return faust.App(
+        app_id(ns),
+        broker=[f"kafka://{h.strip()}" for h in s.kafka.bootstrap_servers.split(",") if h.strip()],
+        broker_credentials=broker_credentials(s),
+        # rocksdb:// uses the rocksdict driver here (python-rocksdb is not installed).
+        store="rocksdb://",
+        datadir=str(datadir),
+        processing_guarantee=processing_guarantee(),
+        topic_partitions=s.adt_partitions,
+        topic_replication_factor=1,
+        web_enabled=bool(port),
+        web_port=int(port) if port else 6066,
+        key_serializer="raw",
+        value_serializer="raw",
+        consumer_auto_offset_reset="earliest",
+        # Our tables hold small JSON dicts; keep Faust from holding huge buffers on 2 cores.
+        stream_buffer_maxsize=1024,
+    )
+
+
+SETTINGS = settings()
+TOPICS = Topics(SETTINGS.topic_namespace)
+N = SETTINGS.adt_partitions
+
+app = create_app(SETTINGS)
+
+
+def _topic(name: str, partitions: int | None = N) -> faust.TopicT:
+    return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw",
+                     value_serializer="raw", partitions=partitions)
+
+
+adt_topic = _topic(TOPICS.adt)
+contributions_topic = _topic(TOPICS.kpi_contributions)
+reference_topic = _topic(TOPICS.reference, partitions=1)
+OUT = {
+    adt_flow.SCORES: _topic(TOPICS.discharge_scores),
+    adt_flow.ALERTS: _topic(TOPICS.alerts),
+    adt_flow.LABELS: _topic(TOPICS.readmission_labels),
+    adt_flow.CONTRIBUTIONS: contributions_topic,
+    adt_flow.DLQ: _topic(TOPICS.dlq, partitions=1),
+}
+kpis_topic = _topic(TOPICS.kpis)
+
+
+JSON = faust.Schema(key_type=str, key_serializer="json", value_serializer="json")
+
+
+def _table(name: str, help: str, partitions: int = N) -> faust.Table:
+    return app.Table(name, default=None, partitions=partitions, schema=JSON, help=help)
+
+
+patients = _table("patients", "PatientState by patient_id")
+partition_state = _table("partition_state", "p{partition}: event-time watermark, last offset")
+due = _table("due", "p{partition}:{day}: patients with a pending discharge due that day")
+models = _table("models", "p{partition}: the partition's river model (bytes) and alert policy")
+kpi_days = _table("kpi_days", "dimension|id|day: the day bucket of KPI inputs")
+kpi_meta = _table("kpi_meta", "q{partition}: last contribution offset, last flushed offset")
+provider_capacity = app.GlobalTable(
+    "provider_capacity", default=None, partitions=1, schema=JSON,
+    help="provider_id -> capacity (reference data)")
+
+flow = adt_flow.AdtFlow(source_topic=TOPICS.adt, patients=patients, partitions=partition_state,
+                        due=due, models=models)
+aggregator = KpiAggregator(days=kpi_days, meta=kpi_meta, capacity=provider_capacity,
+                           ready=lambda: app.tables.recovery.completed.is_set())
+
+
+def _bytes(key: str | bytes | None) -> bytes | None:
+    return key.encode() if isinstance(key, str) else key
+
+
+@app.agent(adt_topic, concurrency=1)
+async def process_adt(stream: faust.StreamT) -> None:
+    """hospital.adt -> scores, alerts, labels, KPI contributions, DLQ (stream/README.md)."""
+    async for event in stream.events():
+        msg = event.message
+        for out in flow.process(event.value, msg.partition, msg.offset, key=event.key):
+            await OUT[out.topic].send(key=_bytes(out.key), value=out.value)
+
+
+@app.agent(contributions_topic, concurrency=1)
+async def aggregate_kpis(stream: faust.StreamT) -> None:
+    """hospital.kpi-contributions -> day buckets (flushed to hospital.kpis by the timer)."""
+    async for event in stream.events():
+        msg = event.message
+        aggregator.add(event.value, msg.partition, msg.offset)
+
+
+@app.agent(reference_topic, concurrency=1)
+async def load_reference(stream: faust.StreamT) -> None:
+    """hospital.reference -> provider capacity (provider_utilization's denominator)."""
+    async for event in stream.events():
+        aggregator.reference(event.value)
+
+
+@app.timer(interval=kpi_flush_seconds())
+async def flush_kpis() -> None:
+    """Emit the KPI windows whose inputs changed since the last flush."""
+    for key, value in aggregator.flush():
+        await kpis_topic.send(key=key.encode(), value=value)
+
+
+@app.on_partitions_assigned.connect
+async def _on_assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:
+    # The tables are the truth after a rebalance: drop in-memory copies.
+    flow.forget_cache()
+    aggregator.forget_cache()

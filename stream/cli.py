@@ -1,0 +1,61 @@
+"""``wardstream worker``: run the Faust stream processor (stream/README.md)."""
+
+from __future__ import annotations
+
+import os
+
+import typer
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+GUARANTEES = ("exactly_once", "at_least_once")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("worker")
+    def worker(
+        loglevel: str = typer.Option(
+            "info", "--loglevel", "-l", help=f"Faust log level: {', '.join(LOG_LEVELS)}."),
+        namespace: str | None = typer.Option(
+            None, "--namespace", "-n",
+            help="Topic namespace (prefix), e.g. 'replay-1.' for a replay into a fresh run. "
+                 "Default: WARDSTREAM_NAMESPACE (empty = the hospital.* topics)."),
+        guarantee: str | None = typer.Option(
+            None, "--guarantee",
+            help="Faust processing guarantee: exactly_once (default) or at_least_once. Outputs "
+                 "are identical either way (ids derive from input ids, state skips re-delivered "
+                 "offsets); env WARDSTREAM_PROCESSING_GUARANTEE."),
+        flush_seconds: float | None = typer.Option(
+            None, "--kpi-flush-seconds", min=0.1,
+            help="How often changed KPI windows are emitted (wall clock; values never depend on "
+                 "it). Default: KPI_FLUSH_SECONDS or 2."),
+    ) -> None:
+        """Consume hospital.adt and produce scores, alerts, labels, KPIs and the DLQ.
+
+        Creates the topics when missing, then runs one Faust worker (app id and consumer group
+        '{namespace}wardstream-stream', state under WARDSTREAM_STATE_DIR/faust). Stop it with
+        Ctrl-C / SIGTERM: a restarted worker resumes from its changelogged state, the online
+        models included. Logs carry ids only.
+        """
+        if loglevel.lower() not in LOG_LEVELS:
+            raise typer.BadParameter(f"choose one of {', '.join(LOG_LEVELS)}", param_hint="--loglevel")
+        if guarantee is not None and guarantee not in GUARANTEES:
+            raise typer.BadParameter(f"choose one of {', '.join(GUARANTEES)}", param_hint="--guarantee")
+        if namespace is not None:
+            os.environ["WARDSTREAM_NAMESPACE"] = namespace
+        if guarantee is not None:
+            os.environ["WARDSTREAM_PROCESSING_GUARANTEE"] = guarantee
+        if flush_seconds is not None:
+            os.environ["KPI_FLUSH_SECONDS"] = str(flush_seconds)
+        run_worker(loglevel.lower())
+
+
+def run_worker(loglevel: str = "info") -> None:
+    """Create the topics, import the app (it reads the env at import) and run a Faust worker."""
+    import faust
+
+    from wardstream.kafka_io import ensure_topics
+
+    ensure_topics()
+    from stream.app import app as faust_app
+
+    faust.Worker(faust_app, loglevel=loglevel).execute_from_commandline()

@@ -1,0 +1,352 @@
+"""Per-patient state and its transitions: validation, history, open encounter, pending labels.
+
+The state is a plain dataclass that round-trips through JSON-able dicts (``to_dict`` /
+``from_dict``) so the Faust ``patients`` table can store it. Every transition is a pure function
+of (state, event): it returns a new state and never reads a clock, so a replay of the same
+per-patient event sequence gives the same states, contexts and labels.
+
+Readmission rule (DESIGN.md, as CMS counts it): a discharge is an *index* discharge unless the
+patient expired. It is readmitted when the same patient has a non-elective admission in
+``(discharged_at, discharged_at + 30 days]``; that label is known at the admission. Otherwise the
+label is *false*, known at ``due_at = discharged_at + 30 days``, and emitted once event time (the
+partition watermark) has moved strictly past ``due_at``: an admission at exactly ``due_at`` still
+counts as a readmission, so expiry must not fire at ``now == due_at``.
+
+History windows: "12 months" = 365 days and "6 months" = 183 days, counted strictly before the
+admission of the encounter being discharged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from stream.contracts import AdmissionEvent, DischargeEvent, ReadmissionLabel, TransferEvent
+from stream.domain.charlson import charlson_index
+
+READMISSION_WINDOW = timedelta(days=30)
+ADMISSION_HISTORY = timedelta(days=365)
+ED_HISTORY = timedelta(days=183)
+FAR_FUTURE = timedelta(days=1)
+RECENT_EVENT_IDS = 64
+LOS_TOLERANCE_DAYS = 0.05
+
+AdtEvent = AdmissionEvent | DischargeEvent | TransferEvent
+
+
+def _ts(value: datetime) -> str:
+    return value.isoformat()
+
+
+def _dt(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass
+class OpenEncounter:
+    """What the admission told us, kept until the discharge (features need it)."""
+
+    encounter_id: str
+    facility_id: str
+    department: str
+    attending_provider_id: str
+    admitted_at: datetime
+    admission_type: str
+    admit_source: str
+    age: int
+    sex: str
+    race: str
+    payer: str
+    chronic_conditions: list[str]
+    diagnosis_codes: list[str]
+    vitals: dict[str, float]
+
+    @classmethod
+    def from_admission(cls, adm: AdmissionEvent) -> "OpenEncounter":
+        return cls(
+            encounter_id=adm.encounter_id,
+            facility_id=adm.facility_id,
+            department=adm.department,
+            attending_provider_id=adm.attending_provider_id,
+            admitted_at=adm.occurred_at,
+            admission_type=adm.admission_type,
+            admit_source=adm.admit_source,
+            age=adm.patient.age,
+            sex=adm.patient.sex,
+            race=adm.patient.race,
+            payer=adm.patient.payer,
+            chronic_conditions=list(adm.patient.chronic_conditions),
+            diagnosis_codes=list(adm.diagnosis_codes),
+            vitals={k: float(v) for k, v in adm.vitals.model_dump().items()},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "encounter_id": self.encounter_id,
+            "facility_id": self.facility_id,
+            "department": self.department,
+            "attending_provider_id": self.attending_provider_id,
+            "admitted_at": _ts(self.admitted_at),
+            "admission_type": self.admission_type,
+            "admit_source": self.admit_source,
+            "age": self.age,
+            "sex": self.sex,
+            "race": self.race,
+            "payer": self.payer,
+            "chronic_conditions": list(self.chronic_conditions),
+            "diagnosis_codes": list(self.diagnosis_codes),
+            "vitals": dict(self.vitals),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "OpenEncounter":
+        return cls(**{**d, "admitted_at": _dt(d["admitted_at"]),
+                      "chronic_conditions": list(d["chronic_conditions"]),
+                      "diagnosis_codes": list(d["diagnosis_codes"]),
+                      "vitals": {k: float(v) for k, v in d["vitals"].items()}})
+
+
+@dataclass
+class PendingDischarge:
+    """An index discharge waiting for its label; keeps what scoring and learning need."""
+
+    encounter_id: str
+    patient_id: str
+    facility_id: str
+    department: str
+    attending_provider_id: str
+    discharged_at: datetime
+    features: dict[str, float]
+    score: float
+    lace: int
+    threshold: float
+    high_risk: bool
+
+    @property
+    def due_at(self) -> datetime:
+        return self.discharged_at + READMISSION_WINDOW
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "encounter_id": self.encounter_id,
+            "patient_id": self.patient_id,
+            "facility_id": self.facility_id,
+            "department": self.department,
+            "attending_provider_id": self.attending_provider_id,
+            "discharged_at": _ts(self.discharged_at),
+            "features": dict(self.features),
+            "score": self.score,
+            "lace": self.lace,
+            "threshold": self.threshold,
+            "high_risk": self.high_risk,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PendingDischarge":
+        return cls(**{**d, "discharged_at": _dt(d["discharged_at"]),
+                      "features": {k: float(v) for k, v in d["features"].items()}})
+
+
+@dataclass
+class DischargeContext:
+    """Everything known at a discharge; the input of features and LACE."""
+
+    open: OpenEncounter
+    discharge: DischargeEvent
+    prior_admissions_12m: int
+    ed_visits_6m: int
+    charlson: int
+
+
+@dataclass
+class LabelOutcome:
+    pending: PendingDischarge
+    readmitted: bool
+    readmission_encounter_id: str | None
+    known_at: datetime
+
+    def to_label(self) -> ReadmissionLabel:
+        return ReadmissionLabel(
+            encounter_id=self.pending.encounter_id,
+            patient_id=self.pending.patient_id,
+            discharged_at=self.pending.discharged_at,
+            readmitted=self.readmitted,
+            readmission_encounter_id=self.readmission_encounter_id,
+            known_at=self.known_at,
+        )
+
+
+@dataclass
+class PatientState:
+    patient_id: str
+    last_event_at: datetime | None = None
+    recent_event_ids: list[str] = field(default_factory=list)
+    admissions: list[datetime] = field(default_factory=list)
+    ed_visits: list[datetime] = field(default_factory=list)
+    open: OpenEncounter | None = None
+    pending: list[PendingDischarge] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "patient_id": self.patient_id,
+            "last_event_at": None if self.last_event_at is None else _ts(self.last_event_at),
+            "recent_event_ids": list(self.recent_event_ids),
+            "admissions": [_ts(t) for t in self.admissions],
+            "ed_visits": [_ts(t) for t in self.ed_visits],
+            "open": None if self.open is None else self.open.to_dict(),
+            "pending": [p.to_dict() for p in self.pending],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PatientState":
+        return cls(
+            patient_id=d["patient_id"],
+            last_event_at=None if d["last_event_at"] is None else _dt(d["last_event_at"]),
+            recent_event_ids=list(d["recent_event_ids"]),
+            admissions=[_dt(t) for t in d["admissions"]],
+            ed_visits=[_dt(t) for t in d["ed_visits"]],
+            open=None if d["open"] is None else OpenEncounter.from_dict(d["open"]),
+            pending=[PendingDischarge.from_dict(p) for p in d["pending"]],
+        )
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def check(state: PatientState | None, event: AdtEvent, watermark: datetime | None) -> str | None:
+    """Why this (contract-valid) event cannot be applied to the patient, or None if it can.
+
+    Reasons are short and carry no patient data (they go to the DLQ and to logs).
+    """
+    if state is not None:
+        if str(event.event_id) in state.recent_event_ids:
+            return "duplicate event_id"
+        if state.last_event_at is not None and event.occurred_at < state.last_event_at:
+            return "out of order for patient"
+    if watermark is not None and event.occurred_at > watermark + FAR_FUTURE:
+        return "far future"
+    open_ = None if state is None else state.open
+    if isinstance(event, AdmissionEvent):
+        if open_ is not None:
+            return "admission while an encounter is open"
+        return None
+    if open_ is None:
+        return f"{event.event_type} without open admission"
+    if event.encounter_id != open_.encounter_id:
+        return "encounter_id does not match the open encounter"
+    if isinstance(event, DischargeEvent):
+        if abs((event.admitted_at - open_.admitted_at).total_seconds()) / 86400 > LOS_TOLERANCE_DAYS:
+            return "admitted_at does not match the open encounter"
+        actual = (event.occurred_at - event.admitted_at).total_seconds() / 86400
+        if abs(event.length_of_stay_days - actual) > LOS_TOLERANCE_DAYS:
+            return "length_of_stay_days inconsistent with admitted_at"
+    return None
+
+
+def is_index(dis: DischargeEvent) -> bool:
+    """An index discharge unless the patient expired (DESIGN.md, CMS)."""
+    return dis.discharge_disposition != "expired"
+
+
+# --------------------------------------------------------------------------- transitions
+
+
+def _touched(state: PatientState, event: AdtEvent) -> PatientState:
+    ids = [*state.recent_event_ids, str(event.event_id)][-RECENT_EVENT_IDS:]
+    last = event.occurred_at if state.last_event_at is None else max(state.last_event_at, event.occurred_at)
+    return replace(state, recent_event_ids=ids, last_event_at=last)
+
+
+def _sorted_outcomes(outcomes: list[LabelOutcome]) -> list[LabelOutcome]:
+    return sorted(outcomes, key=lambda o: (o.pending.discharged_at, o.pending.encounter_id))
+
+
+def apply_admission(
+    state: PatientState | None, adm: AdmissionEvent
+) -> tuple[PatientState, list[LabelOutcome]]:
+    """Open the encounter and resolve pending discharges this admission decides.
+
+    A non-elective admission in ``(discharged_at, due_at]`` makes a pending discharge readmitted.
+    Pending discharges already past due at the admission time get their false label here too, so
+    the result is right even when the caller has not expired them first.
+    """
+    if state is None:
+        state = PatientState(patient_id=adm.patient_id)
+    state, outcomes = expire(state, adm.occurred_at)
+    keep: list[PendingDischarge] = []
+    for p in state.pending:
+        if adm.admission_type != "elective" and p.discharged_at < adm.occurred_at <= p.due_at:
+            outcomes.append(LabelOutcome(p, True, adm.encounter_id, adm.occurred_at))
+        else:
+            keep.append(p)
+    t = adm.occurred_at
+    admissions = [a for a in state.admissions if a > t - ADMISSION_HISTORY] + [t]
+    ed_visits = [e for e in state.ed_visits if e > t - ED_HISTORY]
+    if adm.admit_source == "ed":
+        ed_visits.append(t)
+    new = replace(
+        _touched(state, adm),
+        admissions=admissions,
+        ed_visits=ed_visits,
+        open=OpenEncounter.from_admission(adm),
+        pending=keep,
+    )
+    return new, _sorted_outcomes(outcomes)
+
+
+def apply_transfer(state: PatientState, tr: TransferEvent) -> PatientState:
+    """Move the open encounter to the new department / attending provider."""
+    if state.open is None:
+        raise ValueError("transfer without open admission")
+    moved = replace(state.open, department=tr.department, attending_provider_id=tr.attending_provider_id)
+    return replace(_touched(state, tr), open=moved)
+
+
+def apply_discharge(state: PatientState, dis: DischargeEvent) -> tuple[PatientState, DischargeContext]:
+    """Close the open encounter; the context counts history strictly before its admission."""
+    open_ = state.open
+    if open_ is None:
+        raise ValueError("discharge without open admission")
+    t0 = open_.admitted_at
+    prior = sum(1 for a in state.admissions if t0 - ADMISSION_HISTORY <= a < t0)
+    ed = sum(1 for e in state.ed_visits if t0 - ED_HISTORY <= e < t0)
+    ctx = DischargeContext(
+        open=open_,
+        discharge=dis,
+        prior_admissions_12m=prior,
+        ed_visits_6m=ed,
+        charlson=charlson_index([*open_.diagnosis_codes, *dis.diagnosis_codes]),
+    )
+    return replace(_touched(state, dis), open=None), ctx
+
+
+def add_pending(state: PatientState, pending: PendingDischarge) -> PatientState:
+    """Keep an index discharge until its label is known (callers skip ``not is_index``).
+
+    Idempotent by encounter_id: a re-added discharge replaces the earlier copy.
+    """
+    others = [p for p in state.pending if p.encounter_id != pending.encounter_id]
+    return replace(state, pending=[*others, pending])
+
+
+def expire(state: PatientState, now: datetime) -> tuple[PatientState, list[LabelOutcome]]:
+    """False labels for pending discharges whose 30 days have passed (``due_at < now``).
+
+    ``now`` is event time (the partition watermark). ``known_at`` is ``due_at``, not ``now``, so
+    the label does not depend on when the watermark happened to move.
+    """
+    done = [p for p in state.pending if p.due_at < now]
+    if not done:
+        return state, []
+    keep = [p for p in state.pending if not p.due_at < now]
+    outcomes = [LabelOutcome(p, False, None, p.due_at) for p in done]
+    return replace(state, pending=keep), _sorted_outcomes(outcomes)
+
+
+def next_due(state: PatientState) -> datetime | None:
+    """When the earliest pending discharge falls due (for the app's ``due`` index)."""
+    return min((p.due_at for p in state.pending), default=None)

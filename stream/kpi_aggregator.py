@@ -1,0 +1,200 @@
+"""The KPI aggregator behind ``aggregate_kpis``: day buckets in, changed KPI windows out.
+
+Formulas, buckets and windows come from :mod:`stream.domain.kpis`; this module only decides
+*which* windows to (re-)emit and keeps the bookkeeping that makes the last message per window
+equal to the value over all contributions, whatever the flush timing:
+
+* ``days[dimension|id|YYYY-MM-DD]`` (a Faust table) = the day bucket plus the contributions
+  partition and offset that last changed it.
+* ``meta[q{partition}]`` = offset of the last contribution applied (a re-delivered contribution is
+  skipped: bucket sums are not idempotent) and the offset up to which a flush has gone out.
+  After a restart every bucket changed after that point is dirty again, so no window is lost
+  between the last flush and a stop.
+* The flush runs on a wall-clock timer, outside any event, so it writes no table: the "flushed"
+  mark is written by the next contribution of that partition (a flush that was never marked is
+  simply repeated; the values are the same).
+* A census change on day d moves the census at the end of every later day too, so it dirties
+  the census KPIs of every window holding a known day >= d.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterator, MutableMapping
+from datetime import date, timedelta
+from typing import Any
+
+import orjson
+
+from stream.contracts import KpiValue, ProviderRef, dump, format_ts, parse_reference
+from stream.domain import kpis
+
+log = logging.getLogger(__name__)
+
+Dim = tuple[str, str]  # (dimension, dimension_id)
+CENSUS_INPUTS = {"census_delta"}
+CAPACITY = "capacity"  # pseudo-input: the provider's capacity changed
+
+
+def kpi_key(kpi: str, dimension: str, dimension_id: str, window: str, window_start: date) -> str:
+    """The ``hospital.kpis`` message key (the sink upserts by it)."""
+    return f"{kpi}|{dimension}|{dimension_id}|{window}|{format_ts(kpis.day_start(window_start))}"
+
+
+class KpiAggregator:
+    def __init__(self, *, days: MutableMapping[str, Any], meta: MutableMapping[str, Any],
+                 capacity: MutableMapping[str, Any], ready: Callable[[], bool] = lambda: True) -> None:
+        self.days, self.meta, self.capacity, self.ready = days, meta, capacity, ready
+        self._loaded = False
+        self._buckets: dict[Dim, dict[date, kpis.DayBucket]] = {}
+        self._facility: dict[Dim, str] = {}
+        self._dirty: dict[Dim, dict[date, set[str]]] = defaultdict(lambda: defaultdict(set))
+        self._seen: dict[int, int] = {}  # partition -> last offset added
+        self._flushed: dict[int, int] = {}  # partition -> last offset covered by a flush
+
+    # ------------------------------------------------------------------ state
+
+    def forget_cache(self) -> None:
+        """After a rebalance the tables are the truth: reload them before the next use."""
+        self._loaded = False
+
+    def _load(self) -> None:
+        """Rebuild the in-memory buckets from the table; re-dirty what no flush covered."""
+        self._buckets.clear()
+        self._facility.clear()
+        self._dirty.clear()
+        flushed: dict[int, int] = {}
+        for key, entry in list(self.meta.items()):
+            if entry:
+                flushed[int(key[1:])] = int(entry.get("flushed", -1))
+        self._flushed = dict(flushed)
+        self._seen = {q: int(e.get("offset", -1)) for q, e in
+                      ((int(k[1:]), e) for k, e in list(self.meta.items()) if e)}
+        for key, entry in list(self.days.items()):
+            dimension, dim_id, day_s = key.rsplit("|", 2)
+            dim, day = (dimension, dim_id), date.fromisoformat(day_s)
+            self._buckets.setdefault(dim, {})[day] = kpis.DayBucket.from_dict(entry["b"])
+            self._facility[dim] = entry["f"]
+            if int(entry["o"]) > flushed.get(int(entry["q"]), -1):
+                self._dirty[dim][day] |= set(kpis.FIELDS) | {kpis.PATIENTS, CAPACITY}
+        self._loaded = True
+
+    def _ensure_loaded(self) -> None:
+        if not self._loaded:
+            self._load()
+
+    # ------------------------------------------------------------------ inputs
+
+    def add(self, raw: bytes, partition: int, offset: int) -> None:
+        """Apply one ``hospital.kpi-contributions`` message (called inside the agent)."""
+        self._ensure_loaded()
+        qkey = f"q{partition}"
+        m = self.meta.get(qkey) or {"offset": -1, "flushed": -1}
+        if offset <= int(m["offset"]):
+            return
+        c = kpis.Contribution.from_dict(orjson.loads(raw))
+        dim = (c.dimension, c.dimension_id)
+        bucket = self._buckets.setdefault(dim, {}).get(c.day)
+        if bucket is None:
+            bucket = self._buckets[dim][c.day] = kpis.DayBucket()
+        changed = bucket.add(c)
+        self._facility[dim] = c.facility_id
+        if changed:
+            self.days[f"{c.bucket_key}"] = {"b": bucket.to_dict(), "f": c.facility_id,
+                                            "q": partition, "o": offset}
+            self._dirty[dim][c.day] |= changed
+        self._seen[partition] = offset
+        self.meta[qkey] = {"offset": offset,
+                           "flushed": max(int(m["flushed"]), self._flushed.get(partition, -1))}
+
+    def reference(self, raw: bytes) -> None:
+        """Apply one ``hospital.reference`` record: a provider's capacity dirties its windows."""
+        try:
+            record = parse_reference(raw)
+        except ValueError:
+            log.warning("ignoring an invalid reference record")
+            return
+        if not isinstance(record, ProviderRef):
+            return
+        if self.capacity.get(record.provider_id) == record.capacity:
+            return
+        self.capacity[record.provider_id] = record.capacity
+        if self._loaded:
+            dim = ("provider", record.provider_id)
+            for day in self._buckets.get(dim, {}):
+                self._dirty[dim][day].add(CAPACITY)
+
+    # ------------------------------------------------------------------ output
+
+    def flush(self) -> Iterator[tuple[str, bytes]]:
+        """(key, KpiValue JSON) for every KPI window whose inputs changed since the last flush."""
+        if not self._loaded:
+            if not self.ready():
+                return iter(())
+            self._load()
+        if not self._dirty:
+            return iter(())
+        dirty, self._dirty = self._dirty, defaultdict(lambda: defaultdict(set))
+        self._flushed.update(self._seen)
+        out: list[tuple[str, bytes]] = []
+        for dim, days in dirty.items():
+            out.extend(self._emit(dim, days))
+        return iter(out)
+
+    def _emit(self, dim: Dim, dirty_days: dict[date, set[str]]) -> list[tuple[str, bytes]]:
+        dimension, dim_id = dim
+        buckets = self._buckets.get(dim, {})
+        known = sorted(buckets)
+        # window -> changed inputs
+        windows: dict[tuple[str, date, date], set[str]] = defaultdict(set)
+        census_from: date | None = None
+        for day, changed in dirty_days.items():
+            for w in kpis.day_windows(day):
+                windows[w] |= changed
+            if changed & (CENSUS_INPUTS | {CAPACITY}):
+                census_from = day if census_from is None else min(census_from, day)
+        if census_from is not None:
+            for day in known:
+                if day > census_from:
+                    for w in kpis.day_windows(day):
+                        windows[w] |= CENSUS_INPUTS
+        if not windows:
+            return []
+        # census at the end of every day from the first known day to the last window end
+        first = known[0]
+        last_end = max(end for _, _, end in windows)
+        census_at: dict[date, float] = {}
+        total = 0.0
+        for day in kpis.window_days(first, max(last_end, known[-1] + _ONE_DAY)):
+            b = buckets.get(day)
+            if b is not None:
+                total += b.micro.get("census_delta", 0) / kpis.SCALE
+            census_at[day] = total
+        capacity = self.capacity.get(dim_id) if dimension == "provider" else None
+        facility_id = self._facility.get(dim, "")
+        empty = kpis.DayBucket()
+        out: list[tuple[str, bytes]] = []
+        for (window, start, end), changed in sorted(windows.items()):
+            names = kpis.affected_kpis(changed | ({"census_delta"} if CAPACITY in changed else set()),
+                                       dimension)
+            if not names:
+                continue
+            wdays = kpis.window_days(start, end)
+            values = kpis.window_values(
+                [buckets.get(d, empty) for d in wdays],
+                [census_at.get(d, 0.0) for d in wdays],
+                float(capacity) if capacity else None,
+                dimension,
+            )
+            for name in names:
+                value, num, den = values[name]
+                kv = KpiValue(kpi=name, dimension=dimension, dimension_id=dim_id,
+                              facility_id=facility_id, window=window,
+                              window_start=kpis.day_start(start), window_end=kpis.day_start(end),
+                              value=value, numerator=num, denominator=den)
+                out.append((kpi_key(name, dimension, dim_id, window, start), dump(kv)))
+        return out
+
+
+_ONE_DAY = timedelta(days=1)

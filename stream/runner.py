@@ -1,0 +1,194 @@
+"""Run ``wardstream worker`` as a subprocess and wait until its output is complete.
+
+For tests, ``make demo`` and replays::
+
+    from stream.runner import StreamWorker
+
+    with StreamWorker(log_path=tmp / "worker.log") as w:    # starts `wardstream worker`
+        ...produce events to Topics(ns).adt...
+        w.wait_caught_up(timeout=600)                       # every input processed, KPIs flushed
+    # leaving the block sends SIGTERM and waits for a clean stop
+
+The namespace, broker and state directory come from the environment (``WARDSTREAM_NAMESPACE``
+etc., inherited by the subprocess; pass ``env=`` to override). "Caught up" means:
+
+1. the worker's consumer group (``{namespace}wardstream-stream``) has committed every
+   ``hospital.adt`` offset and every data offset of ``hospital.kpi-contributions``;
+2. then nothing moved (end offsets of every output topic, the group's commits) for ``settle``
+   seconds, which is longer than the KPI flush interval, so the last dirty windows are out.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+from stream.contracts import Topics
+from wardstream.config import settings
+
+
+def group_id(namespace: str) -> str:
+    """The worker's consumer group (= Faust app id); mirrors ``stream.app.app_id``."""
+    return f"{namespace}wardstream-stream"
+
+
+class WorkerDied(RuntimeError):
+    pass
+
+
+class StreamWorker:
+    """One ``wardstream worker`` subprocess; a context manager that stops it with SIGTERM."""
+
+    def __init__(self, env: Mapping[str, str] | None = None, log_path: Path | str | None = None,
+                 loglevel: str = "info", flush_seconds: float | None = None) -> None:
+        self.env = {**os.environ, **(env or {})}
+        if flush_seconds is not None:
+            self.env["KPI_FLUSH_SECONDS"] = str(flush_seconds)
+        self.flush_seconds = float(self.env.get("KPI_FLUSH_SECONDS") or 2)
+        self.namespace = self.env.get("WARDSTREAM_NAMESPACE", "")
+        self.log_path = Path(log_path) if log_path else None
+        self.loglevel = loglevel
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> "StreamWorker":
+        cmd = [sys.executable, "-m", "wardstream.cli", "worker", "-l", self.loglevel]
+        out = subprocess.DEVNULL
+        if self.log_path:
+            self._log = open(self.log_path, "ab")
+            out = self._log
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 60) -> int | None:
+        """SIGTERM (Faust stops cleanly: flushes, commits), then SIGKILL after ``timeout``."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self._log:
+            self._log.close()
+            self._log = None
+        return self.proc.returncode
+
+    def __enter__(self) -> "StreamWorker":
+        return self.start()
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ progress
+
+    def progress(self) -> dict[str, int]:
+        """Messages of hospital.adt not yet committed by the worker (``adt_lag``), etc."""
+        topics = Topics(self.namespace)
+        committed = committed_offsets(group_id(self.namespace))
+        ends = end_offsets([topics.adt])
+        adt_lag = sum(max(0, end - committed.get(tp, 0)) for tp, end in ends.items())
+        last = last_data_offsets(topics.kpi_contributions)
+        kpi_lag = sum(1 for tp, off in last.items() if committed.get(tp, 0) <= off)
+        return {"adt_lag": adt_lag, "adt_end": sum(ends.values()), "contribution_partitions_behind": kpi_lag}
+
+    def wait_caught_up(self, timeout: float = 600, settle: float | None = None,
+                       poll: float = 1.0) -> dict[str, int]:
+        """Block until every input is processed and the last KPI flush is out (see module doc)."""
+        settle = settle if settle is not None else max(6.0, 2 * self.flush_seconds + 3)
+        topics = Topics(self.namespace)
+        deadline = time.monotonic() + timeout
+        stable_since: float | None = None
+        last_snapshot: object = None
+        while True:
+            if not self.alive():
+                raise WorkerDied(f"worker exited with {self.proc and self.proc.returncode}; "
+                                 f"log: {self.log_path}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"worker not caught up after {timeout}s: {self.progress()}")
+            p = self.progress()
+            if p["adt_lag"] == 0 and p["contribution_partitions_behind"] == 0:
+                snapshot = (sorted(end_offsets(topics.outputs() + [topics.kpi_contributions]).items()),
+                            sorted(committed_offsets(group_id(self.namespace)).items()))
+                now = time.monotonic()
+                if snapshot != last_snapshot:
+                    last_snapshot, stable_since = snapshot, now
+                elif stable_since is not None and now - stable_since >= settle:
+                    return p
+            else:
+                last_snapshot, stable_since = None, None
+            time.sleep(poll)
+
+
+# ---------------------------------------------------------------------- Kafka look-ups
+
+
+def _admin() -> KafkaAdminClient:
+    return KafkaAdminClient(**settings().kafka.kafka_python_kwargs())
+
+
+def _consumer() -> KafkaConsumer:
+    return KafkaConsumer(**settings().kafka.kafka_python_kwargs(), group_id=None,
+                         enable_auto_commit=False, isolation_level="read_committed")
+
+
+def committed_offsets(group: str) -> dict[TopicPartition, int]:
+    admin = _admin()
+    try:
+        offsets = admin.list_group_offsets({group: None}).get(group, {})
+    finally:
+        admin.close()
+    return {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+
+
+def end_offsets(topics: list[str]) -> dict[TopicPartition, int]:
+    consumer = _consumer()
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or ())]
+        return dict(consumer.end_offsets(tps)) if tps else {}
+    finally:
+        consumer.close()
+
+
+def last_data_offsets(topic: str, lookback: int = 20) -> dict[TopicPartition, int]:
+    """Offset of the last data record per partition (-1 if none).
+
+    Transactional producers leave commit markers after the data, so the end offset overshoots
+    what a consumer can ever commit; read the tail to find the last real record.
+    """
+    consumer = _consumer()
+    try:
+        tps = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or ())]
+        if not tps:
+            return {}
+        ends = consumer.end_offsets(tps)
+        consumer.assign(tps)
+        last = {tp: -1 for tp in tps}
+        for tp in tps:
+            consumer.seek(tp, max(0, ends[tp] - lookback))
+        pending = {tp for tp in tps if ends[tp] > 0}
+        deadline = time.monotonic() + 10
+        while pending and time.monotonic() < deadline:
+            for tp, records in consumer.poll(timeout_ms=200).items():
+                for r in records:
+                    last[tp] = max(last[tp], r.offset)
+            pending = {tp for tp in pending if consumer.position(tp) < ends[tp]}
+        return last
+    finally:
+        consumer.close()
