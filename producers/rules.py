@@ -252,11 +252,16 @@ def readmit_logit(*, age: int, n_chronic: int, conds: frozenset[str], los_days: 
     return x + FRAILTY_WEIGHT * frailty
 
 
-def p_readmit(**features: object) -> float:
+def p_readmit(*, age: int, n_chronic: int, conds: frozenset[str], los_days: float,
+              emergent: bool, prior_ed: int, prior_adm: int, department: str,
+              disposition: str, payer: str, frailty: float) -> float:
     """True 30-day readmission probability at discharge (0 for an expired patient)."""
-    if features["disposition"] == "expired":
+    if disposition == "expired":
         return 0.0
-    return 1.0 / (1.0 + math.exp(-readmit_logit(**features)))  # type: ignore[arg-type]
+    x = readmit_logit(age=age, n_chronic=n_chronic, conds=conds, los_days=los_days, emergent=emergent,
+                      prior_ed=prior_ed, prior_adm=prior_adm, department=department,
+                      disposition=disposition, payer=payer, frailty=frailty)
+    return 1.0 / (1.0 + math.exp(-x))
 
 
 def readmission_delay_days(rng: Random) -> float:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import calendar
 import heapq
+from bisect import bisect_left
 import math
 from collections import Counter
 from collections.abc import Iterator
@@ -105,6 +106,11 @@ def _poisson(rng: Random, lam: float) -> int:
         k += 1
         p *= rng.random()
     return k
+
+
+def _whole(v: float, lo: float, hi: float) -> float:
+    """A vital sign: clamped to a plausible range, whole units, as a float (contract type)."""
+    return float(lo) if v < lo else float(hi) if v > hi else float(int(v + 0.5))
 
 
 def _uuid4(bits: int) -> str:
@@ -274,7 +280,7 @@ class Simulation:
             primary = patient.codes[list(patient.info["chronic_conditions"]).index("cancer")]
         else:
             primary = spec.primary_codes[int(rng.random() * len(spec.primary_codes))]
-        stay.dx = [primary, *(c for c in patient.codes if c != primary)]
+        stay.dx = [primary] + [c for c in patient.codes if c != primary]
         los = rules.sample_los_days(rng, reason_dept, patient.age, patient.frailty, emergent)
         dur = max(4 * 3600, int(los * DAY))
         if rng.random() < TRANSFER_P:
@@ -284,11 +290,12 @@ class Simulation:
                 self._push(t + int(dur * frac), _TRANSFER, stay)
         self._push(t + dur, _DISCHARGE, stay)
         htn, diab = "hypertension" in patient.conds, "diabetes" in patient.conds
+        gauss = rng.gauss
         vitals = {
-            "systolic_bp": float(round(min(230, max(70, rng.gauss(124 + 12 * htn, 17))))),
-            "diastolic_bp": float(round(min(140, max(40, rng.gauss(76 + 5 * htn, 10))))),
-            "heart_rate": float(round(min(190, max(35, rng.gauss(80 + 10 * emergent + (25 if patient.age < 2 else 0), 13))))),
-            "glucose_mg_dl": float(round(min(600, max(50, rng.gauss(175, 55) if diab else rng.gauss(104, 18))))),
+            "systolic_bp": _whole(gauss(124 + 12 * htn, 17), 70, 230),
+            "diastolic_bp": _whole(gauss(76 + 5 * htn, 10), 40, 140),
+            "heart_rate": _whole(gauss(80 + 10 * emergent + (25 if patient.age < 2 else 0), 13), 35, 190),
+            "glucose_mg_dl": _whole(gauss(175, 55) if diab else gauss(104, 18), 50, 600),
         }
         self.counts["admission"] += 1
         return Emitted(t, pid, {
@@ -339,8 +346,9 @@ class Simulation:
                                    for _ in range(n_proc)))
         cost = rules.sample_cost(rng, dept, los, len(procs))
         sat = rules.satisfaction(rng, dept, month, los, dispo)
-        prior_ed = sum(1 for x in p.ed_times if stay.admit_t - 182 * DAY <= x < stay.admit_t)
-        prior_adm = sum(1 for x in p.adm_times if stay.admit_t - 365 * DAY <= x < stay.admit_t)
+        a = stay.admit_t  # visits before this admission (the lists are in time order)
+        prior_ed = bisect_left(p.ed_times, a) - bisect_left(p.ed_times, a - 182 * DAY)
+        prior_adm = bisect_left(p.adm_times, a) - bisect_left(p.adm_times, a - 365 * DAY)
         prob = rules.p_readmit(age=p.age, n_chronic=p.n_chronic, conds=p.conds, los_days=los,
                                emergent=stay.emergent, prior_ed=prior_ed, prior_adm=prior_adm,
                                department=dept, disposition=dispo, payer=p.payer, frailty=p.frailty)

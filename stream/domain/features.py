@@ -7,7 +7,10 @@ a fixed-width vector and top factors are comparable between discharges.
 Only data from the events feed the features (no names, no free text): demographics, payer,
 department and acuity, length of stay, Charlson index, chronic conditions, the patient's prior
 admissions (12 months) and ED visits (6 months), disposition, abnormal admission vitals, and the
-number of diagnoses and procedures.
+number of diagnoses and procedures. Three history features go beyond that list: whether this stay
+was itself an unplanned readmission, a discharge in the 90 days before it, and the readmissions of
+the past 12 months. They proxy what no event states (frailty, poor self-care): a patient who keeps
+coming back is likely to come back again.
 
 >>> from stream.domain.examples import admission, discharge
 >>> from stream.domain.patient import apply_admission, apply_discharge
@@ -69,6 +72,9 @@ FEATURE_TEXT: dict[str, str] = {
     **{f"chronic_{c}": "chronic condition: " + c.replace("_", " ") for c in CHRONIC_CONDITIONS},
     "prior_admissions_12m": "admitted {value:.0f} times in the past 12 months",
     "ed_visits_6m": "{value:.0f} emergency visits in the past 6 months",
+    "readmission_stay": "this stay was itself an unplanned readmission",
+    "prior_discharge_90d": "discharged from hospital in the 90 days before this stay",
+    "prior_readmissions_12m": "readmitted {value:.0f} times in the past 12 months",
     "disposition_home": "discharged home",
     "disposition_home_health": "discharged home with home health care",
     "disposition_snf": "discharged to a skilled nursing facility",
@@ -124,6 +130,10 @@ def discharge_features(ctx: DischargeContext) -> dict[str, float]:
             x[f"chronic_{c}"] = 1.0
     x["prior_admissions_12m"] = float(min(ctx.prior_admissions_12m, COUNT_CAP))
     x["ed_visits_6m"] = float(min(ctx.ed_visits_6m, COUNT_CAP))
+    gap = ctx.days_since_last_discharge
+    x["readmission_stay"] = _flag(gap is not None and gap <= 30 and o.admission_type != "elective")
+    x["prior_discharge_90d"] = _flag(gap is not None and gap <= 90)
+    x["prior_readmissions_12m"] = float(min(ctx.readmissions_12m, COUNT_CAP))
     x[f"disposition_{d.discharge_disposition}"] = 1.0
     v = o.vitals
     sbp, dbp = v.get("systolic_bp", 120.0), v.get("diastolic_bp", 80.0)

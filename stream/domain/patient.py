@@ -160,6 +160,10 @@ class DischargeContext:
     prior_admissions_12m: int
     ed_visits_6m: int
     charlson: int
+    # extensions (history that proxies frailty): readmissions in the 12 months before this
+    # admission, and days from the previous discharge to this admission (None: no earlier stay)
+    readmissions_12m: int = 0
+    days_since_last_discharge: float | None = None
 
 
 @dataclass
@@ -189,6 +193,9 @@ class PatientState:
     ed_visits: list[datetime] = field(default_factory=list)
     open: OpenEncounter | None = None
     pending: list[PendingDischarge] = field(default_factory=list)
+    # extension: discharge times and readmission (admission) times, 12 months, for history features
+    discharges: list[datetime] = field(default_factory=list)
+    readmissions: list[datetime] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -199,6 +206,8 @@ class PatientState:
             "ed_visits": [_ts(t) for t in self.ed_visits],
             "open": None if self.open is None else self.open.to_dict(),
             "pending": [p.to_dict() for p in self.pending],
+            "discharges": [_ts(t) for t in self.discharges],
+            "readmissions": [_ts(t) for t in self.readmissions],
         }
 
     @classmethod
@@ -211,6 +220,8 @@ class PatientState:
             ed_visits=[_dt(t) for t in d["ed_visits"]],
             open=None if d["open"] is None else OpenEncounter.from_dict(d["open"]),
             pending=[PendingDischarge.from_dict(p) for p in d["pending"]],
+            discharges=[_dt(t) for t in d.get("discharges", [])],
+            readmissions=[_dt(t) for t in d.get("readmissions", [])],
         )
 
 
@@ -284,6 +295,9 @@ def apply_admission(
         else:
             keep.append(p)
     t = adm.occurred_at
+    readmissions = [r for r in state.readmissions if r > t - ADMISSION_HISTORY]
+    if len(keep) < len(state.pending):
+        readmissions.append(t)
     admissions = [a for a in state.admissions if a > t - ADMISSION_HISTORY] + [t]
     ed_visits = [e for e in state.ed_visits if e > t - ED_HISTORY]
     if adm.admit_source == "ed":
@@ -294,6 +308,8 @@ def apply_admission(
         ed_visits=ed_visits,
         open=OpenEncounter.from_admission(adm),
         pending=keep,
+        readmissions=readmissions,
+        discharges=[x for x in state.discharges if x > t - ADMISSION_HISTORY],
     )
     return new, _sorted_outcomes(outcomes)
 
@@ -314,14 +330,18 @@ def apply_discharge(state: PatientState, dis: DischargeEvent) -> tuple[PatientSt
     t0 = open_.admitted_at
     prior = sum(1 for a in state.admissions if t0 - ADMISSION_HISTORY <= a < t0)
     ed = sum(1 for e in state.ed_visits if t0 - ED_HISTORY <= e < t0)
+    readmitted = sum(1 for r in state.readmissions if t0 - ADMISSION_HISTORY <= r < t0)
+    last = max((x for x in state.discharges if x <= t0), default=None)
     ctx = DischargeContext(
         open=open_,
         discharge=dis,
         prior_admissions_12m=prior,
         ed_visits_6m=ed,
         charlson=charlson_index([*open_.diagnosis_codes, *dis.diagnosis_codes]),
+        readmissions_12m=readmitted,
+        days_since_last_discharge=None if last is None else (t0 - last).total_seconds() / 86400,
     )
-    return replace(_touched(state, dis), open=None), ctx
+    return replace(_touched(state, dis), open=None, discharges=[*state.discharges, dis.occurred_at]), ctx
 
 
 def add_pending(state: PatientState, pending: PendingDischarge) -> PatientState:
