@@ -31,6 +31,8 @@ from stream.domain.metrics import auc, calibration, recall_precision
 class Replay:
     scores: dict[str, dict] = field(default_factory=dict)
     labels: dict[str, bool] = field(default_factory=dict)
+    label_records: list[dict] = field(default_factory=list)  # in emission order
+    partition: dict[str, int] = field(default_factory=dict)  # encounter -> partition
     truth: dict[str, float] = field(default_factory=dict)
     dlq: int = 0
     events: int = 0
@@ -41,8 +43,13 @@ def partition_of(key: str, partitions: int) -> int:
     return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
-def replay(days: int = 365, partitions: int = 4, seed: int = 42, **model_kw: float) -> Replay:
-    """Simulate ``days`` and push every event through the ADT flow; collect scores and labels."""
+def replay(days: int = 365, partitions: int = 4, seed: int = 42, by_partition: bool = False,
+           **model_kw: float) -> Replay:
+    """Simulate ``days`` and push every event through the ADT flow; collect scores and labels.
+
+    ``by_partition`` feeds partition 0 entirely, then 1, ... instead of interleaving by time (a
+    worker that owned the partitions one after another): outputs must not change.
+    """
     saved = {k: getattr(model_mod, k) for k in ("LEARNING_RATE", "WEIGHT_POS", "L2", "INTERCEPT_LR")}
     for k, v in model_kw.items():
         setattr(model_mod, k.upper(), v)
@@ -53,15 +60,20 @@ def replay(days: int = 365, partitions: int = 4, seed: int = 42, **model_kw: flo
         flow = AdtFlow(source_topic="hospital.adt", patients={}, partitions={}, due={}, models={})
         offsets = [0] * partitions
         out = Replay()
-        for item in sim.stream():
+        items = list(sim.stream())
+        if by_partition:
+            items.sort(key=lambda it: partition_of(it.key, partitions))  # stable: time order kept
+        for item in items:
             p = partition_of(item.key, partitions)
             for o in flow.process(orjson.dumps(item.event), p, offsets[p], item.key.encode()):
                 if o.topic == "discharge_scores":
                     v = orjson.loads(o.value)
                     out.scores[v["encounter_id"]] = v
+                    out.partition[v["encounter_id"]] = p
                 elif o.topic == "readmission_labels":
                     v = orjson.loads(o.value)
                     out.labels[v["encounter_id"]] = v["readmitted"]
+                    out.label_records.append(v)
                 elif o.topic == "dlq":
                     out.dlq += 1
             offsets[p] += 1

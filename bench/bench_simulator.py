@@ -1,7 +1,8 @@
 """Simulator throughput: generation alone, and producing into the local broker vs Kafka's own tool.
 
 (a) generation: a simulated year (60 days with ``quick``) generated and serialized with orjson, no
-    I/O; wall and CPU events/s (the machine is shared: CPU time is the steadier figure).
+    I/O; wall and CPU events/s after the warm-up and including it, best of 3 (the machine is
+    shared: CPU time is the steadier figure).
 (b) produce: the same events into a fresh topic of the local broker, end to end
     (``simulate_to_kafka``: generation + produce + final flush) and produce-only (pre-serialized),
     for each client, against ``org.apache.kafka.tools.ProducerPerformance`` run here with the same
@@ -26,17 +27,34 @@ from wardstream.kafka_io import ensure_topics
 from wardstream.stack.kafka import LocalKafka
 
 
-def _generation(cfg: SimConfig) -> tuple[dict, list[tuple[bytes, bytes]]]:
-    sim = Simulation(cfg)
+def _generation(cfg: SimConfig, repeats: int) -> tuple[dict, list[tuple[bytes, bytes]]]:
+    """Best of ``repeats`` runs of generate + serialize (the shared machine adds noise, not speed).
+
+    The warm-up (simulated months before ``start``, no events) is a fixed start-up cost, reported
+    apart; the steady rate is the one that matters for a long stream.
+    """
     dumps = orjson.dumps
-    out = []
-    w0, c0 = time.perf_counter(), time.process_time()
-    for item in sim.stream():
-        out.append((item.key.encode(), dumps(item.event)))
-    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
-    n = len(out)
-    return {"gen_events": n, "gen_events_per_s_wall": round(n / wall),
-            "gen_events_per_s_cpu": round(n / cpu),
+    best = {"wall": 0.0, "cpu": 0.0, "cpu_total": 0.0, "warmup": 1e9}
+    n = 0
+    for _ in range(repeats):
+        w0, c0 = time.perf_counter(), time.process_time()
+        it = Simulation(cfg).stream()
+        dumps(next(it).event)
+        w1, c1 = time.perf_counter(), time.process_time()
+        n = 1
+        for item in it:
+            dumps(item.event)
+            n += 1
+        w2, c2 = time.perf_counter(), time.process_time()
+        best["wall"] = max(best["wall"], (n - 1) / (w2 - w1))
+        best["cpu"] = max(best["cpu"], (n - 1) / (c2 - c1))
+        best["cpu_total"] = max(best["cpu_total"], n / (c2 - c0))
+        best["warmup"] = min(best["warmup"], c1 - c0)
+    out = [(item.key.encode(), dumps(item.event)) for item in Simulation(cfg).stream()]
+    return {"gen_events": n, "gen_events_per_s_wall": round(best["wall"]),
+            "gen_events_per_s_cpu": round(best["cpu"]),
+            "gen_events_per_s_cpu_incl_warmup": round(best["cpu_total"]),
+            "gen_warmup_cpu_s": round(best["warmup"], 3),
             "avg_event_bytes": round(sum(len(v) for _, v in out) / n)}, out
 
 
@@ -82,7 +100,7 @@ def _delete(prefix: str) -> None:
 
 def run(quick: bool = False) -> dict:
     cfg = SimConfig(days=60 if quick else 365)
-    figures, events = _generation(cfg)
+    figures, events = _generation(cfg, 1 if quick else 3)
     prefix = f"bench-sim-{uuid.uuid4().hex[:8]}."
     LocalKafka().up()
     old = os.environ.get("WARDSTREAM_NAMESPACE")

@@ -24,6 +24,9 @@ def _check_stop(once: bool, until_idle: float | None) -> None:
 
 
 def register(app: typer.Typer) -> None:
+    from consumers.replay import register as register_replay
+
+    register_replay(app)  # `wardstream replay` (consumers/replay.py)
     db = typer.Typer(help="PostgreSQL schema: versioned migrations in sql/migrations.", no_args_is_help=True)
     app.add_typer(db, name="db")
 

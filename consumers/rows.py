@@ -15,12 +15,12 @@ one statement) and keeps every write idempotent: the same messages give the same
 ...     department="Surgery", attending_provider_id="D1")
 >>> b.add_adt(ev, partition=0, offset=7)
 >>> b.rows("encounters")[0]["department"], b.row_count()
-('Surgery', 7)
+('Surgery', 6)
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -70,6 +70,20 @@ def _json(model_data: Any) -> str:
     return orjson.dumps(clean(model_data)).decode()
 
 
+def _fields(model: Any, *drop: str) -> Row:
+    """A contract model's fields as a dict (shallow: faster than ``model_dump`` for flat models)."""
+    return {k: v for k, v in model.__dict__.items() if k != "schema_version" and k not in drop}
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _cleaner(raw: bytes | None) -> Callable[[Any], Any]:
+    """:func:`clean` unless the raw JSON shows no NUL (``\\u0000``): skipping it is the fast path."""
+    return clean if raw is None or b"\\u0000" in raw else _same
+
+
 class Batch:
     """Rows of one database transaction, one per table key, merged in arrival (offset) order."""
 
@@ -96,16 +110,18 @@ class Batch:
     # ------------------------------------------------------------------ hospital.adt
 
     def add_adt(self, ev: AdmissionEvent | DischargeEvent | TransferEvent, partition: int,
-                offset: int) -> None:
+                offset: int, raw: bytes | None = None) -> None:
+        """``raw``: the message as received; stored as the payload when it needs no cleaning."""
         self.messages += 1
-        self._stubs(ev.facility_id, ev.department, ev.attending_provider_id, ev.patient_id)
-        data = ev.model_dump(mode="json")
+        clean = _cleaner(raw)
+        self._stubs(ev.facility_id, ev.department, ev.attending_provider_id, ev.patient_id, clean)
+        payload = raw.decode() if raw is not None and clean is _same else _json(ev.model_dump(mode="json"))
         self._first("adt_events", (str(ev.event_id),), {
             "event_id": str(ev.event_id), "event_type": ev.event_type, "hl7_trigger": ev.hl7_trigger,
             "occurred_at": ev.occurred_at, "facility_id": clean(ev.facility_id),
             "patient_id": clean(ev.patient_id), "encounter_id": clean(ev.encounter_id),
             "department": clean(ev.department), "attending_provider_id": clean(ev.attending_provider_id),
-            "payload": _json(data), "source_partition": partition, "source_offset": offset,
+            "payload": payload, "source_partition": partition, "source_offset": offset,
         })
         patch: Row = {
             "encounter_id": clean(ev.encounter_id), "patient_id": clean(ev.patient_id),
@@ -128,7 +144,7 @@ class Batch:
                 "payer": p.payer, "chronic_conditions": clean(list(p.chronic_conditions)),
                 "as_of": ev.occurred_at,
             })
-            self._codes("diagnoses", ev.encounter_id, "admission", ev.diagnosis_codes)
+            self._codes("diagnoses", ev.encounter_id, "admission", ev.diagnosis_codes, clean)
         elif isinstance(ev, DischargeEvent):
             patch.update(
                 admitted_at=ev.admitted_at, discharged_at=ev.occurred_at,
@@ -136,7 +152,7 @@ class Batch:
                 discharge_disposition=ev.discharge_disposition, payer=ev.payer,
                 total_cost=ev.total_cost, satisfaction_score=ev.satisfaction_score,
             )
-            self._codes("diagnoses", ev.encounter_id, "discharge", ev.diagnosis_codes)
+            self._codes("diagnoses", ev.encounter_id, "discharge", ev.diagnosis_codes, clean)
             for i, code in enumerate(ev.procedure_codes):
                 self._put("procedures", (clean(ev.encounter_id), i),
                           {"encounter_id": clean(ev.encounter_id), "position": i, "cpt_code": clean(code)})
@@ -147,7 +163,8 @@ class Batch:
             })
         self._encounter(patch)
 
-    def _stubs(self, facility_id: str, department: str, provider_id: str, patient_id: str) -> None:
+    def _stubs(self, facility_id: str, department: str, provider_id: str, patient_id: str,
+               clean: Callable[[Any], Any]) -> None:
         f, d, pr, pa = clean(facility_id), clean(department), clean(provider_id), clean(patient_id)
         self._fill("facilities", (f,), {"facility_id": f, "name": None, "beds": None})
         self._fill("departments", (f, d), {"facility_id": f, "department": d, "beds": None})
@@ -163,7 +180,8 @@ class Batch:
         if old is None or (row["as_of"] is not None and (old["as_of"] is None or row["as_of"] >= old["as_of"])):
             rows[(row["patient_id"],)] = row
 
-    def _codes(self, table: str, encounter_id: str, coded_at: str, codes: Iterable[str]) -> None:
+    def _codes(self, table: str, encounter_id: str, coded_at: str, codes: Iterable[str],
+               clean: Callable[[Any], Any]) -> None:
         e = clean(encounter_id)
         for i, code in enumerate(codes):
             self._put(table, (e, coded_at, i),
@@ -206,35 +224,40 @@ class Batch:
 
     # ------------------------------------------------------------------ output topics
 
-    def add_score(self, s: DischargeScore, partition: int, offset: int) -> None:
+    def add_score(self, s: DischargeScore, partition: int, offset: int, raw: bytes | None = None) -> None:
         self.messages += 1
-        row = clean(s.model_dump(exclude={"schema_version", "top_factors"}))
+        clean = _cleaner(raw)
+        row = clean(_fields(s, "top_factors"))
         row.update(top_factors=_json([f.model_dump(mode="json") for f in s.top_factors]),
                    source_partition=partition, source_offset=offset)
         self._put("discharge_scores", (row["encounter_id"],), row)
 
-    def add_label(self, lab: ReadmissionLabel, partition: int, offset: int) -> None:
+    def add_label(self, lab: ReadmissionLabel, partition: int, offset: int, raw: bytes | None = None) -> None:
         self.messages += 1
-        row = clean(lab.model_dump(exclude={"schema_version"}))
+        clean = _cleaner(raw)
+        row = clean(_fields(lab))
         row.update(source_partition=partition, source_offset=offset)
         self._put("readmissions", (row["encounter_id"],), row)
 
-    def add_alert(self, a: Alert, partition: int, offset: int) -> None:
+    def add_alert(self, a: Alert, partition: int, offset: int, raw: bytes | None = None) -> None:
         self.messages += 1
-        row = clean(a.model_dump(exclude={"schema_version"}))
+        clean = _cleaner(raw)
+        row = clean(_fields(a))
         row.update(source_partition=partition, source_offset=offset)
         self._put("alerts", (row["alert_id"],), row)
 
-    def add_kpi(self, k: KpiValue, partition: int, offset: int) -> None:
+    def add_kpi(self, k: KpiValue, partition: int, offset: int, raw: bytes | None = None) -> None:
         self.messages += 1
-        row = clean(k.model_dump(exclude={"schema_version"}))
+        clean = _cleaner(raw)
+        row = clean(_fields(k))
         row.update(source_partition=partition, source_offset=offset)
         key = (row["kpi"], row["dimension"], row["dimension_id"], row["window"], row["window_start"])
         self._put("kpi_windows", key, row)
 
-    def add_dead_letter(self, d: DeadLetter, partition: int, offset: int) -> None:
+    def add_dead_letter(self, d: DeadLetter, partition: int, offset: int, raw: bytes | None = None) -> None:
         self.messages += 1
-        row = clean(d.model_dump(exclude={"schema_version"}))
+        clean = _cleaner(raw)
+        row = clean(_fields(d))
         row.update(dlq_partition=partition, dlq_offset=offset)
         self._put("dead_letters", (row["source_topic"], row["source_partition"], row["source_offset"]), row)
 

@@ -94,13 +94,13 @@ def _adders(namespace: str) -> dict[str, Adder]:
     """Topic name -> function decoding a message value into the batch (raises when invalid)."""
     t = Topics(namespace)
     return {
-        t.adt: lambda b, v, p, o: b.add_adt(parse_adt(v), p, o),
+        t.adt: lambda b, v, p, o: b.add_adt(parse_adt(v), p, o, v),
         t.reference: lambda b, v, p, o: b.add_reference(parse_reference(v)),
-        t.discharge_scores: lambda b, v, p, o: b.add_score(DischargeScore.model_validate_json(v), p, o),
-        t.readmission_labels: lambda b, v, p, o: b.add_label(ReadmissionLabel.model_validate_json(v), p, o),
-        t.alerts: lambda b, v, p, o: b.add_alert(Alert.model_validate_json(v), p, o),
-        t.kpis: lambda b, v, p, o: b.add_kpi(KpiValue.model_validate_json(v), p, o),
-        t.dlq: lambda b, v, p, o: b.add_dead_letter(DeadLetter.model_validate_json(v), p, o),
+        t.discharge_scores: lambda b, v, p, o: b.add_score(DischargeScore.model_validate_json(v), p, o, v),
+        t.readmission_labels: lambda b, v, p, o: b.add_label(ReadmissionLabel.model_validate_json(v), p, o, v),
+        t.alerts: lambda b, v, p, o: b.add_alert(Alert.model_validate_json(v), p, o, v),
+        t.kpis: lambda b, v, p, o: b.add_kpi(KpiValue.model_validate_json(v), p, o, v),
+        t.dlq: lambda b, v, p, o: b.add_dead_letter(DeadLetter.model_validate_json(v), p, o, v),
     }
 
 

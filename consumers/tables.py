@@ -1,7 +1,10 @@
 """The sink's upsert statements, one per table, and the function that writes a Batch.
 
-Each statement is a multi-row ``INSERT ... ON CONFLICT (key) DO UPDATE`` (psycopg2
-``execute_values``) whose merge rule matches :class:`consumers.rows.Batch`:
+A batch goes in with ``COPY`` into a per-session temporary staging table, then one
+``INSERT INTO t SELECT ... FROM stage ON CONFLICT (key) DO UPDATE`` per table (COPY is the fast
+path into PostgreSQL; the upsert keeps it idempotent). ``write_batch(..., method="values")``
+uses multi-row ``INSERT ... VALUES`` (psycopg2 ``execute_values``) instead. The merge rules
+match :class:`consumers.rows.Batch`:
 
 * ``fill``: reference data, a non-null value replaces, a null keeps (stubs never erase);
 * ``latest``: last writer wins, skipped when nothing changes (no dead tuples on replays);
@@ -12,6 +15,9 @@ Each statement is a multi-row ``INSERT ... ON CONFLICT (key) DO UPDATE`` (psycop
 
 from __future__ import annotations
 
+import csv
+import io
+import operator
 from dataclasses import dataclass
 
 from psycopg2.extras import execute_values
@@ -36,11 +42,28 @@ class Table:
         return "(" + ", ".join(f"%({c})s" + (f"::{casts[c]}" if c in casts else "") for c in self.columns) + ")"
 
     @property
+    def stage(self) -> str:
+        return f"_stage_{self.name}"
+
+    @property
+    def column_list(self) -> str:
+        return ", ".join(self._q(c) for c in self.columns)
+
+    @property
     def sql(self) -> str:
-        cols = ", ".join(self._q(c) for c in self.columns)
+        """The upsert from ``VALUES %s`` (execute_values)."""
+        return self.upsert_sql("VALUES %s")
+
+    @property
+    def copy_sql(self) -> str:
+        """The upsert from the staging table filled by COPY."""
+        return self.upsert_sql(f"SELECT {self.column_list} FROM {self.stage}")
+
+    def upsert_sql(self, source: str) -> str:
+        cols = self.column_list
         key = ", ".join(self._q(c) for c in self.key)
         rest = [c for c in self.columns if c not in self.key]
-        head = f"INSERT INTO {self.name} AS t ({cols}) VALUES %s ON CONFLICT ({key}) DO "
+        head = f"INSERT INTO {self.name} AS t ({cols}) {source} ON CONFLICT ({key}) DO "
         q = self._q
         if self.policy == "first":
             return head + "NOTHING"
@@ -114,13 +137,61 @@ TABLES: tuple[Table, ...] = (
 TABLE_NAMES = tuple(t.name for t in TABLES)
 
 
-def write_batch(cur, batch: Batch) -> dict[str, int]:
+def write_batch(cur, batch: Batch, method: str = "copy") -> dict[str, int]:
     """Upsert every row of ``batch`` in FK order (inside the caller's transaction); rows per table."""
     written: dict[str, int] = {}
     for table in TABLES:
         rows = batch.rows(table.name)
         if not rows:
             continue
-        execute_values(cur, table.sql, rows, template=table.template, page_size=1000)
+        if method == "copy":
+            _copy_upsert(cur, table, rows)
+        elif method == "values":
+            execute_values(cur, table.sql, rows, template=table.template, page_size=1000)
+        else:
+            raise ValueError(f"unknown write method {method!r}")
         written[table.name] = len(rows)
     return written
+
+
+def _copy_upsert(cur, table: Table, rows: list[dict]) -> None:
+    # Session-local staging table, emptied at every commit (and gone with the connection).
+    cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table.stage} "
+                f"(LIKE {table.name} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+    cur.execute(f"TRUNCATE {table.stage}")  # a batch written twice in one transaction
+    arrays = tuple(c for c, cast in table.casts if cast.endswith("[]"))
+    cur.copy_expert(f"COPY {table.stage} ({table.column_list}) FROM STDIN WITH (FORMAT csv, NULL '\\N')",
+                    io.StringIO(to_csv(rows, table.columns, arrays)))
+    cur.execute(table.copy_sql)
+
+
+NULL = "\\N"  # COPY's NULL marker here: an empty field stays an empty string
+
+
+def to_csv(rows: list[dict], columns: tuple[str, ...], arrays: tuple[str, ...] = ()) -> str:
+    r"""CSV for ``COPY ... (FORMAT csv, NULL '\N')`` (C csv writer; lists become text[] literals).
+
+    A string that is exactly ``\N`` would read back as NULL: ids and codes never are.
+
+    >>> print(to_csv([{"a": None, "b": "x,y", "c": ["p", 'q"r']}, {"a": "", "b": 1.5, "c": []}],
+    ...              ("a", "b", "c"), arrays=("c",)), end="")
+    \N,"x,y","{""p"",""q\""r""}"
+    ,1.5,{}
+    """
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    get = operator.itemgetter(*columns)
+    positions = [columns.index(c) for c in arrays]
+    single = len(columns) == 1
+    for r in rows:
+        values = [NULL if v is None else v for v in ((get(r),) if single else get(r))]
+        for i in positions:
+            if values[i] is not NULL:
+                values[i] = _array(values[i])
+        writer.writerow(values)
+    return buf.getvalue()
+
+
+def _array(items: list) -> str:
+    """A PostgreSQL text[] literal."""
+    return "{" + ",".join('"' + str(x).replace("\\", "\\\\").replace('"', '\\"') + '"' for x in items) + "}"

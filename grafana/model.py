@@ -174,7 +174,7 @@ class Dashboard:
     variables: list[Variable] = field(default_factory=list)
     tags: list[str] = field(default_factory=lambda: ["wardstream"])
     refresh: str = "10s"
-    time_from: str = "now-30d"
+    time_from: str = "now-90d"
     time_to: str = "now"
 
     def panels(self) -> list[Panel]:

@@ -26,7 +26,8 @@ MIN_BEDS_PER_DEPARTMENT = 4
 MIN_BEDS = MIN_BEDS_PER_DEPARTMENT * len(DEPARTMENTS) * 2
 MAX_FACILITIES = 99
 PATIENTS_PER_PROVIDER = 8  # a hospitalist/attending carries ~8-15 inpatients
-CAPACITY_SLACK = 1.25  # capacity above the average load a provider is staffed for
+CAPACITY_SLACK = 1.25
+HOSPITAL_KINDS = ("General Hospital", "Medical Center", "Memorial Hospital", "Regional Hospital")  # capacity above the average load a provider is staffed for
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ def build_reference(seed: int, facilities: int, beds: int) -> Reference:
     for f in range(1, facilities + 1):
         fid = f"F{f:02d}"
         split = department_beds(beds)
-        name = f"{fake.last_name()} {fake.random_element(('General Hospital', 'Medical Center', 'Memorial Hospital', 'Regional Hospital'))}"
+        name = f"{fake.last_name()} {fake.random_element(HOSPITAL_KINDS)}"
         facs.append(FacilityRef(facility_id=fid, name=name, beds=beds, department_beds=split))
         n = 0
         for dept in DEPARTMENTS:

@@ -40,9 +40,9 @@ class Patient:
         self.facility = facility
         self.age = age
         self.payer = payer
-        self.conds = frozenset(conds)
-        self.n_chronic = sum(1 for c in conds if c in MAJOR) + (1 if "hypertension" in conds else 0)
-        self.codes = tuple(cancer_code if c == "cancer" else CONDITION_CODES[c] for c in conds)
+        self.conds = cs = frozenset(conds)
+        self.n_chronic = len(MAJOR & cs) + ("hypertension" in cs)
+        self.codes = tuple([cancer_code if c == "cancer" else CONDITION_CODES[c] for c in conds])
         self.frailty = frailty
         # the ``patient`` object of admission events, built once and shared
         self.info = {"age": age, "sex": sex, "race": race, "payer": payer, "chronic_conditions": conds}

@@ -18,7 +18,9 @@ Same config => the same events, byte for byte (``orjson.dumps``). Every random d
 ``random.Random(seed)`` in a fixed order; event ids come from a second seeded stream so they never
 shift the simulation. A discrete-event loop (a heap of (time, sequence, kind, payload)) yields events
 in non-decreasing ``occurred_at`` order; nothing at or after ``start + days`` is emitted, so stays
-still open at the end have no discharge. The hospital starts empty.
+still open at the end have no discharge. The first ``WARMUP_DAYS`` before ``start`` are simulated but
+not emitted, so former patients' returns arrive from day one (no ramp that would flatten the
+seasonal peaks); the hospital opens empty at ``start`` (every discharge has its admission).
 
 Readmission (DESIGN.md, CMS): at each discharge the true probability ``p_readmit`` is drawn into a
 non-elective readmission within 30 days, or else an unrelated later admission (elective within 30
@@ -31,8 +33,8 @@ from __future__ import annotations
 
 import calendar
 import heapq
-from bisect import bisect_left
 import math
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -47,12 +49,14 @@ from stream.contracts import DEPARTMENTS
 
 DAY = 86_400
 READMIT_WINDOW = 30 * DAY
-TARGET_OCCUPANCY = 0.78
+TARGET_OCCUPANCY = 0.80
 RETURN_LOAD = 1.45  # admissions per new arrival (readmissions + later returns), measured
+BOARDING = 1.10  # a full department boards new non-elective arrivals up to 10% over its beds
 TRANSFER_P = 0.25  # stays with at least one transfer
 SECOND_TRANSFER_P = 0.15
 
-_DAY_TICK, _ARRIVE, _RETURN, _TRANSFER, _DISCHARGE = range(5)
+WARMUP_DAYS = 180  # simulated, not emitted: returning patients flow from day one
+_DAY_TICK, _ARRIVE, _RETURN, _TRANSFER, _DISCHARGE, _OPEN = range(6)
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,7 @@ class Emitted(NamedTuple):
 
 class _Stay:
     __slots__ = ("encounter_id", "patient", "fac", "dept", "provider", "admit_t", "admitted_at",
-                 "emergent", "dx", "first_dept")
+                 "emergent", "dx", "void")
 
 
 def _poisson(rng: Random, lam: float) -> int:
@@ -138,13 +142,20 @@ class Simulation:
         self._ids = Random(f"event-ids-{config.seed}")
         self._start = config.start_epoch
         self._end = config.end_epoch
-        first = datetime(config.start.year, config.start.month, config.start.day, tzinfo=timezone.utc)
-        self._day_prefix = [(first + timedelta(days=d)).strftime("%Y-%m-%d") for d in range(config.days)]
-        self._day_month = [(first + timedelta(days=d)).month for d in range(config.days)]
-        self._day_dow = [(first + timedelta(days=d)).weekday() for d in range(config.days)]
+        self._t0 = self._start - WARMUP_DAYS * DAY  # day index 0 of the tables below
+        first = datetime(config.start.year, config.start.month, config.start.day,
+                         tzinfo=timezone.utc) - timedelta(days=WARMUP_DAYS)
+        span = range(WARMUP_DAYS + config.days)
+        self._day_prefix = [(first + timedelta(days=d)).strftime("%Y-%m-%d") for d in span]
+        self._day_month = [(first + timedelta(days=d)).month for d in span]
+        self._day_dow = [(first + timedelta(days=d)).weekday() for d in span]
+        self._active: set[_Stay] = set()
+        self._emitting = False
         self._fac_ids = [f.facility_id for f in self.reference.facilities]
         self._beds = [dict(f.department_beds) for f in self.reference.facilities]
         self._census = [{d: 0 for d in DEPARTMENTS} for _ in self.reference.facilities]
+        self._occupied = [0 for _ in self.reference.facilities]
+        self._total_beds = [f.beds for f in self.reference.facilities]
         self._providers = [
             {d: [p.provider_id for p in self.reference.providers_of(fid, d)] for d in DEPARTMENTS}
             for fid in self._fac_ids
@@ -160,7 +171,7 @@ class Simulation:
     # ------------------------------------------------------------------ helpers
 
     def _ts(self, t: int) -> str:
-        d, s = divmod(t - self._start, DAY)
+        d, s = divmod(t - self._t0, DAY)
         return self._day_prefix[d] + _HMS[s]
 
     def _push(self, t: int, kind: int, payload: object) -> None:
@@ -179,31 +190,39 @@ class Simulation:
         self._load[chosen] += 1
         return chosen
 
-    def _free_dept(self, fac: int, preferred: str, pediatric: bool) -> str | None:
-        """The preferred department if it has a bed, else the adult one with the most free beds."""
+    def _bed_for(self, fac: int, preferred: str, elective: bool) -> str | None:
+        """Where a new arrival goes, or None (elective postponed / diverted to another hospital).
+
+        Its department, boarding up to ``BOARDING`` over its beds when full; a non-elective adult
+        then goes to Internal Medicine if it has a bed. A full hospital diverts every new arrival.
+        Former patients coming back are always admitted to their department (see ``_return``).
+        """
         census, beds = self._census[fac], self._beds[fac]
-        if census[preferred] < beds[preferred]:
-            return preferred
-        if pediatric:
+        if self._occupied[fac] >= self._total_beds[fac]:
             return None
-        best, free = None, 0
-        for d in DEPARTMENTS:
-            if d != "Pediatrics" and beds[d] - census[d] > free:
-                best, free = d, beds[d] - census[d]
-        return best
+        if census[preferred] < beds[preferred] * (1.0 if elective else BOARDING):
+            return preferred
+        if elective or preferred == "Pediatrics":
+            return None
+        im = "Internal Medicine"
+        return im if census[im] < beds[im] else None
 
     # ------------------------------------------------------------------ the loop
 
     def stream(self) -> Iterator[Emitted]:
         """Yield every event of the period in non-decreasing occurred_at order."""
-        for d in range(self.config.days):
-            self._push(self._start + d * DAY, _DAY_TICK, d)
+        for d in range(WARMUP_DAYS + self.config.days):
+            self._push(self._t0 + d * DAY, _DAY_TICK, d)
+        heapq.heappush(self._heap, (self._start, -1, _OPEN, None))  # before anything at start
         heap = self._heap
         pop = heapq.heappop
         while heap:
             t, _, kind, payload = pop(heap)
             if kind == _DAY_TICK:
                 self._day(t, payload)
+                continue
+            if kind == _OPEN:
+                self._open_period()
                 continue
             if kind == _DISCHARGE:
                 out = self._discharge(t, payload)
@@ -213,9 +232,28 @@ class Simulation:
                 out = self._arrive(t, *payload)
             else:
                 out = self._return(t, *payload)
-            if out is not None:
+            if out is not None and self._emitting:
                 self.sim_time = t
                 yield out
+
+    def _open_period(self) -> None:
+        """End of the warm-up: the hospital opens empty, with its former patients' returns booked.
+
+        Stays still open are forgotten (those patients never come back): every emitted discharge
+        has its emitted admission. Warm-up discharges are no index discharges of the truth.
+        """
+        for stay in self._active:
+            stay.void = True
+        self._active.clear()
+        for census in self._census:
+            for d in census:
+                census[d] = 0
+        self._occupied = [0 for _ in self._occupied]
+        for p in self._load:
+            self._load[p] = 0
+        self._truth.clear()
+        self._open.clear()
+        self._emitting = True
 
     def _day(self, t: int, d: int) -> None:
         rng = self._rng
@@ -233,9 +271,9 @@ class Simulation:
 
     def _arrive(self, t: int, fac: int, dept: str, elective: bool) -> Emitted | None:
         rng = self._rng
-        where = self._free_dept(fac, dept, dept == "Pediatrics")
-        if where is None or (elective and where != dept):
-            return None  # no bed: the elective is postponed elsewhere / the patient diverted
+        where = self._bed_for(fac, dept, elective)
+        if where is None:
+            return None
         self._patients += 1
         patient = new_patient(rng, self._patients, dept, fac)
         if elective:
@@ -247,14 +285,14 @@ class Simulation:
 
     def _return(self, t: int, patient: Patient, dept: str, admission_type: str, source: str) -> Emitted | None:
         patient.busy = False
-        where = self._free_dept(patient.facility, dept, patient.age < 18) or dept  # boarding when full
-        return self._admit(t, patient, where, admission_type, source, dept)
+        return self._admit(t, patient, dept, admission_type, source, dept)
 
     def _admit(self, t: int, patient: Patient, dept: str, admission_type: str, source: str,
-               reason_dept: str) -> Emitted:
+               reason_dept: str) -> Emitted | None:
         rng = self._rng
         fac = patient.facility
         self._census[fac][dept] += 1
+        self._occupied[fac] += 1
         patient.busy = True
         emergent = admission_type != "elective"
         pid = patient.patient_id
@@ -267,28 +305,33 @@ class Simulation:
         patient.adm_times.append(t)
         if source == "ed":
             patient.ed_times.append(t)
-        self._encounters += 1
         stay = _Stay()
-        stay.encounter_id = f"E{self._encounters:08d}"
-        stay.patient, stay.fac, stay.dept, stay.first_dept = patient, fac, dept, reason_dept
+        stay.void = False
+        self._active.add(stay)
+        stay.patient, stay.fac, stay.dept = patient, fac, dept
         stay.provider = self._pick_provider(fac, dept)
         stay.admit_t = t
-        stay.admitted_at = self._ts(t)
         stay.emergent = emergent
-        spec = rules.DEPT[reason_dept]
-        if reason_dept == "Oncology" and "cancer" in patient.conds:
-            primary = patient.codes[list(patient.info["chronic_conditions"]).index("cancer")]
-        else:
-            primary = spec.primary_codes[int(rng.random() * len(spec.primary_codes))]
-        stay.dx = [primary] + [c for c in patient.codes if c != primary]
         los = rules.sample_los_days(rng, reason_dept, patient.age, patient.frailty, emergent)
         dur = max(4 * 3600, int(los * DAY))
+        self._push(t + dur, _DISCHARGE, stay)
+        if not self._emitting:  # warm-up: only what decides who comes back, no event
+            return None
         if rng.random() < TRANSFER_P:
             n = 2 if rng.random() < SECOND_TRANSFER_P else 1
             for k in range(n):
                 frac = (k + 0.15 + 0.7 * rng.random()) / n
                 self._push(t + int(dur * frac), _TRANSFER, stay)
-        self._push(t + dur, _DISCHARGE, stay)
+        self._encounters += 1
+        stay.encounter_id = f"E{self._encounters:08d}"
+        d, sec = divmod(t - self._t0, DAY)
+        stay.admitted_at = self._day_prefix[d] + _HMS[sec]
+        spec = rules.DEPT[reason_dept]
+        if reason_dept == "Oncology" and "cancer" in patient.conds:
+            primary = patient.codes[patient.info["chronic_conditions"].index("cancer")]
+        else:
+            primary = spec.primary_codes[int(rng.random() * len(spec.primary_codes))]
+        stay.dx = [primary] + [c for c in patient.codes if c != primary]
         htn, diab = "hypertension" in patient.conds, "diabetes" in patient.conds
         gauss = rng.gauss
         vitals = {
@@ -307,7 +350,9 @@ class Simulation:
             "diagnosis_codes": stay.dx, "vitals": vitals,
         })
 
-    def _transfer(self, t: int, stay: _Stay) -> Emitted:
+    def _transfer(self, t: int, stay: _Stay) -> Emitted | None:
+        if stay.void:
+            return None
         rng = self._rng
         fac, old = stay.fac, stay.dept
         census, beds = self._census[fac], self._beds[fac]
@@ -322,6 +367,8 @@ class Simulation:
         self._load[stay.provider] -= 1
         stay.dept = new
         stay.provider = self._pick_provider(fac, new)
+        if not self._emitting:
+            return None
         self.counts["transfer"] += 1
         pid = stay.patient.patient_id
         return Emitted(t, pid, {
@@ -331,38 +378,49 @@ class Simulation:
             "attending_provider_id": stay.provider, "event_type": "transfer",
         })
 
-    def _discharge(self, t: int, stay: _Stay) -> Emitted:
+    def _discharge(self, t: int, stay: _Stay) -> Emitted | None:
+        if stay.void:
+            return None
+        self._active.discard(stay)
         rng = self._rng
         p, fac, dept = stay.patient, stay.fac, stay.dept
         self._census[fac][dept] -= 1
+        self._occupied[fac] -= 1
         self._load[stay.provider] -= 1
         p.busy = False
         los = round((t - stay.admit_t) / DAY, 2)
-        month = self._day_month[(t - self._start) // DAY]
         dispo = rules.sample_disposition(rng, p.age, p.frailty, dept, p.n_chronic, p.payer)
-        spec = rules.DEPT[dept]
-        n_proc = int(rng.random() * 3.0) + (1 if dept in ("Orthopedics", "Surgery") else 0)
-        procs = list(dict.fromkeys(spec.procedures[int(rng.random() * len(spec.procedures))]
-                                   for _ in range(n_proc)))
-        cost = rules.sample_cost(rng, dept, los, len(procs))
-        sat = rules.satisfaction(rng, dept, month, los, dispo)
         a = stay.admit_t  # visits before this admission (the lists are in time order)
         prior_ed = bisect_left(p.ed_times, a) - bisect_left(p.ed_times, a - 182 * DAY)
         prior_adm = bisect_left(p.adm_times, a) - bisect_left(p.adm_times, a - 365 * DAY)
-        prob = rules.p_readmit(age=p.age, n_chronic=p.n_chronic, conds=p.conds, los_days=los,
-                               emergent=stay.emergent, prior_ed=prior_ed, prior_adm=prior_adm,
-                               department=dept, disposition=dispo, payer=p.payer, frailty=p.frailty)
-        self._truth.append([stay.encounter_id, round(prob, 6), False])
+        prob = rules.p_readmit_fast(p.age, p.n_chronic, p.conds, los, stay.emergent, prior_ed,
+                                    prior_adm, dept, dispo, p.payer, p.frailty)
         if dispo == "expired":
             p.alive = False
         else:
-            self._open.setdefault(p.patient_id, []).append((t, len(self._truth) - 1))
             self._schedule_next(t, p, dept, prob)
+        if not self._emitting:
+            return None
+        truth = self._truth
+        truth.append([stay.encounter_id, round(prob, 6), False])
+        if dispo != "expired":
+            self._open.setdefault(p.patient_id, []).append((t, len(truth) - 1))
+        month = self._day_month[(t - self._t0) // DAY]
+        spec = rules.DEPT[dept]  # procedures, cost and survey: only for emitted discharges
+        n_proc = int(rng.random() * 3.0) + (1 if dept in ("Orthopedics", "Surgery") else 0)
+        procs: list[str] = []
+        for _ in range(n_proc):
+            code = spec.procedures[int(rng.random() * len(spec.procedures))]
+            if code not in procs:
+                procs.append(code)
+        cost = rules.sample_cost(rng, dept, los, len(procs))
+        sat = rules.satisfaction(rng, dept, month, los, dispo)
         self.counts["discharge"] += 1
         pid = p.patient_id
+        d, sec = divmod(t - self._t0, DAY)
         return Emitted(t, pid, {
             "schema_version": 1, "event_id": self._event_id(), "hl7_trigger": "A03",
-            "occurred_at": self._ts(t), "facility_id": self._fac_ids[fac], "patient_id": pid,
+            "occurred_at": self._day_prefix[d] + _HMS[sec], "facility_id": self._fac_ids[fac], "patient_id": pid,
             "encounter_id": stay.encounter_id, "department": dept,
             "attending_provider_id": stay.provider, "event_type": "discharge",
             "admitted_at": stay.admitted_at, "length_of_stay_days": float(los),

@@ -14,6 +14,7 @@ configured from the environment through :func:`wardstream.config.settings`, read
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import ssl
@@ -154,6 +155,7 @@ async def process_adt(stream: faust.StreamT) -> None:
         msg = event.message
         for out in flow.process(event.value, msg.partition, msg.offset, key=event.key):
             await OUT[out.topic].send(key=_bytes(out.key), value=out.value)
+        await asyncio.sleep(0)  # a full buffer never suspends the loop: let the other agents run
 
 
 @app.agent(contributions_topic, concurrency=1)
@@ -162,6 +164,7 @@ async def aggregate_kpis(stream: faust.StreamT) -> None:
     async for event in stream.events():
         msg = event.message
         aggregator.add(event.value, msg.partition, msg.offset)
+        await asyncio.sleep(0)
 
 
 @app.agent(reference_topic, concurrency=1)
@@ -174,8 +177,10 @@ async def load_reference(stream: faust.StreamT) -> None:
 @app.timer(interval=kpi_flush_seconds())
 async def flush_kpis() -> None:
     """Emit the KPI windows whose inputs changed since the last flush."""
-    for key, value in aggregator.flush():
-        await kpis_topic.send(key=key.encode(), value=value)
+    for batch in aggregator.flush_batches():
+        for key, value in batch:
+            await kpis_topic.send(key=key.encode(), value=value)
+        await asyncio.sleep(0)  # one dimension at a time: the agents keep running meanwhile
 
 
 @app.on_partitions_assigned.connect

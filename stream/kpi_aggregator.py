@@ -74,10 +74,11 @@ class KpiAggregator:
         for key, entry in list(self.days.items()):
             dimension, dim_id, day_s = key.rsplit("|", 2)
             dim, day = (dimension, dim_id), date.fromisoformat(day_s)
-            self._buckets.setdefault(dim, {})[day] = kpis.DayBucket.from_dict(entry["b"])
+            bucket = self._buckets.setdefault(dim, {})[day] = kpis.DayBucket.from_dict(entry["b"])
             self._facility[dim] = entry["f"]
             if int(entry["o"]) > flushed.get(int(entry["q"]), -1):
-                self._dirty[dim][day] |= set(kpis.FIELDS) | {kpis.PATIENTS, CAPACITY}
+                # every input this bucket ever had (the same KPIs its adds made dirty)
+                self._dirty[dim][day] |= set(bucket.micro) | ({kpis.PATIENTS} if bucket.patients else set())
         self._loaded = True
 
     def _ensure_loaded(self) -> None:
@@ -127,20 +128,28 @@ class KpiAggregator:
 
     # ------------------------------------------------------------------ output
 
-    def flush(self) -> Iterator[tuple[str, bytes]]:
+    def flush(self) -> list[tuple[str, bytes]]:
         """(key, KpiValue JSON) for every KPI window whose inputs changed since the last flush."""
+        return [kv for batch in self.flush_batches() for kv in batch]
+
+    def flush_batches(self) -> Iterator[list[tuple[str, bytes]]]:
+        """The same as :meth:`flush`, one dimension at a time (the caller may yield in between).
+
+        The dirty set is taken at the first step, so contributions added meanwhile wait for the
+        next flush.
+        """
         if not self._loaded:
             if not self.ready():
-                return iter(())
+                return
             self._load()
         if not self._dirty:
-            return iter(())
+            return
         dirty, self._dirty = self._dirty, defaultdict(lambda: defaultdict(set))
-        self._flushed.update(self._seen)
-        out: list[tuple[str, bytes]] = []
+        covered = dict(self._seen)
         for dim, days in dirty.items():
-            out.extend(self._emit(dim, days))
-        return iter(out)
+            yield self._emit(dim, days)
+        # only now (the caller has sent every batch) may the next contribution mark it flushed
+        self._flushed.update(covered)
 
     def _emit(self, dim: Dim, dirty_days: dict[date, set[str]]) -> list[tuple[str, bytes]]:
         dimension, dim_id = dim

@@ -8,6 +8,7 @@ from stream.contracts import DEPARTMENTS
 from stream.domain import patient as pt
 from stream.domain.examples import admission, discharge, transfer
 from stream.domain.features import FEATURE_NAMES, FEATURE_TEXT, discharge_features, feature_text
+from stream.domain.patient import PendingDischarge
 
 T_IN, T_OUT = "2025-05-01T06:00:00+00:00", "2025-05-06T18:00:00+00:00"
 
@@ -74,3 +75,21 @@ def test_texts_are_plain_words() -> None:
     for name in FEATURE_NAMES:
         text = feature_text(name, 1.0)
         assert text and "{" not in text and "_" not in text
+
+
+def test_history_features() -> None:
+    s = None
+    day = "2025-04-{:02d}T00:00:00+00:00"
+    s, _ = pt.apply_admission(s, admission("P1", "E0", day.format(1)))
+    s, _ = pt.apply_discharge(s, discharge("P1", "E0", day.format(1), day.format(3)))
+    s = pt.add_pending(s, PendingDischarge("E0", "P1", "F01", "Internal Medicine", "D1",
+                                           discharge("P1", "E0", day.format(1), day.format(3)).occurred_at,
+                                           {}, 0.2, 5, 0.3, False))
+    s, outcomes = pt.apply_admission(s, admission("P1", "E1", day.format(20)))
+    assert outcomes[0].readmitted
+    _, ctx = pt.apply_discharge(s, discharge("P1", "E1", day.format(20), day.format(24)))
+    x = discharge_features(ctx)
+    assert x["readmission_stay"] == 1.0 and x["prior_discharge_90d"] == 1.0
+    assert x["prior_readmissions_12m"] == 0.0  # E1 is the readmission itself, not a prior one
+    first = discharge_features(ctx_for())
+    assert first["readmission_stay"] == first["prior_discharge_90d"] == 0.0

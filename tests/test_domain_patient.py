@@ -201,3 +201,23 @@ def test_transitions_do_not_mutate_their_input() -> None:
     pt.apply_admission(s, admission("P1", "E2", "2025-03-10T00:00:00+00:00"))
     pt.expire(s, DUE + timedelta(days=1))
     assert s.to_dict() == before
+
+
+def test_readmission_history_for_features() -> None:
+    day = ts("2025-01-01T00:00:00+00:00")
+    s, ctx, _ = stay(None, "P1", "E1", day, day + timedelta(days=3))
+    assert ctx.readmissions_12m == 0 and ctx.days_since_last_discharge is None
+    # emergency return 10 days after discharge: a readmission, then a planned stay later on
+    t2 = day + timedelta(days=13)
+    s, ctx, outcomes = stay(s, "P1", "E2", t2, t2 + timedelta(days=2))
+    assert [o.readmitted for o in outcomes] == [True]
+    assert ctx.readmissions_12m == 0 and ctx.days_since_last_discharge == 10.0  # counted before E2
+    t3 = t2 + timedelta(days=60)
+    s, ctx, outcomes = stay(s, "P1", "E3", t3, t3 + timedelta(days=1), admission_type="elective",
+                            admit_source="referral")
+    assert ctx.readmissions_12m == 1 and ctx.days_since_last_discharge == 58.0
+    assert [o.readmitted for o in outcomes] == [False]  # E2 expired (due before E3), known at due
+    assert PatientState.from_dict(json.loads(json.dumps(s.to_dict()))) == s
+    # states written before these fields existed still load
+    old = {k: v for k, v in s.to_dict().items() if k not in ("discharges", "readmissions")}
+    assert PatientState.from_dict(old).discharges == []

@@ -39,7 +39,7 @@ def test_threshold_reaches_recall_on_its_buffer_and_is_the_highest(target: float
 
 
 def test_default_until_enough_positives() -> None:
-    pol = ThresholdPolicy(min_positives=20, default_threshold=0.42)
+    pol = ThresholdPolicy(window=2000, min_positives=20, default_threshold=0.42)
     for i in range(19):
         pol.observe(0.9, True)
     for i in range(500):

@@ -23,8 +23,8 @@ from wardstream.config import settings
 pytestmark = pytest.mark.e2e
 
 START = date(2025, 1, 1)
-DAYS = 45  # > 30 days: some discharges get their "not readmitted" label, so AUC is defined
-BEDS = 64  # the simulator's smallest hospital keeps the run short
+DAYS = 50  # > 30 days: discharges get "not readmitted" labels too, so AUC and alerts exist
+BEDS = 64  # the simulator's smallest hospital keeps the run short (~1,100 events)
 
 
 def _number(v: object) -> bool:
@@ -82,13 +82,17 @@ def pipeline_db(fresh_db, kafka_ns, tmp_path, monkeypatch) -> str:
     from stream.runner import StreamWorker
 
     monkeypatch.setenv("WARDSTREAM_STATE_DIR", str(tmp_path / "state"))
+    # One ADT partition: a small hospital leaves a partition idle for more than a day, and the
+    # worker's "far future" check (1 day past the partition watermark) would reject its events.
+    monkeypatch.setenv("WARDSTREAM_ADT_PARTITIONS", "1")
     migrate()
     summary = simulate_to_kafka(SimConfig(seed=7, start=START, days=DAYS, beds=BEDS), progress=False)
     assert summary.events > 0
     with StreamWorker(log_path=tmp_path / "worker.log", flush_seconds=1) as worker:
         worker.wait_caught_up(timeout=900)
     stats = run_sink(once=True, handle_signals=False)
-    assert stats.as_dict(), "the sink wrote nothing"
+    assert stats.stored > 0 and stats.rejected == 0, stats.as_dict()
+    assert stats.rows["kpi_windows"] > 0 and stats.rows["alerts"] > 0, stats.as_dict()
     return fresh_db
 
 

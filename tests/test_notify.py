@@ -126,3 +126,16 @@ def test_a_dead_webhook_records_failed_then_retry_failed_delivers(kafka_ns, sink
         stats = run_notifier(url=hook.url, once=True, retry_failed=True, backoff_initial=0.01)
         assert [d["key"] for d in hook.delivered] == ["alert-E7"]
     assert _deliveries(sink_db)["E7"][:2] == ("delivered", 4)
+
+
+def test_cli_notify_needs_a_webhook(monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from wardstream.cli import app
+
+    monkeypatch.delenv("ALERT_WEBHOOK_URL", raising=False)
+    runner = CliRunner()
+    missing = runner.invoke(app, ["notify", "--once"])
+    assert missing.exit_code == 2 and "ALERT_WEBHOOK_URL" in missing.output
+    bad = runner.invoke(app, ["notify", "--once", "--url", "ftp://x"])
+    assert bad.exit_code == 2 and "http(s)" in bad.output

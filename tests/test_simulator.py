@@ -23,6 +23,7 @@ from producers.runner import simulate_to_file, write_truth
 from producers.simulator import SimConfig, Simulation, generate
 from stream.contracts import DEPARTMENTS, Topics, TruthRecord, dump, parse_adt, parse_reference
 from wardstream.cli import app
+from wardstream.config import settings
 
 runner = CliRunner()
 
@@ -44,6 +45,18 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path) -> None:
     assert a == b
     assert a[0] != c[0]
     assert a[0].count(b"\n") > 1000
+
+
+def test_deterministic_across_processes_and_hash_seeds(tmp_path) -> None:
+    """Byte-identical events and truth whatever PYTHONHASHSEED (no set or hash order leaks in)."""
+    outputs = []
+    for hash_seed in ("1", "2"):
+        out, truth = tmp_path / f"e{hash_seed}.jsonl", tmp_path / f"t{hash_seed}.jsonl"
+        subprocess.run([sys.executable, "-m", "wardstream.cli", "simulate", "--days", "45", "--no-progress",
+                        "--out", str(out), "--truth-out", str(truth)], check=True, capture_output=True,
+                       env=dict(os.environ, PYTHONHASHSEED=hash_seed), timeout=300)
+        outputs.append((out.read_bytes(), truth.read_bytes()))
+    assert outputs[0] == outputs[1]
 
 
 def test_api_matches_cli_bytes(tmp_path) -> None:
@@ -190,6 +203,19 @@ def test_stop_flag_ends_cleanly_and_truth_follows_emitted_events(tmp_path) -> No
     assert [t["encounter_id"] for t in sim2.truth_records()] == discharged
 
 
+@pytest.mark.parametrize("beds, facilities", [(64, 1), (3000, 1), (120, 3)])
+def test_small_and_large_hospitals(beds, facilities) -> None:
+    cfg = SimConfig(days=30, beds=beds, facilities=facilities)
+    sim = Simulation(cfg)
+    events = [item.event for item in sim.stream()]
+    admissions = sum(e["event_type"] == "admission" for e in events)
+    # ~beds * 0.8 occupancy / ~5 days stay admissions a day, per facility
+    assert 0.08 * beds * facilities * 30 <= admissions <= 0.30 * beds * facilities * 30
+    assert {e["facility_id"] for e in events} == {f"F{i:02d}" for i in range(1, facilities + 1)}
+    assert sim.reference.facilities[0].beds == beds
+    assert sum(sim.reference.facilities[0].department_beds.values()) == beds
+
+
 def test_clock_paces_event_time() -> None:
     now = [100.0]
     naps: list[float] = []
@@ -252,7 +278,7 @@ def test_simulate_into_kafka_and_read_back(kafka_ns, tmp_path, client) -> None:
     for r in sorted(records, key=lambda r: (r.partition, r.offset)):
         assert r.key == orjson.loads(r.value)["patient_id"].encode()
         per_patient[r.key].append(r.value)
-        parts = 4  # WARDSTREAM_ADT_PARTITIONS default
+        parts = settings().adt_partitions
         assert r.partition == (murmur2(r.key) & 0x7FFFFFFF) % parts  # Java-compatible partitioning
     want: dict[bytes, list] = defaultdict(list)
     for v in expected:

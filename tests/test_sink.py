@@ -106,3 +106,101 @@ def test_cli_sink_once_and_bad_options(kafka_ns, sink_db) -> None:
     assert ok.exit_code == 0, ok.output
     assert table_counts(sink_db)["adt_events"] == len(data.adt)
     assert settings().sink_database_url and "wardstream_sink" in settings().sink_database_url
+
+
+def test_copy_and_values_write_paths_give_identical_tables(fresh_db) -> None:
+    """The COPY+upsert path (default) and the multi-row VALUES path store the same rows."""
+    import uuid
+
+    from consumers.migrate import migrate
+    from consumers.rows import Batch
+    from consumers.tables import write_batch
+    from wardstream.stack.postgres import LocalPostgres
+
+    data = generate(patients=40, days=60, seed=9)
+    batch = Batch()
+    for offset, (_, m) in enumerate(data.adt + data.reference + data.scores + data.labels + data.alerts
+                                    + data.kpis + data.dlq):
+        kind = type(m).__name__
+        if kind in ("AdmissionEvent", "DischargeEvent", "TransferEvent"):
+            batch.add_adt(m, 0, offset)
+        elif kind in ("ProviderRef", "FacilityRef"):
+            batch.add_reference(m)
+        else:
+            {"DischargeScore": batch.add_score, "ReadmissionLabel": batch.add_label, "Alert": batch.add_alert,
+             "KpiValue": batch.add_kpi, "DeadLetter": batch.add_dead_letter}[kind](m, 0, offset)
+    other = f"wardstream_t{uuid.uuid4().hex[:10]}"
+    pg = LocalPostgres()
+    pg.psql_admin(f"CREATE DATABASE {other} OWNER wardstream")
+    other_url = fresh_db.rsplit("/", 1)[0] + "/" + other
+    try:
+        dumps = []
+        for url, method in ((fresh_db, "copy"), (other_url, "values")):
+            migrate(url)
+            conn = psycopg2.connect(url)
+            with conn, conn.cursor() as cur:
+                write_batch(cur, batch, method=method)
+                write_batch(cur, batch, method=method)  # twice in one transaction: still the same rows
+            conn.close()
+            dumps.append(dump_tables(url))
+        assert dumps[0] == dumps[1]
+        assert len(dumps[0]["adt_events"]) == len(data.adt)
+    finally:
+        pg.psql_admin(f"DROP DATABASE IF EXISTS {other} WITH (FORCE)")
+
+
+def test_awkward_but_valid_strings_are_stored_verbatim(kafka_ns, sink_db) -> None:
+    """NUL (unstorable: replaced), empty strings, quotes, commas, newlines and backslashes."""
+    from stream.contracts import Alert, Topics, dump
+    from wardstream.kafka_io import ensure_topics, make_producer
+
+    data = generate(patients=3, days=20, seed=4)
+    adm = next(ev for _, ev in data.adt if ev.event_type == "admission")
+    odd = adm.model_copy(update={"patient": adm.patient.model_copy(update={
+        "race": "a\x00b", "chronic_conditions": ["", 'say "x", y', "back\\slash", "line\nbreak"]})})
+    from datetime import datetime, timezone
+    alert = Alert(alert_id="alert-Z", encounter_id="Z", patient_id="PZ", facility_id="F01", department="",
+                  attending_provider_id="D,1", discharged_at=datetime(2025, 1, 5, tzinfo=timezone.utc),
+                  score=0.9, lace=12, threshold=0.3, reasons=["", "quote \" here", "{braces}"])
+    t = Topics(kafka_ns)
+    ensure_topics([t.adt, t.alerts])
+    p = make_producer()
+    p.send(t.adt, key=odd.patient_id.encode(), value=dump(odd))
+    p.send(t.alerts, key=b"Z", value=dump(alert))
+    p.flush()
+    p.close()
+    stats = run_sink(once=True)
+    assert stats.rejected == 0 and stats.stored == 2
+    race, chronic = _one(sink_db, "SELECT race, chronic_conditions FROM patients")
+    assert race == "a\ufffdb"
+    assert chronic == ["", 'say "x", y', "back\\slash", "line\nbreak"]
+    assert _one(sink_db, "SELECT payload->'patient'->>'race' FROM adt_events")[0] == "a\ufffdb"
+    dep, prov, reasons = _one(sink_db, "SELECT department, attending_provider_id, reasons FROM alerts")
+    assert (dep, prov, reasons) == ("", "D,1", ["", "quote \" here", "{braces}"])
+
+
+def test_sigterm_stops_cleanly_after_committing(kafka_ns, sink_db) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = generate(patients=20, days=30, seed=8)
+    produce(data, kafka_ns, include_invalid=False)
+    proc = subprocess.Popen([sys.executable, "-m", "wardstream.cli", "sink"], env=dict(os.environ),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while table_counts(sink_db)["adt_events"] < len(data.adt):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()[-2000:]
+            time.sleep(0.3)
+        time.sleep(1.0)  # let it commit its offsets
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    assert '"messages"' in out.decode()
+    assert run_sink(once=True).messages == 0  # everything was committed before exiting

@@ -112,13 +112,15 @@ def colours(good_high: bool) -> list[Threshold]:
 
 
 def stat(title: str, sql: str, unit: str, decimals: int | None = None, description: str = "",
-         w: int = 4, h: int = 5, thresholds: list[Threshold] | None = None, core: bool = False) -> Panel:
-    """A big number: the last value of the query, with the series as a sparkline."""
+         w: int = 4, h: int = 5, thresholds: list[Threshold] | None = None, core: bool = False,
+         calc: str = "lastNotNull") -> Panel:
+    """A big number reduced from the query's series (``calc``: Grafana's reducer, e.g. the last
+    value or the sum over the range), with the series as a sparkline."""
     return Panel(
         title, "stat", [Target(sql)], w=w, h=h, unit=unit, decimals=decimals, description=description,
         thresholds=thresholds or [Threshold(None, "blue")], core=core,
         options={
-            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+            "reduceOptions": {"calcs": [calc], "fields": "", "values": False},
             "colorMode": "value", "graphMode": "area", "justifyMode": "auto",
             "orientation": "auto", "textMode": "auto", "wideLayout": True,
         },

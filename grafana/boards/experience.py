@@ -27,15 +27,16 @@ SELECT $__timeGroupAlias(discharged_at, 1d), avg(satisfaction_score) AS mean_sat
 FROM v_discharges
 WHERE {IN_RANGE} AND satisfaction_score IS NOT NULL
 GROUP BY 1
-ORDER BY 1""", "none", 1, "Per day (sparkline); the number is the last day's mean.", w=6,
-             thresholds=SCORE_COLOURS, core=True),
+ORDER BY 1""", "none", 1, "Mean of the daily means over the time range (sparkline: per day).", w=6,
+             thresholds=SCORE_COLOURS, core=True, calc="mean"),
         stat("Survey response rate", f"""
 SELECT $__timeGroupAlias(discharged_at, 1d),
        count(satisfaction_score)::double precision / count(*) AS response_rate
 FROM v_discharges
 WHERE {IN_RANGE}
 GROUP BY 1
-ORDER BY 1""", "percentunit", 0, "Discharged patients who answered the survey, per day.", w=6, core=True),
+ORDER BY 1""", "percentunit", 0, "Discharged patients who answered the survey: mean of the daily rates.",
+             w=6, core=True, calc="mean"),
         timeseries("Mean satisfaction by department (monthly)", f"""
 SELECT month AS "time", department AS metric, mean_satisfaction
 FROM v_satisfaction_monthly

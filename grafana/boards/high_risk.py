@@ -52,10 +52,11 @@ SELECT $__timeGroupAlias(discharged_at, 1d), count(*) AS alerts
 FROM alerts
 WHERE {IN_FACILITY} AND {IN_DEPARTMENT} AND $__timeFilter(discharged_at)
 GROUP BY 1
-ORDER BY 1""", "none", 0, "High-risk discharge alerts (sparkline: per day).", core=True),
+ORDER BY 1""", "none", 0, "High-risk discharge alerts in the time range (sparkline: per day).", core=True,
+             calc="sum"),
         stat(hr.title, kpi_series("high_risk_pct", "30d"), hr.unit, hr.decimals,
              hr.description + " Rolling 30 days.", core=True),
-        stat("Undelivered alerts", f"""
+        stat("Undelivered alerts in range", f"""
 SELECT $__timeGroupAlias(a.discharged_at, 1d),
        count(*) FILTER (WHERE d.status IS DISTINCT FROM 'delivered') AS undelivered
 FROM alerts a
@@ -63,12 +64,11 @@ LEFT JOIN alert_deliveries d ON d.encounter_id = a.encounter_id
 WHERE a.{IN_FACILITY} AND a.{IN_DEPARTMENT} AND $__timeFilter(a.discharged_at)
 GROUP BY 1
 ORDER BY 1""", "none", 0, "Alerts the notifier has not delivered (pending, failed or not yet seen).",
-             thresholds=[Threshold(None, "green"), Threshold(1, "red")]),
+             thresholds=[Threshold(None, "green"), Threshold(1, "red")], calc="sum"),
         timeseries("Alerts per day by department", f"""
-SELECT $__timeGroupAlias(discharged_at, 1d), department AS metric, count(*) AS alerts
-FROM alerts
-WHERE {IN_FACILITY} AND {IN_DEPARTMENT} AND $__timeFilter(discharged_at)
-GROUP BY 1, 2
+SELECT day AS "time", department AS metric, alerts
+FROM v_alerts_daily
+WHERE {IN_FACILITY} AND {IN_DEPARTMENT} AND $__timeFilter(day)
 ORDER BY 1""", "none", 0, "High-risk discharges per UTC day.", w=12, h=5, bars=True, stack=True, core=True),
         table("Alert feed (newest first)", f"""
 SELECT a.discharged_at AS "time",

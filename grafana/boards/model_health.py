@@ -84,9 +84,9 @@ FROM model_metrics
 WHERE {MONTH_IN_RANGE}
 ORDER BY 1""")], "none", 3, "Per calendar month of discharge (all facilities).", w=8, bars=True, core=True),
         timeseries("Alerts per day", f"""
-SELECT $__timeGroupAlias(discharged_at, 1d), count(*) AS alerts
-FROM alerts
-WHERE {IN_FACILITY} AND $__timeFilter(discharged_at)
+SELECT $__timeGroupAlias(day, 1d), sum(alerts) AS alerts
+FROM v_alerts_daily
+WHERE {IN_FACILITY} AND $__timeFilter(day)
 GROUP BY 1
 ORDER BY 1""", "none", 0, "High-risk discharge alerts per UTC day.", w=8, bars=True, core=True),
         Row("Calibration: discharges in the range with a known label"),

@@ -78,10 +78,10 @@ CREATE TABLE encounters (
     sex                     text CHECK (sex IN ('F', 'M')),
     payer_at_admission      text,
     chronic_condition_count smallint,
-    systolic_bp             real,
-    diastolic_bp            real,
-    heart_rate              real,
-    glucose_mg_dl           real,
+    systolic_bp             double precision,
+    diastolic_bp            double precision,
+    heart_rate              double precision,
+    glucose_mg_dl           double precision,
     admitted_at             timestamptz,
     discharged_at           timestamptz,
     length_of_stay_days     double precision CHECK (length_of_stay_days >= 0),
@@ -89,7 +89,7 @@ CREATE TABLE encounters (
                                 ('home', 'home_health', 'snf', 'rehab', 'ama', 'expired')),
     payer                   text CHECK (payer IN ('medicare', 'medicaid', 'private', 'uninsured')),
     total_cost              numeric CHECK (total_cost >= 0),
-    satisfaction_score      real CHECK (satisfaction_score BETWEEN 0 AND 100),
+    satisfaction_score      double precision CHECK (satisfaction_score BETWEEN 0 AND 100),
     last_event_at           timestamptz NOT NULL,   -- (last_event_at, last_event_offset) orders
     last_event_offset       bigint NOT NULL,        -- the events that set the current values
     updated_at              timestamptz NOT NULL DEFAULT now()

@@ -26,6 +26,8 @@ $$;
 DO $$
 BEGIN
     EXECUTE format('GRANT CONNECT ON DATABASE %I TO wardstream_sink, wardstream_reader', current_database());
+    -- the sink stages each batch in session temp tables (COPY, then INSERT ... ON CONFLICT)
+    EXECUTE format('GRANT TEMPORARY ON DATABASE %I TO wardstream_sink', current_database());
 END
 $$;
 

@@ -83,9 +83,12 @@ CHARLSON_WEIGHTS: dict[str, int] = {
 # severe form -> the milder form it supersedes (counted once, at the severe weight)
 HIERARCHY: dict[str, str] = {"msld": "mld", "diabwc": "diab", "metacanc": "canc"}
 
-_PREFIXES: tuple[tuple[str, str], ...] = tuple(
-    (prefix, cond) for cond, prefixes in QUAN_ICD10.items() for prefix in prefixes
-)
+# every Quan prefix has 3 or 4 characters: index them by their first 3 for a dict lookup per code
+_BY_HEAD: dict[str, list[tuple[str, str]]] = {}
+for _cond, _prefixes in QUAN_ICD10.items():
+    for _prefix in _prefixes:
+        assert 3 <= len(_prefix) <= 4, _prefix
+        _BY_HEAD.setdefault(_prefix[:3], []).append((_prefix, _cond))
 
 
 def _normalize(code: str) -> str:
@@ -97,7 +100,7 @@ def charlson_conditions(codes: Iterable[str]) -> set[str]:
     found: set[str] = set()
     for code in codes:
         c = _normalize(code)
-        for prefix, cond in _PREFIXES:
+        for prefix, cond in _BY_HEAD.get(c[:3], ()):
             if c.startswith(prefix):
                 found.add(cond)
     return found

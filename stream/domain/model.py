@@ -20,7 +20,7 @@ Why these choices:
 0.25
 >>> for i in range(200):
 ...     m.learn({"a": float(i % 2)}, i % 2 == 1)
->>> m.predict({"a": 1.0}) > 0.5 > m.predict({"a": 0.0}), m.version
+>>> m.predict({"a": 1.0}) > m.predict({"a": 0.0}), m.version
 (True, 'logreg-v1.n200')
 >>> OnlineRiskModel.from_bytes(m.to_bytes()).predict({"a": 1.0}) == m.predict({"a": 1.0})
 True
@@ -37,8 +37,11 @@ from stream.contracts import TopFactor
 from stream.domain.features import feature_text
 
 MAGIC = b"WSRM1\n"
-# Tuned by bench/bench_model.py on a simulated year (see its docstring for the figures).
-LEARNING_RATE = 0.02
+# Tuned on a simulated year (bench/bench_model.py, prequential per-partition AUC after 500
+# labels): SGD lr 0.02 -> 0.691, 0.005 -> 0.738, 0.002 -> 0.750, 0.001 -> 0.751, 0.0005 -> 0.746;
+# AdaGrad / Adam no better (0.750); weight_pos 2..5 and l2 0..1e-2 within 0.002. The features
+# are standard-scaled, ~50 of them, so a larger step overshoots on every positive.
+LEARNING_RATE = 0.002
 WEIGHT_POS = 3.0
 L2 = 1e-4
 INTERCEPT_LR = 0.01

@@ -1,0 +1,152 @@
+"""Sink throughput into the local PostgreSQL vs a plain COPY of the same rows (same run).
+
+Three figures on the same data set (consumers.fake: ADT events with every output topic):
+
+* ``sink``: ``run_sink(once=True)`` end to end — Kafka consume, contract validation, batched
+  ``INSERT ... ON CONFLICT`` upserts, offset commits — into a fresh migrated database;
+* ``upsert``: the same final rows written by the sink's upsert statements in one transaction,
+  no Kafka (the database side of the sink alone);
+* ``copy``: the same final rows loaded with ``COPY ... FROM STDIN`` (CSV built in Python) into a
+  fresh migrated database: the floor for getting those rows into PostgreSQL.
+
+rows/s count the final table rows (``count(*)`` summed over the sink's tables). Target: sink
+>= 0.5x COPY.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+import uuid
+from contextlib import contextmanager
+from datetime import datetime
+
+import psycopg2
+
+from consumers.fake import generate, produce
+from consumers.migrate import migrate
+from consumers.rows import Batch
+from consumers.state import table_counts
+from consumers.tables import TABLES, write_batch
+from wardstream.stack.postgres import LocalPostgres
+
+
+@contextmanager
+def _fresh_db():
+    pg = LocalPostgres()
+    name = f"wardstream_bench_{uuid.uuid4().hex[:8]}"
+    pg.psql_admin(f"CREATE DATABASE {name} OWNER wardstream")
+    url = f"postgresql://wardstream:wardstream@127.0.0.1:5432/{name}"
+    try:
+        migrate(url)
+        yield url
+    finally:
+        pg.psql_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def _csv_value(v):
+    if v is None:
+        return None
+    if isinstance(v, list):
+        return "{" + ",".join('"' + str(x).replace("\\", "\\\\").replace('"', '\\"') + '"' for x in v) + "}"
+    if isinstance(v, datetime):
+        return v.isoformat()
+    return v
+
+
+def _copy(url: str, batch: Batch) -> None:
+    conn = psycopg2.connect(url)
+    with conn, conn.cursor() as cur:
+        for t in TABLES:
+            rows = batch.rows(t.name)
+            if not rows:
+                continue
+            buf = io.StringIO()
+            w = csv.writer(buf)
+            for r in rows:
+                w.writerow([_csv_value(r[c]) for c in t.columns])
+            buf.seek(0)
+            cols = ", ".join(f'"{c}"' for c in t.columns)
+            cur.copy_expert(f"COPY {t.name} ({cols}) FROM STDIN WITH (FORMAT csv)", buf)
+    conn.close()
+
+
+def _read_back(namespace: str) -> Batch:
+    """The messages as Kafka stored them (partition, offset), in one batch."""
+    from consumers.sink import _adders, default_topics
+    from wardstream.kafka_io import make_consumer
+
+    consumer = make_consumer(*default_topics(namespace), group_id=None, consumer_timeout_ms=3000)
+    adders = _adders(namespace)
+    batch = Batch()
+    for r in consumer:
+        try:
+            adders[r.topic](batch, r.value, r.partition, r.offset)
+        except ValueError:
+            pass  # the few contract-invalid ADT messages
+    consumer.close()
+    return batch
+
+
+def run(quick: bool = False) -> dict:
+    from kafka import KafkaAdminClient
+
+    from consumers.sink import run_sink
+    from wardstream.config import settings
+
+    patients = 1500 if quick else 12000
+    data = generate(patients=patients, days=365, seed=1)
+    ns = f"bench{uuid.uuid4().hex[:8]}."
+    old_ns, old_sink = os.environ.get("WARDSTREAM_NAMESPACE"), os.environ.get("SINK_DATABASE_URL")
+    os.environ["WARDSTREAM_NAMESPACE"] = ns
+    try:
+        messages = produce(data, ns)
+        batch = _read_back(ns)
+        with _fresh_db() as url:
+            os.environ["SINK_DATABASE_URL"] = url
+            t0 = time.perf_counter()
+            stats = run_sink(once=True, handle_signals=False)
+            sink_s = time.perf_counter() - t0
+            rows = sum(table_counts(url).values())
+        with _fresh_db() as url:
+            conn = psycopg2.connect(url)
+            t0 = time.perf_counter()
+            with conn, conn.cursor() as cur:
+                write_batch(cur, batch)
+            upsert_s = time.perf_counter() - t0
+            conn.close()
+            assert sum(table_counts(url).values()) == rows
+        with _fresh_db() as url:
+            t0 = time.perf_counter()
+            _copy(url, batch)
+            copy_s = time.perf_counter() - t0
+            assert sum(table_counts(url).values()) == rows
+    finally:
+        for k, v in (("WARDSTREAM_NAMESPACE", old_ns), ("SINK_DATABASE_URL", old_sink)):
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        admin = KafkaAdminClient(**settings().kafka.kafka_python_kwargs())
+        try:
+            admin.delete_topics([t for t in admin.list_topics() if t.startswith(ns)])
+        finally:
+            admin.close()
+    return {
+        "messages": messages,
+        "rows": rows,
+        "sink_batches": stats.batches,
+        "sink_s": round(sink_s, 2),
+        "sink_rows_per_s": round(rows / sink_s),
+        "upsert_rows_per_s": round(rows / upsert_s),
+        "copy_rows_per_s": round(rows / copy_s),
+        "sink_vs_copy": round(copy_s / sink_s, 2),
+        "upsert_vs_copy": round(copy_s / upsert_s, 2),
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(quick=True), indent=2))

@@ -1,0 +1,307 @@
+"""Test harness for replay and fault drills: run the pipeline on one input, read back final states.
+
+A *run* is: the ADT input of a namespace -> ``wardstream worker`` (a subprocess) -> output topics
+-> the PostgreSQL sink into a fresh database. Faust may emit a message twice after a fault
+(DESIGN.md pitfalls), so runs are compared by their **final state**: the last value per key of
+every output topic, and the sink's tables (which upsert by the same keys). Columns holding the
+Kafka coordinates of *output* messages are left out of the comparison (a duplicate shifts them);
+the coordinates of ADT messages (``adt_events``, DLQ ``source_*``) are kept: a replay copies them.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from kafka import TopicPartition
+from psycopg2 import sql
+
+from stream.contracts import Topics
+from wardstream.config import settings
+from wardstream.kafka_io import make_consumer
+from wardstream.stack.postgres import LocalPostgres
+
+# Kafka coordinates of output messages: they differ when a fault makes Faust re-send a message.
+OUTPUT_COORDINATES = frozenset({"dlq_partition", "dlq_offset"})
+OUTPUT_TABLES_WITH_SOURCE = frozenset({"discharge_scores", "readmissions", "alerts", "kpi_windows"})
+VOLATILE = frozenset({"updated_at", "ingested_at", "first_seen_at", "created_at"})
+
+
+@contextmanager
+def env(**values: str | None) -> Iterator[None]:
+    """Set (or unset, with None) environment variables for the block, then restore them."""
+    old = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def new_namespace(prefix: str = "f") -> str:
+    return f"{prefix}{uuid.uuid4().hex[:10]}."
+
+
+def worker_env(namespace: str, state_dir: Path, **extra: str) -> dict[str, str]:
+    """Environment of a worker subprocess: its namespace, its own state dir, a quick KPI flush."""
+    return {"WARDSTREAM_NAMESPACE": namespace, "WARDSTREAM_STATE_DIR": str(state_dir),
+            "KPI_FLUSH_SECONDS": "1", **extra}
+
+
+# ---------------------------------------------------------------------- reading topics
+
+
+def read_topic(topic: str) -> list[Any]:
+    """Every record of ``topic`` (committed only), per partition in offset order."""
+    consumer = make_consumer(group_id=None, s=settings())
+    try:
+        parts = sorted(consumer.partitions_for_topic(topic) or ())
+        tps = [TopicPartition(topic, p) for p in parts]
+        if not tps:
+            return []
+        ends = consumer.end_offsets(tps)
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        out: list[Any] = []
+        idle = 0
+        while any(consumer.position(tp) < ends[tp] for tp in tps) and idle < 60:
+            polled = consumer.poll(timeout_ms=500)
+            idle = 0 if polled else idle + 1
+            for recs in polled.values():
+                out.extend(recs)
+        return sorted(out, key=lambda r: (r.partition, r.offset))
+    finally:
+        consumer.close()
+
+
+@dataclass
+class Outputs:
+    """Final state of the output topics (last value per key) and how many messages it took."""
+
+    scores: dict[str, dict]
+    labels: dict[str, dict]
+    alerts: dict[str, dict]
+    kpis: dict[tuple, dict]
+    dlq: dict[tuple[int, int], dict]
+    messages: dict[str, int]
+
+    def finals(self) -> dict[str, dict]:
+        return {"scores": self.scores, "labels": self.labels, "alerts": self.alerts,
+                "kpis": self.kpis, "dlq": self.dlq}
+
+
+def read_outputs(namespace: str) -> Outputs:
+    t = Topics(namespace)
+
+    def last(topic: str, key) -> tuple[dict, int]:
+        recs = read_topic(topic)
+        final: dict = {}
+        for r in recs:  # per partition in offset order; a key lives on one partition
+            v = orjson.loads(r.value)
+            final[key(v)] = v
+        return final, len(recs)
+
+    scores, n1 = last(t.discharge_scores, lambda v: v["encounter_id"])
+    labels, n2 = last(t.readmission_labels, lambda v: v["encounter_id"])
+    alerts, n3 = last(t.alerts, lambda v: v["alert_id"])
+    kpis, n4 = last(t.kpis, lambda v: (v["kpi"], v["dimension"], v["dimension_id"], v["window"],
+                                       v["window_start"]))
+    dlq, n5 = last(t.dlq, lambda v: (v["source_partition"], v["source_offset"]))
+    return Outputs(scores, labels, alerts, kpis, dlq,
+                   {"scores": n1, "labels": n2, "alerts": n3, "kpis": n4, "dlq": n5})
+
+
+def diff_finals(expected: Outputs, actual: Outputs, limit: int = 5) -> list[str]:
+    """Human-readable differences between two final states (empty = identical)."""
+    problems: list[str] = []
+    for name, want in expected.finals().items():
+        got = actual.finals()[name]
+        missing = [k for k in want if k not in got]
+        extra = [k for k in got if k not in want]
+        changed = [k for k in want if k in got and got[k] != want[k]]
+        if missing or extra or changed:
+            problems.append(f"{name}: {len(missing)} missing {missing[:limit]}, {len(extra)} extra "
+                            f"{extra[:limit]}, {len(changed)} changed "
+                            f"{[(k, want[k], got[k]) for k in changed[:2]]}")
+    return problems
+
+
+# ---------------------------------------------------------------------- the database
+
+
+@contextmanager
+def scratch_database() -> Iterator[str]:
+    """A new migrated database (URL), dropped afterwards."""
+    from consumers.migrate import migrate
+
+    pg = LocalPostgres()
+    name = f"wardstream_f{uuid.uuid4().hex[:10]}"
+    pg.psql_admin(f"CREATE DATABASE {name} OWNER wardstream")
+    url = f"postgresql://wardstream:wardstream@127.0.0.1:5432/{name}"
+    try:
+        with env(DATABASE_URL=url, SINK_DATABASE_URL=None):
+            migrate(url)
+        yield url
+    finally:
+        pg.psql_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def sink_namespace(namespace: str, url: str, **kwargs: Any):
+    """Run the real sink over every topic of ``namespace`` into ``url`` until caught up."""
+    from consumers.sink import run_sink
+
+    kwargs.setdefault("group", f"{namespace}wardstream-sink-{uuid.uuid4().hex[:6]}")  # from the start
+    with env(WARDSTREAM_NAMESPACE=namespace, DATABASE_URL=url, SINK_DATABASE_URL=None):
+        return run_sink(once=True, handle_signals=False, **kwargs)
+
+
+def comparable_dump(url: str) -> dict[str, list[tuple]]:
+    """Every table, sorted, without wall-clock columns and output-message coordinates."""
+    from consumers.db import close_quietly, connect
+    from consumers.tables import TABLE_NAMES
+
+    conn = connect(url, "wardstream-test")
+    out: dict[str, list[tuple]] = {}
+    try:
+        with conn.cursor() as cur:
+            for t in TABLE_NAMES:
+                cur.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = 'public' "
+                            "AND table_name = %s ORDER BY ordinal_position", (t,))
+                skip = VOLATILE | OUTPUT_COORDINATES
+                if t in OUTPUT_TABLES_WITH_SOURCE:
+                    skip = skip | {"source_partition", "source_offset"}
+                cols = [c for (c,) in cur.fetchall() if c not in skip]
+                cur.execute(sql.SQL("SELECT {} FROM {}").format(
+                    sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in cols),
+                    sql.Identifier(t)))
+                out[t] = sorted(cur.fetchall(), key=lambda r: tuple("" if v is None else v for v in r))
+    finally:
+        close_quietly(conn)
+    return out
+
+
+def diff_dumps(expected: dict[str, list[tuple]], actual: dict[str, list[tuple]], limit: int = 3) -> list[str]:
+    problems = []
+    for t, rows in expected.items():
+        got = actual.get(t, [])
+        if rows != got:
+            a, b = set(rows), set(got)
+            problems.append(f"{t}: {len(rows)} vs {len(got)} rows; only expected {sorted(a - b)[:limit]}; "
+                            f"only actual {sorted(b - a)[:limit]}")
+    return problems
+
+
+# ---------------------------------------------------------------------- a whole run
+
+
+@dataclass
+class RunResult:
+    namespace: str
+    outputs: Outputs
+    dump: dict[str, list[tuple]]
+    seconds: float
+    adt_messages: int
+
+
+FAULT_CONFIG = dict(days=60, beds=150, seed=7)  # ~2k events: each fault drill stays within minutes
+_BASELINE: dict[tuple, RunResult] = {}
+
+
+def produce_input(namespace: str, **config: Any) -> int:
+    """Simulate into ``namespace`` (ADT + reference); returns the number of ADT events."""
+    from producers.kafka_sink import simulate_to_kafka
+    from producers.simulator import SimConfig
+
+    with env(WARDSTREAM_NAMESPACE=namespace):
+        return simulate_to_kafka(SimConfig(**config), progress=False).events
+
+
+def replay_copy(source: str, target: str) -> int:
+    """``wardstream replay --into-namespace`` of the whole source topic (the Python API)."""
+    from consumers.replay import copy_into_namespace, plan_replay
+
+    plan = plan_replay(source)
+    return copy_into_namespace(plan, target).events
+
+
+def finish_run(namespace: str, seconds: float, adt_messages: int) -> RunResult:
+    """Read the final outputs of a finished worker and sink them into a scratch database."""
+    outputs = read_outputs(namespace)
+    with scratch_database() as url:
+        stats = sink_namespace(namespace, url)
+        assert stats.rejected == 0, stats.as_dict()
+        dump = comparable_dump(url)
+    return RunResult(namespace, outputs, dump, seconds, adt_messages)
+
+
+def baseline(tmp_root: Path, **config: Any) -> RunResult:
+    """The undisturbed run of ``config`` (memoized for the session: every drill compares with it)."""
+    import time
+
+    from stream.runner import StreamWorker
+
+    key = tuple(sorted((config or FAULT_CONFIG).items()))
+    if key not in _BASELINE:
+        ns = new_namespace("base")
+        n = produce_input(ns, **(config or FAULT_CONFIG))
+        started = time.monotonic()
+        with StreamWorker(env=worker_env(ns, tmp_root / f"state-{ns}"),
+                          log_path=tmp_root / f"worker-{ns}log") as w:
+            w.wait_caught_up(timeout=400)
+        _BASELINE[key] = finish_run(ns, time.monotonic() - started, n)
+    return _BASELINE[key]
+
+
+# ---------------------------------------------------------------------- driving a worker
+
+
+def group_members(namespace: str) -> int:
+    """Members of the worker's consumer group right now (0 when it has none / is rebalancing)."""
+    from kafka import KafkaAdminClient
+
+    from stream.runner import group_id
+
+    admin = KafkaAdminClient(**settings().kafka.kafka_python_kwargs())
+    try:
+        info = admin.describe_groups([group_id(namespace)])[group_id(namespace)]
+        return len(info["members"]) if info["group_state"] == "Stable" else 0
+    finally:
+        admin.close()
+
+
+def wait_until(check, timeout: float, what: str, poll: float = 0.3):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(poll)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def wait_mid_stream(worker, fraction: float, timeout: float = 300) -> dict[str, int]:
+    """Block until the worker committed ``fraction`` of hospital.adt; returns its progress then."""
+    def far_enough():
+        if not worker.alive():
+            raise RuntimeError("worker died before the fault")
+        p = worker.progress()
+        done = p["adt_end"] - p["adt_lag"]
+        return p if p["adt_end"] and done >= fraction * p["adt_end"] else None
+
+    return wait_until(far_enough, timeout, f"{fraction:.0%} of hospital.adt committed")

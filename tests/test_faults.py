@@ -1,0 +1,138 @@
+"""Fault drills: each disturbed run must end in the same final state as the undisturbed run.
+
+One input (``faults.FAULT_CONFIG``: 60 simulated days, 150 beds) is run once undisturbed (the
+baseline, shared by the drills); each drill copies that input into a fresh namespace with
+``wardstream replay`` (same keys, partitions and order), runs the worker with a fault in the middle
+of the stream, sinks the outputs into a fresh database and compares: the last value per key of
+scores, labels, alerts, KPI windows and the DLQ, and every table the sink fills.
+Faust may re-send messages after a fault; the final states must not differ.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import pytest
+
+from faults import (
+    baseline,
+    diff_dumps,
+    diff_finals,
+    finish_run,
+    group_members,
+    new_namespace,
+    replay_copy,
+    scratch_database,
+    sink_namespace,
+    comparable_dump,
+    wait_mid_stream,
+    wait_until,
+    worker_env,
+)
+from stream.runner import StreamWorker
+from wardstream.stack.kafka import LocalKafka
+from wardstream.stack.postgres import LocalPostgres
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def base(stack, tmp_path_factory):
+    return baseline(tmp_path_factory.mktemp("baseline"))
+
+
+def _assert_same(base, run) -> None:
+    assert run.outputs.messages["scores"] >= len(base.outputs.scores)
+    assert not diff_finals(base.outputs, run.outputs), diff_finals(base.outputs, run.outputs)
+    assert not diff_dumps(base.dump, run.dump), diff_dumps(base.dump, run.dump)
+
+
+def test_worker_sigkill_mid_stream_then_restart(base, tmp_path) -> None:
+    ns = new_namespace("kill")
+    assert replay_copy(base.namespace, ns) == base.adt_messages
+    env = worker_env(ns, tmp_path / "state")
+    started = time.monotonic()
+    first = StreamWorker(env=env, log_path=tmp_path / "worker-1.log").start()
+    try:
+        at_fault = wait_mid_stream(first, 0.3)
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(30)
+    finally:
+        first.stop()
+    assert at_fault["adt_lag"] > 0  # the kill happened with work left
+    with StreamWorker(env=env, log_path=tmp_path / "worker-2.log") as second:
+        second.wait_caught_up(timeout=400)
+    run = finish_run(ns, time.monotonic() - started, base.adt_messages)
+    print(f"sigkill drill: {run.seconds:.0f}s, messages {run.outputs.messages} "
+          f"(baseline {base.outputs.messages})")
+    _assert_same(base, run)
+
+
+def test_broker_restart_mid_stream(base, tmp_path) -> None:
+    ns = new_namespace("brk")
+    replay_copy(base.namespace, ns)
+    kafka = LocalKafka()
+    started = time.monotonic()
+    with StreamWorker(env=worker_env(ns, tmp_path / "state"), log_path=tmp_path / "worker.log") as w:
+        at_fault = wait_mid_stream(w, 0.3)
+        try:
+            kafka.down()
+            time.sleep(2)
+        finally:
+            kafka.up()  # whatever happened, the shared broker is back before anything else
+        outage = time.monotonic() - started
+        assert at_fault["adt_lag"] > 0
+        w.wait_caught_up(timeout=400)
+    run = finish_run(ns, time.monotonic() - started, base.adt_messages)
+    print(f"broker drill: {run.seconds:.0f}s (broker back after {outage:.0f}s), "
+          f"messages {run.outputs.messages} (baseline {base.outputs.messages})")
+    _assert_same(base, run)
+
+
+def test_postgres_restart_mid_sink(base) -> None:
+    pg = LocalPostgres()
+    restarted = threading.Event()
+
+    def on_batch(stats) -> None:
+        if stats.batches == 3 and not restarted.is_set():
+            restarted.set()
+            pg.restart()
+
+    with scratch_database() as url:
+        try:
+            stats = sink_namespace(base.namespace, url, max_batch=2000, on_batch=on_batch)
+        finally:
+            if not pg.healthy():
+                pg.up()
+        assert restarted.is_set(), stats.as_dict()
+        assert stats.db_retries >= 1 and stats.rejected == 0
+        dump = comparable_dump(url)
+    assert not diff_dumps(base.dump, dump), diff_dumps(base.dump, dump)
+
+
+def test_two_workers_share_partitions_and_one_leaves(base, tmp_path) -> None:
+    ns = new_namespace("scale")
+    started = time.monotonic()
+    one = StreamWorker(env=worker_env(ns, tmp_path / "state-1"),
+                       log_path=tmp_path / "worker-1.log").start()
+    two = StreamWorker(env=worker_env(ns, tmp_path / "state-2"),
+                       log_path=tmp_path / "worker-2.log").start()
+    try:
+        # Both in the group before any input arrives, so both work on it.
+        wait_until(lambda: group_members(ns) == 2, 120, "two members in the worker group")
+        replay_copy(base.namespace, ns)
+        at_fault = wait_mid_stream(one, 0.3)
+        assert at_fault["adt_lag"] > 0
+        assert two.alive()
+        code = two.stop(timeout=60)  # SIGTERM: it leaves the group, its partitions move to `one`
+        left = time.monotonic() - started
+        one.wait_caught_up(timeout=400)
+    finally:
+        two.stop()
+        one.stop()
+    run = finish_run(ns, time.monotonic() - started, base.adt_messages)
+    print(f"scale-out drill: {run.seconds:.0f}s (worker 2 left after {left:.0f}s, exit {code}), "
+          f"messages {run.outputs.messages} (baseline {base.outputs.messages})")
+    _assert_same(base, run)

@@ -1,0 +1,266 @@
+"""End to end through the real broker: simulator -> hospital.adt -> `wardstream worker` -> outputs.
+
+One simulated year (about 39k events) runs once for the module; the tests then check its outputs
+against an independent oracle (tests/stream_oracle.py), the simulator's truth and the contracts.
+A shorter period checks that a worker stopped mid-stream resumes with its model and ends with the
+same outputs as an undisturbed run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+import orjson
+import pytest
+
+from producers.simulator import SimConfig, Simulation
+from stream.contracts import (
+    Alert,
+    DeadLetter,
+    DischargeScore,
+    KpiValue,
+    ReadmissionLabel,
+    Topics,
+    dump,
+)
+from stream.domain.metrics import auc, recall_precision
+from stream.runner import StreamWorker, committed_offsets, group_id
+from stream_oracle import Oracle, RunOutputs, close, windows_holding
+from wardstream.kafka_io import ensure_topics, make_producer
+
+pytestmark = pytest.mark.e2e
+
+YEAR_DAYS = int(os.environ.get("WARDSTREAM_E2E_DAYS", "365"))
+WARMUP_DAYS = 90
+FLUSH_SECONDS = 5.0
+
+
+@dataclass
+class Run:
+    ns: str
+    sim: Simulation
+    valid: list[dict]  # valid events with "_partition"/"_offset"
+    bad: dict[tuple[int, int], str]  # (partition, offset) -> what was wrong
+    out: RunOutputs
+    seconds: float
+    resumed_at: dict[int, int]  # ADT partition -> first offset left to the restarted worker
+
+
+def _bad_messages(events: list[dict]) -> list[tuple[bytes, bytes, str]]:
+    """(key, value, kind) of messages the worker must dead-letter."""
+    first = events[0]
+    missing = {k: v for k, v in first.items() if k != "attending_provider_id"}
+    stranger = dict(next(e for e in events if e["event_type"] == "discharge"),
+                    patient_id="P-NOBODY", event_id=str(uuid.UUID(int=7)))
+    return [
+        (b"P-BAD", b"\xff\xfe not json", "bytes"),
+        (first["patient_id"].encode(), orjson.dumps(missing), "contract"),
+        (first["patient_id"].encode(), orjson.dumps(first), "duplicate"),
+        (b"P-NOBODY", orjson.dumps(stranger), "no admission"),
+    ]
+
+
+def produce(ns: str, sim: Simulation, with_bad: bool = True) -> tuple[list[dict], dict]:
+    """Reference data, then the events (bad messages mixed in); returns where each went."""
+    t = Topics(ns)
+    ensure_topics()
+    producer = make_producer()
+    for ref in (*sim.reference.providers, *sim.reference.facilities):
+        key = getattr(ref, "provider_id", None) or ref.facility_id
+        producer.send(t.reference, key=key.encode(), value=dump(ref))
+    events = [e.event for e in sim.stream()]
+    bad = _bad_messages(events) if with_bad else []
+    insert_at = {len(events) // 3 + i * 7: b for i, b in enumerate(bad)}
+    futures = []
+    for i, e in enumerate(events):
+        futures.append(("ok", e, producer.send(t.adt, key=e["patient_id"].encode(), value=orjson.dumps(e))))
+        if i in insert_at:
+            key, value, kind = insert_at[i]
+            futures.append((kind, None, producer.send(t.adt, key=key, value=value)))
+    producer.flush()
+    valid, where_bad = [], {}
+    for kind, e, fut in futures:
+        md = fut.get(timeout=30)
+        if kind == "ok":
+            valid.append({**e, "_partition": md.partition, "_offset": md.offset})
+        else:
+            where_bad[(md.partition, md.offset)] = kind
+    producer.close()
+    return valid, where_bad
+
+
+def run_once(ns: str, days: int, tmp: Path, *, stop_after: float | None = None) -> Run:
+    """Produce ``days`` of simulation into namespace ``ns`` and run the worker to completion.
+
+    With ``stop_after`` (a fraction), the worker is stopped (SIGTERM) once that share of
+    hospital.adt is committed, and a new worker finishes the job.
+    """
+    env = {"WARDSTREAM_NAMESPACE": ns, "WARDSTREAM_STATE_DIR": str(tmp / "state")}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        sim = Simulation(SimConfig(seed=42, start=date(2025, 1, 1), days=days))
+        valid, bad = produce(ns, sim)
+        t0 = time.monotonic()
+        resumed_at: dict[int, int] = {}
+        if stop_after is not None:
+            with StreamWorker(log_path=tmp / f"{ns}worker-1.log", flush_seconds=FLUSH_SECONDS) as w:
+                deadline = time.monotonic() + 900
+                while time.monotonic() < deadline:
+                    p = w.progress()
+                    if p["adt_end"] - p["adt_lag"] >= stop_after * p["adt_end"]:
+                        break
+                    assert w.alive(), "worker died"
+                    time.sleep(0.5)
+            resumed_at = {tp.partition: off for tp, off in committed_offsets(group_id(ns)).items()
+                          if tp.topic == Topics(ns).adt}
+        with StreamWorker(log_path=tmp / f"{ns}worker-2.log", flush_seconds=FLUSH_SECONDS) as w:
+            w.wait_caught_up(timeout=1500)
+        seconds = time.monotonic() - t0
+        return Run(ns, sim, valid, bad, RunOutputs.read(ns), seconds, resumed_at)
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def year(stack, tmp_path_factory) -> Run:
+    ns = f"t{uuid.uuid4().hex[:10]}."
+    run = run_once(ns, YEAR_DAYS, tmp_path_factory.mktemp("year"))
+    print(f"\n{YEAR_DAYS} simulated days, {len(run.valid)} events: worker caught up in "
+          f"{run.seconds:.0f}s; {len(run.out.kpis)} KPI messages")
+    return run
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def test_every_message_is_accounted_for(year: Run) -> None:
+    """Produced = processed + DLQ; each dead letter names its source partition and offset."""
+    assert len(year.out.adt) == len(year.valid) + len(year.bad)
+    letters = [DeadLetter.model_validate_json(m.value) for m in year.out.dlq]
+    got = {(d.source_partition, d.source_offset): d for d in letters}
+    assert set(got) == set(year.bad)
+    assert all(d.source_topic == Topics(year.ns).adt for d in letters)
+    kinds = {year.bad[k]: got[k].reason for k in got}
+    assert kinds["duplicate"] == "duplicate event_id"
+    assert kinds["no admission"] == "discharge without open admission"
+    assert kinds["contract"].startswith("contract")
+    assert got[next(k for k, v in year.bad.items() if v == "bytes")].raw_encoding == "base64"
+    # every valid discharge was scored exactly once (by key; duplicates would be identical)
+    discharges = {e["encounter_id"] for e in year.valid if e["event_type"] == "discharge"}
+    assert set(year.out.final()["scores"]) == discharges
+
+
+def test_outputs_are_contract_valid(year: Run) -> None:
+    for m in year.out.scores:
+        s = DischargeScore.model_validate_json(m.value)
+        assert m.key.decode() == s.encounter_id and len(s.top_factors) == 3
+        assert s.high_risk == (s.score >= s.threshold)
+    for m in year.out.alerts:
+        a = Alert.model_validate_json(m.value)
+        assert m.key.decode() == a.encounter_id and a.alert_id == f"alert-{a.encounter_id}"
+        assert a.reasons
+    for m in year.out.labels:
+        assert m.key.decode() == ReadmissionLabel.model_validate_json(m.value).encounter_id
+    for m in year.out.kpis[:20000]:
+        KpiValue.model_validate_json(m.value)
+    final = year.out.final()
+    expired = {e["encounter_id"] for e in year.valid
+               if e["event_type"] == "discharge" and e["discharge_disposition"] == "expired"}
+    flagged = {k for k, s in final["scores"].items() if s["high_risk"]} - expired
+    assert set(final["alerts"]) == flagged
+
+
+def test_labels_match_independent_derivation_and_truth(year: Run) -> None:
+    final = year.out.final()["labels"]
+    oracle = Oracle(year.valid, year.out.final()["scores"], {})
+    assert set(final) == set(oracle.labels)
+    for enc, want in oracle.labels.items():
+        got = ReadmissionLabel.model_validate(final[enc])
+        assert got.readmitted == want["readmitted"], enc
+        assert got.readmission_encounter_id == want["readmission_encounter_id"], enc
+        assert got.known_at == want["known_at"], enc
+    truth = {r["encounter_id"]: r for r in year.sim.truth_records()}
+    assert all(final[enc]["readmitted"] == truth[enc]["readmitted"] for enc in final)
+    assert len(final) > 0.5 * len(truth)
+
+
+def test_kpis_equal_independent_computation(year: Run) -> None:
+    final = year.out.final()
+    capacity = {p.provider_id: p.capacity for p in year.sim.reference.providers}
+    oracle = Oracle(year.valid, final["scores"], capacity)
+    msgs = {k: KpiValue.model_validate(v) for k, v in final["kpis"].items()}
+    key_of = {(v.kpi, v.dimension, v.dimension_id, v.window, v.window_start.date()): k
+              for k, v in msgs.items()}
+    assert len(key_of) == len(msgs)  # one message key per window
+    # completeness: counts and census exist for every window holding a day with admissions
+    adm_days = {(dim, e[f], date.fromisoformat(e["occurred_at"][:10]))
+                for e in year.valid if e["event_type"] == "admission"
+                for dim, f in (("facility", "facility_id"), ("department", "department"),
+                               ("provider", "attending_provider_id"))}
+    needed = {(kpi, dim, did, w, s) for dim, did, day in adm_days for w, s in windows_holding(day)
+              for kpi in ("admissions", "census")}
+    assert needed <= set(key_of), sorted(needed - set(key_of))[:5]
+    want = oracle.expected(key_of)
+    bad = []
+    for k, (value, num, den) in want.items():
+        got = msgs[key_of[k]]
+        if not (close(got.value, value) and close(got.numerator, num) and close(got.denominator, den)):
+            bad.append((k, (got.value, got.numerator, got.denominator), (value, num, den)))
+    assert not bad, f"{len(bad)} of {len(want)} KPI windows differ, e.g. {bad[:5]}"
+    counts = Counter(k[0] for k in want)
+    assert counts["admissions"] and counts["readmission_rate"] and counts["provider_utilization"]
+
+
+def test_model_beats_lace_and_alerts_reach_recall(year: Run) -> None:
+    final = year.out.final()
+    scores, labels, alerts = final["scores"], final["labels"], final["alerts"]
+    truth = {r["encounter_id"]: r for r in year.sim.truth_records()}
+    start = date(2025, 1, 1) + timedelta(days=WARMUP_DAYS)
+    ids = sorted(k for k in labels if date.fromisoformat(scores[k]["discharged_at"][:10]) >= start)
+    y = [labels[k]["readmitted"] for k in ids]
+    model_auc = auc([scores[k]["score"] for k in ids], y)
+    truth_auc = auc([truth[k]["p_readmit"] for k in ids], y)
+    lace_auc = auc([scores[k]["lace"] for k in ids], y)
+    recall, precision = recall_precision([k in alerts for k in ids], y)
+    days = YEAR_DAYS - WARMUP_DAYS
+    print(f"\nafter {WARMUP_DAYS} warm-up days, {len(ids)} labelled discharges: model AUC "
+          f"{model_auc:.3f}, truth AUC {truth_auc:.3f}, LACE AUC {lace_auc:.3f}; alert recall "
+          f"{recall:.3f}, precision {precision:.3f}, {sum(k in alerts for k in ids) / days:.1f} alerts/day")
+    assert model_auc >= 0.95 * truth_auc
+    assert model_auc >= lace_auc + 0.03
+    assert recall >= 0.80
+
+
+# --------------------------------------------------------------------------- restart
+
+
+def test_restart_resumes_the_model_and_changes_nothing(stack, tmp_path) -> None:
+    days = 75
+    plain = run_once(f"t{uuid.uuid4().hex[:10]}.", days, tmp_path / "a")
+    broken = run_once(f"t{uuid.uuid4().hex[:10]}.", days, tmp_path / "b", stop_after=0.5)
+    a, b = plain.out.final(), broken.out.final()
+    for name in ("scores", "labels", "alerts", "kpis"):
+        assert a[name].keys() == b[name].keys(), name
+        diff = [k for k in a[name] if a[name][k] != b[name][k]]
+        assert not diff, f"{name}: {len(diff)} differ, e.g. {diff[:3]}"
+    # The restarted worker went on from the stored models: the first discharge it scored on each
+    # partition used a model that had already learned (equal to the undisturbed run's, above).
+    assert 0 < sum(broken.resumed_at.values()) < len(broken.out.adt)
+    for partition, offset in broken.resumed_at.items():
+        first = next((e for e in broken.valid if e["_partition"] == partition
+                      and e["_offset"] >= offset and e["event_type"] == "discharge"), None)
+        if first is not None:
+            version = b["scores"][first["encounter_id"]]["model_version"]
+            assert int(version.rsplit(".n", 1)[1]) > 0, (partition, version)
+    assert len(broken.out.dlq) == len(plain.out.dlq) == len(plain.bad)

@@ -1,0 +1,154 @@
+"""The stream app's per-event flow and KPI aggregator over plain dicts (no broker, fast).
+
+The Faust agents call exactly these objects with changelogged tables in place of the dicts, so
+these tests pin the properties the worker relies on: determinism, restart from stored state,
+the re-delivery guard, and KPI values that do not depend on when the flushes happen.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import date
+
+import orjson
+import pytest
+from kafka.partitioner.default import murmur2
+
+from producers.simulator import SimConfig, Simulation
+from stream.adt_flow import CONTRIBUTIONS, DLQ, LABELS, SCORES, AdtFlow
+from stream.contracts import DeadLetter
+from stream.kpi_aggregator import KpiAggregator
+
+N = 4
+
+
+def _partition(key: str) -> int:
+    """Kafka's default partitioner (murmur2), as the producer and Faust use it."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % N
+
+
+@pytest.fixture(scope="module")
+def messages() -> list[tuple[int, int, bytes, bytes]]:
+    sim = Simulation(SimConfig(seed=7, start=date(2025, 1, 1), days=60))
+    offsets = [0] * N
+    out = []
+    for e in sim.stream():
+        p = _partition(e.key)
+        out.append((p, offsets[p], e.key.encode(), orjson.dumps(e.event)))
+        offsets[p] += 1
+    return out
+
+
+def _tables() -> dict[str, dict]:
+    return {name: {} for name in ("patients", "partitions", "due", "models")}
+
+
+def _flow(tables: dict[str, dict]) -> AdtFlow:
+    return AdtFlow(source_topic="hospital.adt", **tables)
+
+
+def _run(flow: AdtFlow, msgs) -> list:
+    out = []
+    for p, off, key, raw in msgs:
+        out.extend(flow.process(raw, p, off, key=key))
+    return out
+
+
+def _roundtrip(tables: dict[str, dict]) -> dict[str, dict]:
+    """What a changelog restore gives: the same JSON values, fresh objects."""
+    return {name: json.loads(json.dumps(t)) for name, t in tables.items()}
+
+
+def test_same_input_same_output(messages) -> None:
+    a = _run(_flow(_tables()), messages)
+    b = _run(_flow(_tables()), messages)
+    assert a == b
+    kinds = {o.topic for o in a}
+    assert {SCORES, LABELS, CONTRIBUTIONS} <= kinds
+
+
+def test_restart_from_stored_state_continues_the_model(messages) -> None:
+    whole = _run(_flow(_tables()), messages)
+    tables = _tables()
+    cut = len(messages) * 2 // 3
+    first = _run(_flow(tables), messages[:cut])
+    restored = _roundtrip(tables)
+    assert all(entry["n_learned"] > 0 for entry in restored["models"].values())
+    second = _run(_flow(restored), messages[cut:])
+    assert first + second == whole
+
+
+def test_redelivered_messages_are_skipped(messages) -> None:
+    tables = _tables()
+    flow = _flow(tables)
+    head = _run(flow, messages[:500])
+    again = _run(flow, messages[400:500])  # Faust re-delivers after a restart: no effect
+    assert again == []
+    assert head + _run(flow, messages[500:]) == _run(_flow(_tables()), messages)
+
+
+def test_bad_input_goes_to_the_dlq_with_its_source(messages) -> None:
+    flow = _flow(_tables())
+    p, off, key, raw = messages[0]
+    _run(flow, [messages[0]])
+    outs = flow.process(b"\xff\x00", p, off + 100, key=b"K")
+    outs += flow.process(raw, p, off + 101, key=key)  # same event again
+    letters = [DeadLetter.model_validate_json(o.value) for o in outs]
+    assert [o.topic for o in outs] == [DLQ, DLQ]
+    assert [(d.source_partition, d.source_offset) for d in letters] == [(p, off + 100), (p, off + 101)]
+    assert letters[0].raw_encoding == "base64" and letters[0].reason.startswith("contract")
+    assert letters[1].reason == "duplicate event_id"
+    assert outs[0].key == b"K"
+
+
+def _contributions(messages) -> list[bytes]:
+    return [o.value for o in _run(_flow(_tables()), messages) if o.topic == CONTRIBUTIONS]
+
+
+def _final(pairs) -> dict[str, bytes]:
+    return dict(pairs)
+
+
+def test_kpi_values_do_not_depend_on_flush_timing(messages) -> None:
+    contribs = _contributions(messages[: len(messages) // 2])
+    capacity = {"F01-D001": 10}
+
+    once = KpiAggregator(days={}, meta={}, capacity=capacity)
+    for i, raw in enumerate(contribs):
+        once.add(raw, 0, i)
+    expected = _final(once.flush())
+
+    rng = random.Random(3)
+    often = KpiAggregator(days={}, meta={}, capacity=capacity)
+    emitted: list[tuple[str, bytes]] = []
+    for i, raw in enumerate(contribs):
+        often.add(raw, 0, i)
+        if rng.random() < 0.01:
+            emitted.extend(often.flush())
+    emitted.extend(often.flush())
+    assert _final(emitted) == expected
+    assert len(emitted) > len(expected)  # it did flush more than once
+
+
+def test_kpi_restart_re_emits_what_no_flush_covered(messages) -> None:
+    contribs = _contributions(messages[: len(messages) // 3])
+    days, meta = {}, {}
+    agg = KpiAggregator(days=days, meta=meta, capacity={})
+    emitted: list[tuple[str, bytes]] = []
+    half = len(contribs) // 2
+    for i, raw in enumerate(contribs[:half]):
+        agg.add(raw, 0, i)
+    emitted.extend(agg.flush())
+    for i, raw in enumerate(contribs[half:], start=half):
+        agg.add(raw, 0, i)
+    # stopped before the next flush; a new worker restores the tables
+    restarted = KpiAggregator(days=json.loads(json.dumps(days)), meta=json.loads(json.dumps(meta)),
+                              capacity={})
+    restarted.add(contribs[-1], 0, len(contribs) - 1)  # a re-delivered one changes nothing
+    emitted.extend(restarted.flush())
+
+    reference = KpiAggregator(days={}, meta={}, capacity={})
+    for i, raw in enumerate(contribs):
+        reference.add(raw, 0, i)
+    assert _final(emitted) == _final(reference.flush())
