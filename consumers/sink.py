@@ -292,4 +292,7 @@ def _end_offsets(consumer) -> dict | None:
 
 
 def _caught_up(consumer, end_offsets: dict) -> bool:
-    return all(consumer.position(tp) >= end for tp, end in end_offsets.items())
+    try:
+        return all(consumer.position(tp) >= end for tp, end in end_offsets.items())
+    except (KafkaError, AssertionError, ValueError):  # partition no longer assigned (rebalance)
+        return False

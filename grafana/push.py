@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-import niquests
 from grafana_client import GrafanaApi
 from grafana_client.client import GrafanaClientError, GrafanaException
 
@@ -59,7 +58,7 @@ def _call(what: str, fn, *args, **kwargs):
         raise PushError(f"Grafana refused to {what}: HTTP {exc.status_code} {exc.message}") from None
     except GrafanaException as exc:
         raise PushError(f"Grafana failed to {what}: {exc.message}") from None
-    except niquests.exceptions.RequestException as exc:
+    except OSError as exc:  # the HTTP client's connection errors (niquests' RequestException is one)
         raise PushError(f"Grafana is unreachable ({what}): {exc}") from None
 
 

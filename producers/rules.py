@@ -16,7 +16,7 @@ model on observable data cannot reach the true probability's AUC.
 >>> round(p_readmit(age=70, n_chronic=2, conds=frozenset({"heart_failure", "diabetes"}),
 ...     los_days=6.0, emergent=True, prior_ed=1, prior_adm=1, department="Cardiology",
 ...     disposition="snf", payer="medicare", frailty=0.0), 3)
-0.267
+0.263
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ MAJOR = frozenset(
 )
 """Conditions that raise readmission risk (Charlson-relevant, plus more specific effects below)."""
 
-_COND_LOGIT = {"heart_failure": 0.30, "ckd": 0.20, "cancer": 0.25, "diabetes": 0.80, "copd": 0.20,
+_COND_LOGIT = {"heart_failure": 0.30, "ckd": 0.20, "cancer": 0.25, "diabetes": 0.70, "copd": 0.20,
                "dementia": 0.15, "liver_disease": 0.25}
 _COND_LOGIT_ITEMS = tuple(_COND_LOGIT.items())
 
@@ -228,8 +228,8 @@ def satisfaction(rng: Random, department: str, month: int, los_days: float, disp
 
 _DISPO_LOGIT = {"home": 0.0, "home_health": 0.10, "snf": 0.25, "rehab": 0.0, "ama": 0.70, "expired": 0.0}
 _PAYER_LOGIT = {"medicare": 0.0, "medicaid": 0.25, "private": -0.30, "uninsured": 0.15}
-FRAILTY_WEIGHT = 0.8
-INTERCEPT = -3.9
+FRAILTY_WEIGHT = 0.4
+INTERCEPT = -3.72
 
 
 def readmit_logit(*, age: int, n_chronic: int, conds: frozenset[str], los_days: float,

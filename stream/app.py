@@ -92,7 +92,7 @@ def create_app(s: Settings | None = None) -> faust.App:
         value_serializer="raw",
         consumer_auto_offset_reset="earliest",
         # Our tables hold small JSON dicts; keep Faust from holding huge buffers on 2 cores.
-        stream_buffer_maxsize=1024,
+        stream_buffer_maxsize=int(os.environ.get("WARDSTREAM_STREAM_BUFFER", "4096")),
     )
 
 

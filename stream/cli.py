@@ -59,3 +59,15 @@ def run_worker(loglevel: str = "info") -> None:
     from stream.app import app as faust_app
 
     faust.Worker(faust_app, loglevel=loglevel).execute_from_commandline()
+
+
+def main() -> None:
+    """``python -m stream.cli [options]``: the worker alone, without the other packages' CLIs
+    (what :mod:`stream.runner` starts, so a half-built sibling package cannot break it)."""
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    register(app)
+    app()
+
+
+if __name__ == "__main__":
+    main()

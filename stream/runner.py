@@ -4,7 +4,7 @@ For tests, ``make demo`` and replays::
 
     from stream.runner import StreamWorker
 
-    with StreamWorker(log_path=tmp / "worker.log") as w:    # starts `wardstream worker`
+    with StreamWorker(log_path=tmp / "worker.log") as w:    # starts the worker (python -m stream.cli)
         ...produce events to Topics(ns).adt...
         w.wait_caught_up(timeout=600)                       # every input processed, KPIs flushed
     # leaving the block sends SIGTERM and waits for a clean stop
@@ -62,7 +62,7 @@ class StreamWorker:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> "StreamWorker":
-        cmd = [sys.executable, "-m", "wardstream.cli", "worker", "-l", self.loglevel]
+        cmd = [sys.executable, "-m", "stream.cli", "-l", self.loglevel]
         out = subprocess.DEVNULL
         if self.log_path:
             self._log = open(self.log_path, "ab")

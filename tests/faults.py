@@ -305,3 +305,34 @@ def wait_mid_stream(worker, fraction: float, timeout: float = 300) -> dict[str, 
         return p if p["adt_end"] and done >= fraction * p["adt_end"] else None
 
     return wait_until(far_enough, timeout, f"{fraction:.0%} of hospital.adt committed")
+
+
+def settle(worker, timeout: float = 400, stall_after: float = 45) -> str | None:
+    """Wait until the worker caught up (None), or until nothing moved for ``stall_after`` s while
+    its consumer group still lags (returns a description of the stall: outputs can then be complete
+    although the group's commits are stuck, which a fault drill reports separately)."""
+    import time
+
+    from stream.runner import committed_offsets, end_offsets, group_id
+
+    topics = Topics(worker.namespace)
+    deadline = time.monotonic() + timeout
+    last, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        if not worker.alive():
+            raise RuntimeError(f"worker exited with {worker.proc.returncode}; log {worker.log_path}")
+        p = worker.progress()
+        if p["adt_lag"] == 0 and p["contribution_partitions_behind"] == 0:
+            worker.wait_caught_up(timeout=max(30.0, deadline - time.monotonic()))
+            return None
+        snap = (sorted(end_offsets(topics.outputs() + [topics.kpi_contributions]).items()),
+                sorted(committed_offsets(group_id(worker.namespace)).items()))
+        if snap != last:
+            last, since = snap, time.monotonic()
+        elif time.monotonic() - since >= stall_after:
+            lag = {f"{tp.topic.rsplit('.', 1)[-1]}[{tp.partition}]": f"{off}/{end}"
+                   for tp, end in end_offsets([topics.adt]).items()
+                   for off in [dict(snap[1]).get(tp, 0)] if off < end}
+            return f"commits stalled for {stall_after:.0f}s with outputs idle; committed/end: {lag}"
+        time.sleep(1)
+    raise TimeoutError(f"worker neither caught up nor idle after {timeout}s: {worker.progress()}")

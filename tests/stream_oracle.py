@@ -168,59 +168,102 @@ class Oracle:
         return pd.DataFrame(adm), pd.DataFrame(dis), pd.DataFrame(moves)
 
     def expected(self, keys: Iterable[tuple[str, str, str, str, date]]) -> dict[tuple, tuple]:
-        """(kpi, dimension, id, window, start) -> (value, numerator, denominator)."""
+        """(kpi, dimension, id, window, start) -> (value, numerator, denominator).
+
+        Per dimension: daily sums with pandas, then each window from cumulative sums (distinct
+        patients from the union of the days' sets).
+        """
         adm, dis, moves = self.frames()
-        groups_adm = {k: g.t for k, g in adm.groupby(["dimension", "dimension_id"])}
-        groups_dis = {k: g for k, g in dis.groupby(["dimension", "dimension_id"])}
-        groups_mov = {k: g.sort_values("t") for k, g in moves.groupby(["dimension", "dimension_id"])}
+        for df in (adm, dis, moves):
+            df["day"] = df.t.dt.date
+        dis["known_good"] = dis.known & ~dis.readmitted
+        dis["known_readmitted"] = dis.known & dis.readmitted
+        dis["tp"] = dis.known_readmitted & dis.high_risk
+        dis["known_flagged"] = dis.known & dis.high_risk
+        daily = {
+            "admissions": adm.groupby(["dimension", "dimension_id", "day"]).size(),
+            "discharges": dis.groupby(["dimension", "dimension_id", "day"]).size(),
+            "census_delta": moves.groupby(["dimension", "dimension_id", "day"]).delta.sum(),
+        }
+        g = dis.groupby(["dimension", "dimension_id", "day"])
+        for col, src in (("los", "los"), ("cost", "cost"), ("high_risk", "high_risk"),
+                         ("known", "known"), ("readmitted", "known_readmitted"),
+                         ("good", "known_good"), ("tp", "tp"), ("flagged", "known_flagged")):
+            daily[col] = g[src].sum()
+        patients = g.patient_id.agg(lambda s: frozenset(s)).to_dict()
+        first_day = min(adm.day.min(), dis.day.min())
         out: dict[tuple, tuple] = {}
-        for kpi, dim, did, window, start in keys:
-            s = datetime(start.year, start.month, start.day, tzinfo=timezone.utc)
-            e = s + timedelta(days=WINDOW_DAYS[window])
-            a = groups_adm.get((dim, did), pd.Series(dtype="datetime64[ns, UTC]"))
-            d = groups_dis.get((dim, did))
-            d = d[(d.t >= s) & (d.t < e)] if d is not None else pd.DataFrame(
-                columns=["los", "cost", "patient_id", "high_risk", "known", "readmitted"])
-            m = groups_mov.get((dim, did))
+        cache: dict[tuple[str, str], dict[str, list[float]]] = {}
 
-            def census_at(t: datetime) -> float:
-                return float(m[m.t < t].delta.sum()) if m is not None else 0.0
+        def cum(dim: str, did: str) -> dict[str, list[float]]:
+            if (dim, did) not in cache:
+                n = 800
+                sums = {}
+                for col, series in daily.items():
+                    arr = [0.0] * (n + 1)
+                    try:
+                        sub = series.loc[(dim, did)]
+                    except KeyError:
+                        sub = {}
+                    for day, v in dict(sub).items():
+                        arr[(day - first_day).days + 1] += float(v)
+                    for i in range(1, n + 1):
+                        arr[i] += arr[i - 1]
+                    sums[col] = arr
+                census = sums["census_delta"]  # census at end of day i = census[i + 1]
+                # cumulative of day-end census, for utilization
+                cc = [0.0] * (n + 1)
+                for i in range(1, n + 1):
+                    cc[i] = cc[i - 1] + census[i]
+                sums["census_cum"] = cc
+                cache[(dim, did)] = sums
+            return cache[(dim, did)]
 
-            def ratio(num: float, den: float, scale: float = 1.0) -> tuple:
-                return (scale * num / den if den else None, float(num), float(den))
+        def ratio(num: float, den: float, scale: float = 1.0) -> tuple:
+            return (scale * num / den if den else None, float(num), float(den))
 
-            known = d[d.known]
+        for key in keys:
+            kpi, dim, did, window, start = key
+            c = cum(dim, did)
+            i0 = (start - first_day).days
+            i1 = i0 + WINDOW_DAYS[window]  # window days are i0 .. i1-1
+
+            def tot(col: str) -> float:
+                arr = c[col]
+                lo, hi = max(0, i0), max(0, min(i1, len(arr) - 1))
+                return arr[hi] - arr[lo] if hi > lo else 0.0
+
             if kpi == "admissions":
-                n = float(((a >= s) & (a < e)).sum())
-                out[(kpi, dim, did, window, start)] = (n, n, 1.0)
+                out[key] = (tot("admissions"), tot("admissions"), 1.0)
             elif kpi == "discharges":
-                n = float(len(d))
-                out[(kpi, dim, did, window, start)] = (n, n, 1.0)
+                out[key] = (tot("discharges"), tot("discharges"), 1.0)
             elif kpi == "avg_length_of_stay":
-                out[(kpi, dim, did, window, start)] = ratio(d.los.sum(), len(d))
+                out[key] = ratio(tot("los"), tot("discharges"))
             elif kpi == "cost_per_patient":
-                out[(kpi, dim, did, window, start)] = ratio(d.cost.sum(), d.patient_id.nunique())
+                who: set[str] = set()
+                for i in range(WINDOW_DAYS[window]):
+                    who |= patients.get((dim, did, start + timedelta(days=i)), frozenset())
+                out[key] = ratio(tot("cost"), len(who))
             elif kpi == "high_risk_pct":
-                out[(kpi, dim, did, window, start)] = ratio(d.high_risk.sum(), len(d), 100.0)
+                out[key] = ratio(tot("high_risk"), tot("discharges"), 100.0)
             elif kpi == "readmission_rate":
-                out[(kpi, dim, did, window, start)] = ratio(known.readmitted.sum(), len(known))
+                out[key] = ratio(tot("readmitted"), tot("known"))
             elif kpi == "outcome_efficiency":
-                out[(kpi, dim, did, window, start)] = ratio(
-                    (~known.readmitted).sum(), d.los.sum(), 100.0)
+                out[key] = ratio(tot("good"), tot("los"), 100.0)
             elif kpi == "census":
-                c = census_at(e)
-                out[(kpi, dim, did, window, start)] = (c, c, 1.0)
+                arr = c["census_delta"]
+                v = arr[max(0, min(i1, len(arr) - 1))]
+                out[key] = (v, v, 1.0)
             elif kpi == "provider_utilization":
-                n = WINDOW_DAYS[window]
-                total = sum(census_at(s + timedelta(days=i + 1)) for i in range(n))
+                arr = c["census_delta"]
+                total = sum(arr[max(0, min(i + 1, len(arr) - 1))] for i in range(i0, i1))
                 cap = self.capacity.get(did)
-                out[(kpi, dim, did, window, start)] = ratio(total, cap * n if cap else 0.0)
+                n = WINDOW_DAYS[window]
+                out[key] = ratio(total, cap * n if cap else 0.0)
             elif kpi == "model_recall":
-                tp = (known.readmitted & known.high_risk).sum()
-                out[(kpi, dim, did, window, start)] = ratio(tp, known.readmitted.sum())
+                out[key] = ratio(tot("tp"), tot("readmitted"))
             elif kpi == "model_precision":
-                tp = (known.readmitted & known.high_risk).sum()
-                out[(kpi, dim, did, window, start)] = ratio(tp, known.high_risk.sum())
+                out[key] = ratio(tot("tp"), tot("flagged"))
         return out
 
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
-
-import pytest
+from datetime import timedelta
 
 from stream.domain import patient as pt
 from stream.domain.examples import admission, discharge, transfer, ts

@@ -13,8 +13,8 @@ bench_model = pytest.importorskip("bench.bench_model")
 
 
 def test_partition_models_beat_lace_after_warm_up() -> None:
-    r = bench_model.replay(days=150, partitions=4)
-    m = bench_model.evaluate(r, warmup_days=60)
+    r = bench_model.replay(days=240, partitions=4)
+    m = bench_model.evaluate(r, warmup_days=120)
     assert r.dlq == 0 and m["discharges_evaluated"] > 3000
     assert 0.10 < m["readmission_rate"] < 0.22
     assert m["auc_model"] >= m["auc_lace"] + 0.03, m

@@ -23,6 +23,7 @@ from faults import (
     finish_run,
     group_members,
     new_namespace,
+    settle,
     replay_copy,
     scratch_database,
     sink_namespace,
@@ -43,13 +44,17 @@ def base(stack, tmp_path_factory):
     return baseline(tmp_path_factory.mktemp("baseline"))
 
 
-def _assert_same(base, run) -> None:
+def _assert_same(base, run, stall: str | None = None) -> None:
+    """Same final outputs and tables as the baseline; then, separately, no stalled commits."""
     assert run.outputs.messages["scores"] >= len(base.outputs.scores)
     assert not diff_finals(base.outputs, run.outputs), diff_finals(base.outputs, run.outputs)
     assert not diff_dumps(base.dump, run.dump), diff_dumps(base.dump, run.dump)
+    assert stall is None, f"final state identical, but the worker's consumer group is stuck: {stall}"
 
 
-def test_worker_sigkill_mid_stream_then_restart(base, tmp_path) -> None:
+@pytest.mark.parametrize("local_state", ["kept", "lost"])
+def test_worker_sigkill_mid_stream_then_restart(base, tmp_path, local_state) -> None:
+    """SIGKILL, then a new worker: on the same host (RocksDB kept) or a new one (state from changelogs)."""
     ns = new_namespace("kill")
     assert replay_copy(base.namespace, ns) == base.adt_messages
     env = worker_env(ns, tmp_path / "state")
@@ -62,12 +67,14 @@ def test_worker_sigkill_mid_stream_then_restart(base, tmp_path) -> None:
     finally:
         first.stop()
     assert at_fault["adt_lag"] > 0  # the kill happened with work left
+    if local_state == "lost":
+        env = worker_env(ns, tmp_path / "state-new-host")
     with StreamWorker(env=env, log_path=tmp_path / "worker-2.log") as second:
-        second.wait_caught_up(timeout=400)
+        stall = settle(second)
     run = finish_run(ns, time.monotonic() - started, base.adt_messages)
-    print(f"sigkill drill: {run.seconds:.0f}s, messages {run.outputs.messages} "
-          f"(baseline {base.outputs.messages})")
-    _assert_same(base, run)
+    print(f"sigkill drill ({local_state} local state): {run.seconds:.0f}s, messages {run.outputs.messages} "
+          f"(baseline {base.outputs.messages}); stall: {stall}")
+    _assert_same(base, run, stall)
 
 
 def test_broker_restart_mid_stream(base, tmp_path) -> None:
@@ -84,11 +91,11 @@ def test_broker_restart_mid_stream(base, tmp_path) -> None:
             kafka.up()  # whatever happened, the shared broker is back before anything else
         outage = time.monotonic() - started
         assert at_fault["adt_lag"] > 0
-        w.wait_caught_up(timeout=400)
+        stall = settle(w)
     run = finish_run(ns, time.monotonic() - started, base.adt_messages)
     print(f"broker drill: {run.seconds:.0f}s (broker back after {outage:.0f}s), "
-          f"messages {run.outputs.messages} (baseline {base.outputs.messages})")
-    _assert_same(base, run)
+          f"messages {run.outputs.messages} (baseline {base.outputs.messages}); stall: {stall}")
+    _assert_same(base, run, stall)
 
 
 def test_postgres_restart_mid_sink(base) -> None:
@@ -128,11 +135,11 @@ def test_two_workers_share_partitions_and_one_leaves(base, tmp_path) -> None:
         assert two.alive()
         code = two.stop(timeout=60)  # SIGTERM: it leaves the group, its partitions move to `one`
         left = time.monotonic() - started
-        one.wait_caught_up(timeout=400)
+        stall = settle(one)
     finally:
         two.stop()
         one.stop()
     run = finish_run(ns, time.monotonic() - started, base.adt_messages)
     print(f"scale-out drill: {run.seconds:.0f}s (worker 2 left after {left:.0f}s, exit {code}), "
-          f"messages {run.outputs.messages} (baseline {base.outputs.messages})")
-    _assert_same(base, run)
+          f"messages {run.outputs.messages} (baseline {base.outputs.messages}); stall: {stall}")
+    _assert_same(base, run, stall)

@@ -192,7 +192,8 @@ def test_labels_match_independent_derivation_and_truth(year: Run) -> None:
         assert got.known_at == want["known_at"], enc
     truth = {r["encounter_id"]: r for r in year.sim.truth_records()}
     assert all(final[enc]["readmitted"] == truth[enc]["readmitted"] for enc in final)
-    assert len(final) > 0.5 * len(truth)
+    # all but the last ~30 days' discharges have their label by the end
+    assert len(final) >= 0.8 * (YEAR_DAYS - 31) / YEAR_DAYS * len(truth)
 
 
 def test_kpis_equal_independent_computation(year: Run) -> None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from grafana.model import Panel, Target, Threshold, Variable
-from stream.contracts import KPI_NAMES
+from stream.domain.kpis import ALL_KPIS
+from stream.domain.patient import READMISSION_WINDOW
 
 # One hospital per board view (facility is single-valued); departments any subset (or All).
 FACILITY = Variable("facility", "Facility", "SELECT facility_id FROM facilities ORDER BY 1",
@@ -22,6 +23,14 @@ DEPARTMENT = Variable(
 
 IN_FACILITY = "facility_id = '$facility'"
 IN_DEPARTMENT = "department IN ($department)"
+# KPIs that need the 30-day readmission label: a window's value fills in as labels arrive (a
+# readmission is known early, "not readmitted" only 30 days after discharge), so a recent window
+# is biased. Headline values take the latest window whose labels are all known ("settled").
+LABELLED_KPIS = ("readmission_rate", "outcome_efficiency", "model_recall", "model_precision")
+SETTLED = f"window_end <= $__timeTo()::timestamptz - interval '{READMISSION_WINDOW.days} days'"
+SETTLED_NOTE = (f" Labels take {READMISSION_WINDOW.days} days: the value is the window ending "
+                f"{READMISSION_WINDOW.days} days before the end of the range, when every label is known.")
+
 # Monthly views: a month is in the range when it overlaps it (a range may start mid-month).
 MONTH_IN_RANGE = "month + interval '1 month' > $__timeFrom() AND month <= $__timeTo()"
 
@@ -31,36 +40,40 @@ class KpiDisplay:
     title: str
     unit: str
     decimals: int
-    good_high: bool  # higher is better (colours)
     description: str
 
 
 KPI_DISPLAY: dict[str, KpiDisplay] = {
-    "readmission_rate": KpiDisplay("Readmission rate", "percentunit", 1, False,
+    "readmission_rate": KpiDisplay("Readmission rate", "percentunit", 1,
                                    "Readmitted index discharges / index discharges with a known 30-day label."),
-    "avg_length_of_stay": KpiDisplay("Average length of stay", "suffix: d", 2, False,
+    "avg_length_of_stay": KpiDisplay("Average length of stay", "suffix: d", 2,
                                      "Mean length of stay (days) of discharges."),
-    "cost_per_patient": KpiDisplay("Cost per patient", "currencyUSD", 0, False,
+    "cost_per_patient": KpiDisplay("Cost per patient", "currencyUSD", 0,
                                    "Sum of total cost / distinct patients discharged."),
-    "high_risk_pct": KpiDisplay("High-risk discharges", "percent", 1, False,
+    "high_risk_pct": KpiDisplay("High-risk discharges", "percent", 1,
                                 "Discharges scored at or above the alert threshold / discharges scored."),
-    "provider_utilization": KpiDisplay("Provider utilization", "percentunit", 0, False,
+    "provider_utilization": KpiDisplay("Provider utilization", "percentunit", 0,
                                        "Provider's average daily census / capacity (mean over providers)."),
-    "outcome_efficiency": KpiDisplay("Outcome efficiency", "none", 2, True,
+    "outcome_efficiency": KpiDisplay("Outcome efficiency", "none", 2,
                                      "Good outcomes (alive, not readmitted in 30 days) per 100 patient-days."),
-    "discharges": KpiDisplay("Discharges", "none", 0, True, "Discharges in the window."),
-    "admissions": KpiDisplay("Admissions", "none", 0, True, "Admissions in the window."),
-    "census": KpiDisplay("Census", "none", 0, True, "Patients in a bed at the end of the window."),
+    "discharges": KpiDisplay("Discharges", "none", 0, "Discharges in the window."),
+    "admissions": KpiDisplay("Admissions", "none", 0, "Admissions in the window."),
+    "census": KpiDisplay("Census", "none", 0, "Patients in a bed at the end of the window."),
+    "model_recall": KpiDisplay("Alert recall", "percentunit", 0,
+                               "Readmitted discharges that were flagged high-risk."),
+    "model_precision": KpiDisplay("Alert precision", "percentunit", 0,
+                                  "Flagged discharges that were readmitted."),
 }
-assert set(KPI_DISPLAY) == set(KPI_NAMES), "every KPI of stream.contracts needs display settings"
+assert set(KPI_DISPLAY) == set(ALL_KPIS), "every KPI of the stream needs display settings"
 
 HEADLINE_KPIS = ("readmission_rate", "avg_length_of_stay", "cost_per_patient", "high_risk_pct",
                  "provider_utilization", "outcome_efficiency")
 
 
 def kpi_series(kpi: str, window: str, dimension: str = "facility", metric: str | None = None,
-               where: str = "") -> str:
-    """A KPI's rolling values over time (long format: one series per ``metric``).
+               where: str = "", settled: bool = False) -> str:
+    """A KPI's rolling values over time (long format: one series per ``metric``); ``settled``
+    keeps only windows whose labels are all known (for label-dependent KPIs).
 
     ``provider_utilization`` at facility level is the mean over the facility's providers, the
     only level the KPI is defined at (DESIGN.md).
@@ -74,6 +87,8 @@ WHERE kpi = 'provider_utilization' AND dimension = 'provider' AND "window" = '{w
 GROUP BY 1
 ORDER BY 1"""
     metric_sql = f"{metric} AS metric, " if metric else ""
+    if settled and kpi in LABELLED_KPIS:
+        where = f" AND {SETTLED}{where}"
     return f"""
 SELECT window_end AS "time", {metric_sql}value AS {kpi}
 FROM kpi_windows
@@ -82,8 +97,17 @@ WHERE kpi = '{kpi}' AND dimension = '{dimension}' AND "window" = '{window}'
 ORDER BY 1"""
 
 
+def settled_clause(kpis: tuple[str, ...]) -> str:
+    labelled = [k for k in kpis if k in LABELLED_KPIS]
+    if not labelled:
+        return ""
+    names = ", ".join(f"'{k}'" for k in labelled)
+    return f"\n      AND (kpi NOT IN ({names}) OR {SETTLED})"
+
+
 def latest_per(dimension: str, window: str, kpis: tuple[str, ...], where: str = "") -> str:
-    """The latest ``window`` value in the time range of each KPI, one row per dimension id."""
+    """The latest ``window`` value in the time range of each KPI, one row per dimension id
+    (settled windows for the label-dependent KPIs)."""
     cols = ",\n       ".join(f"max(value) FILTER (WHERE kpi = '{k}') AS {k}" for k in kpis)
     names = ", ".join(f"'{k}'" for k in kpis)
     return f"""
@@ -91,7 +115,7 @@ WITH latest AS (
     SELECT DISTINCT ON (kpi, dimension_id) kpi, dimension_id, value
     FROM kpi_windows
     WHERE dimension = '{dimension}' AND "window" = '{window}' AND kpi IN ({names})
-      AND {IN_FACILITY} AND $__timeFilter(window_end){where}
+      AND {IN_FACILITY} AND $__timeFilter(window_end){where}{settled_clause(kpis)}
     ORDER BY kpi, dimension_id, window_end DESC
 )
 SELECT dimension_id AS {dimension},
@@ -105,10 +129,6 @@ ORDER BY dimension_id"""
 
 LEGEND = {"displayMode": "list", "placement": "bottom", "showLegend": True}
 TOOLTIP = {"mode": "multi", "sort": "desc"}
-
-
-def colours(good_high: bool) -> list[Threshold]:
-    return [Threshold(None, "blue")] if good_high else [Threshold(None, "purple")]
 
 
 def stat(title: str, sql: str, unit: str, decimals: int | None = None, description: str = "",
@@ -155,7 +175,7 @@ def table(title: str, sql: str, description: str = "", w: int = 24, h: int = 10,
                  options={"showHeader": True, "cellHeight": "sm", "footer": {"show": False}})
 
 
-def barchart(title: str, sql: str, x: str, unit: str = "none", decimals: int | None = None,
+def barchart(title: str, sql: str, x: str | None, unit: str = "none", decimals: int | None = None,
              description: str = "", w: int = 12, h: int = 8, horizontal: bool = True,
              stack: bool = False, core: bool = False, transformations: list[dict] | None = None,
              thresholds: list[Threshold] | None = None, overrides: list[dict] | None = None) -> Panel:
@@ -164,7 +184,8 @@ def barchart(title: str, sql: str, x: str, unit: str = "none", decimals: int | N
         description=description, core=core, thresholds=thresholds, overrides=overrides or [],
         transformations=transformations or [],
         custom={"fillOpacity": 80, "lineWidth": 1, "gradientMode": "none"},
-        options={"xField": x, "orientation": "horizontal" if horizontal else "vertical",
+        options={**({"xField": x} if x else {}),  # None: Grafana takes the first text field
+                 "orientation": "horizontal" if horizontal else "vertical",
                  "showValue": "auto", "stacking": "normal" if stack else "none", "groupWidth": 0.7,
                  "barWidth": 0.9, "legend": LEGEND, "tooltip": {"mode": "single", "sort": "none"}},
     )

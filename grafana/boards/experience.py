@@ -27,7 +27,7 @@ SELECT $__timeGroupAlias(discharged_at, 1d), avg(satisfaction_score) AS mean_sat
 FROM v_discharges
 WHERE {IN_RANGE} AND satisfaction_score IS NOT NULL
 GROUP BY 1
-ORDER BY 1""", "none", 1, "Mean of the daily means over the time range (sparkline: per day).", w=6,
+ORDER BY 1""", "none", 1, "Mean of the daily means over the time range (sparkline: per day).", w=12, h=4,
              thresholds=SCORE_COLOURS, core=True, calc="mean"),
         stat("Survey response rate", f"""
 SELECT $__timeGroupAlias(discharged_at, 1d),
@@ -36,7 +36,7 @@ FROM v_discharges
 WHERE {IN_RANGE}
 GROUP BY 1
 ORDER BY 1""", "percentunit", 0, "Discharged patients who answered the survey: mean of the daily rates.",
-             w=6, core=True, calc="mean"),
+             w=12, h=4, core=True, calc="mean"),
         timeseries("Mean satisfaction by department (monthly)", f"""
 SELECT month AS "time", department AS metric, mean_satisfaction
 FROM v_satisfaction_monthly

@@ -7,8 +7,8 @@ from grafana.boards.common import (
     FACILITY,
     IN_DEPARTMENT,
     IN_FACILITY,
-    MONTH_IN_RANGE,
     KPI_DISPLAY,
+    MONTH_IN_RANGE,
     barchart,
     kpi_series,
     piechart,
@@ -52,8 +52,9 @@ SELECT department, age_group,
 FROM v_discharges
 WHERE {DISCHARGES_IN_RANGE}
 GROUP BY department, age_group
-ORDER BY department, age_group""", "department", "currencyUSD", 0,
-                 "Age at admission; one bar per age group.",
+ORDER BY department, age_group""", None, "currencyUSD", 0,
+                 "Age at admission; one bar per age group (rows pivoted by Grafana: departments x "
+                 "age groups).",
                  transformations=[{"id": "groupingToMatrix", "options": {
                      "columnField": "age_group", "rowField": "department",
                      "valueField": "revenue_per_patient", "emptyValue": "null"}}],

@@ -76,19 +76,26 @@ def board() -> Dashboard:
                    "Trailing 30-day ROC AUC; 0.5 is chance.", min=0.4, max=1, core=True),
         timeseries("Rolling recall and precision", rolling(f"{RECALL}, {PRECISION}"), "percentunit", 0,
                    "Of the alert flag (score >= threshold) over the trailing 30 days.", min=0, max=1, core=True),
+        timeseries("Alert recall and precision from the stream (rolling 30 days)", f"""
+SELECT window_end AS "time", kpi AS metric, value
+FROM kpi_windows
+WHERE kpi IN ('model_recall', 'model_precision') AND dimension = 'facility' AND "window" = '30d'
+  AND {IN_FACILITY} AND $__timeFilter(window_end)
+ORDER BY 1""", "percentunit", 0, "The worker's own model_recall / model_precision KPIs (hospital.kpis), "
+                   "windows by day of discharge; they fill in as labels arrive.", min=0, max=1, core=True),
         timeseries("Labelled discharges in the trailing 30 days", rolling(LABELLED), "none", 0,
-                   "Labels arrive at the readmission, or 30 days after discharge.", w=8, core=True),
+                   "Labels arrive at the readmission, or 30 days after discharge.", core=True),
         timeseries("Monthly AUC, recall, precision", [Target(f"""
 SELECT month AS "time", auc, lace_auc, recall, precision
 FROM model_metrics
 WHERE {MONTH_IN_RANGE}
-ORDER BY 1""")], "none", 3, "Per calendar month of discharge (all facilities).", w=8, bars=True, core=True),
+ORDER BY 1""")], "none", 3, "Per calendar month of discharge (all facilities).", bars=True, core=True),
         timeseries("Alerts per day", f"""
 SELECT $__timeGroupAlias(day, 1d), sum(alerts) AS alerts
 FROM v_alerts_daily
 WHERE {IN_FACILITY} AND $__timeFilter(day)
 GROUP BY 1
-ORDER BY 1""", "none", 0, "High-risk discharge alerts per UTC day.", w=8, bars=True, core=True),
+ORDER BY 1""", "none", 0, "High-risk discharge alerts per UTC day.", bars=True, core=True),
         Row("Calibration: discharges in the range with a known label"),
         barchart("Calibration by score decile", f"""
 WITH d AS (

@@ -7,6 +7,8 @@ from grafana.boards.common import (
     HEADLINE_KPIS,
     IN_FACILITY,
     KPI_DISPLAY,
+    LABELLED_KPIS,
+    SETTLED_NOTE,
     kpi_series,
     stat,
     timeseries,
@@ -18,14 +20,16 @@ def board() -> Dashboard:
     items: list[Panel | Row] = [Row("Headline KPIs: rolling 30 days as of the end of the time range")]
     for kpi in HEADLINE_KPIS:
         d = KPI_DISPLAY[kpi]
-        items.append(stat(d.title, kpi_series(kpi, "30d"), d.unit, d.decimals,
-                          f"{d.description} Rolling 30-day window; sparkline: its value over the range.",
-                          core=True))
+        note = SETTLED_NOTE if kpi in LABELLED_KPIS else ""
+        items.append(stat(d.title, kpi_series(kpi, "30d", settled=True), d.unit, d.decimals,
+                          f"{d.description} Rolling 30-day window; sparkline: its value over the range."
+                          + note, core=True))
     items.append(Row("Trends: rolling 7 days"))
     for kpi in HEADLINE_KPIS:
         d = KPI_DISPLAY[kpi]
+        note = " The last 30 days fill in as labels arrive." if kpi in LABELLED_KPIS else ""
         items.append(timeseries(f"{d.title} (7-day rolling)", kpi_series(kpi, "7d"), d.unit, d.decimals,
-                                d.description, w=8, core=True))
+                                d.description + note, w=8, core=True))
     items += [
         Row("Census and patient flow"),
         timeseries(

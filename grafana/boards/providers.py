@@ -8,8 +8,11 @@ from grafana.boards.common import (
     IN_DEPARTMENT,
     IN_FACILITY,
     KPI_DISPLAY,
+    SETTLED,
+    SETTLED_NOTE,
     barchart,
     kpi_overrides,
+    settled_clause,
     table,
     timeseries,
 )
@@ -30,7 +33,7 @@ WITH latest AS (
     FROM kpi_windows
     WHERE dimension = 'provider' AND "window" = '30d' AND kpi IN ({names})
       AND {IN_FACILITY} AND $__timeFilter(window_end)
-      AND dimension_id IN ({OF_DEPARTMENTS})
+      AND dimension_id IN ({OF_DEPARTMENTS}){settled_clause(kpis)}
     ORDER BY kpi, dimension_id, window_end DESC
 )
 SELECT l.dimension_id AS provider, p.department, p.capacity,
@@ -50,7 +53,8 @@ def board() -> Dashboard:
         table(
             "Providers: rolling 30 days as of the end of the time range",
             _latest_by_provider(SHOWN),
-            "Each provider's latest 30-day window in the time range; capacity from reference data.",
+            "Each provider's latest 30-day window in the time range; capacity from reference data."
+            + SETTLED_NOTE.replace("the value is", "readmission rate and outcome efficiency are"),
             h=10, overrides=kpi_overrides(SHOWN), core=True,
         ),
         barchart(
@@ -106,8 +110,9 @@ SELECT DISTINCT ON (dimension_id) dimension_id AS provider, value AS readmission
 FROM kpi_windows
 WHERE kpi = 'readmission_rate' AND dimension = 'provider' AND "window" = '30d'
   AND {IN_FACILITY} AND $__timeFilter(window_end) AND dimension_id IN ({OF_DEPARTMENTS})
+  AND {SETTLED}
 ORDER BY dimension_id, window_end DESC""",
-            "provider", d["readmission_rate"].unit, 1, d["readmission_rate"].description + " Rolling 30 days.",
+            "provider", d["readmission_rate"].unit, 1, d["readmission_rate"].description + " Rolling 30 days." + SETTLED_NOTE,
             h=12, core=True,
         ),
         barchart(
@@ -117,8 +122,9 @@ SELECT DISTINCT ON (dimension_id) dimension_id AS provider, value AS outcome_eff
 FROM kpi_windows
 WHERE kpi = 'outcome_efficiency' AND dimension = 'provider' AND "window" = '30d'
   AND {IN_FACILITY} AND $__timeFilter(window_end) AND dimension_id IN ({OF_DEPARTMENTS})
+  AND {SETTLED}
 ORDER BY dimension_id, window_end DESC""",
-            "provider", "none", 2, d["outcome_efficiency"].description + " Rolling 30 days.",
+            "provider", "none", 2, d["outcome_efficiency"].description + " Rolling 30 days." + SETTLED_NOTE,
             h=12, core=True,
         ),
     ]

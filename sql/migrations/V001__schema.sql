@@ -139,8 +139,7 @@ CREATE TABLE readmissions (
     readmission_encounter_id    text,
     known_at                    timestamptz NOT NULL,
     source_partition            integer NOT NULL,
-    source_offset               bigint NOT NULL,
-    CHECK (readmitted = (readmission_encounter_id IS NOT NULL))
+    source_offset               bigint NOT NULL
 );
 CREATE INDEX readmissions_discharged_at_idx ON readmissions (discharged_at);
 CREATE INDEX readmissions_patient_idx ON readmissions (patient_id);

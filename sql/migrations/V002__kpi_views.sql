@@ -4,6 +4,16 @@
 
 -- ------------------------------------------------------------------ helpers
 
+-- Dashboard queries are short: JIT compilation (PostgreSQL's default above a cost estimate that
+-- generate_series-based views easily reach) costs more than it saves. Per database, owner only.
+DO $$
+BEGIN
+    EXECUTE format('ALTER DATABASE %I SET jit = off', current_database());
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE NOTICE 'not the database owner: jit left as configured';
+END
+$$;
+
 CREATE FUNCTION age_group(age integer) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE
@@ -91,35 +101,32 @@ WHERE event_type <> 'discharge';
 -- Census per department at the end of each UTC day (= patients in a bed at window_end:
 -- from_ts < window_end AND (to_ts IS NULL OR to_ts >= window_end)), as a running sum of deltas.
 CREATE VIEW v_census_daily AS
-WITH deltas AS (
-    SELECT facility_id, department, date_trunc('day', from_ts, 'UTC') AS day, 1 AS delta
-    FROM v_bed_segments
-    UNION ALL
-    SELECT facility_id, department, date_trunc('day', to_ts, 'UTC'), -1
-    FROM v_bed_segments WHERE to_ts IS NOT NULL
+WITH daily AS (
+    SELECT s.facility_id, s.department, date_trunc('day', x.ts, 'UTC') AS day, sum(x.delta) AS delta
+    FROM v_bed_segments s
+    CROSS JOIN LATERAL (VALUES (s.from_ts, 1), (s.to_ts, -1)) AS x(ts, delta)
+    WHERE x.ts IS NOT NULL
+    GROUP BY 1, 2, 3
 ), span AS (
-    SELECT min(day) AS first_day, max(day) AS last_day FROM deltas
-), units AS (
-    SELECT DISTINCT facility_id, department FROM deltas
+    SELECT min(day) AS first_day, max(day) AS last_day FROM daily
 ), grid AS (
     SELECT u.facility_id, u.department, d.day
-    FROM units u
+    FROM (SELECT DISTINCT facility_id, department FROM daily) u
     CROSS JOIN span
     CROSS JOIN LATERAL generate_series(span.first_day, span.last_day, interval '1 day') AS d(day)
-), daily AS (
-    SELECT facility_id, department, day, sum(delta) AS delta FROM deltas GROUP BY 1, 2, 3
+), census AS (
+    SELECT g.day, g.facility_id, g.department,
+           sum(coalesce(d.delta, 0)) OVER (PARTITION BY g.facility_id, g.department ORDER BY g.day)::integer AS census
+    FROM grid g LEFT JOIN daily d USING (facility_id, department, day)
 )
-SELECT g.day,
-       g.day + interval '1 day'                                         AS window_end,
-       g.facility_id,
-       g.department,
-       sum(coalesce(d.delta, 0)) OVER (PARTITION BY g.facility_id, g.department ORDER BY g.day)::integer
-                                                                        AS census,
+SELECT c.day,
+       c.day + interval '1 day'                                  AS window_end,
+       c.facility_id,
+       c.department,
+       c.census,
        dep.beds,
-       100.0::double precision * sum(coalesce(d.delta, 0)) OVER (PARTITION BY g.facility_id, g.department ORDER BY g.day)
-           / nullif(dep.beds, 0)                                        AS occupancy_pct
-FROM grid g
-LEFT JOIN daily d USING (facility_id, department, day)
+       100.0::double precision * c.census / nullif(dep.beds, 0)   AS occupancy_pct
+FROM census c
 LEFT JOIN departments dep USING (facility_id, department);
 
 -- Bed occupancy of each facility at the end of each UTC day.
@@ -136,23 +143,20 @@ GROUP BY c.day, c.window_end, c.facility_id, f.beds;
 
 -- Census of each provider at the end of each UTC day, and utilization = census / capacity.
 CREATE VIEW v_provider_utilization_daily AS
-WITH deltas AS (
-    SELECT facility_id, attending_provider_id AS provider_id, date_trunc('day', from_ts, 'UTC') AS day, 1 AS delta
-    FROM v_bed_segments
-    UNION ALL
-    SELECT facility_id, attending_provider_id, date_trunc('day', to_ts, 'UTC'), -1
-    FROM v_bed_segments WHERE to_ts IS NOT NULL
+WITH daily AS (
+    SELECT s.facility_id, s.attending_provider_id AS provider_id, date_trunc('day', x.ts, 'UTC') AS day,
+           sum(x.delta) AS delta
+    FROM v_bed_segments s
+    CROSS JOIN LATERAL (VALUES (s.from_ts, 1), (s.to_ts, -1)) AS x(ts, delta)
+    WHERE x.ts IS NOT NULL
+    GROUP BY 1, 2, 3
 ), span AS (
-    SELECT min(day) AS first_day, max(day) AS last_day FROM deltas
-), units AS (
-    SELECT DISTINCT facility_id, provider_id FROM deltas
+    SELECT min(day) AS first_day, max(day) AS last_day FROM daily
 ), grid AS (
     SELECT u.facility_id, u.provider_id, d.day
-    FROM units u
+    FROM (SELECT DISTINCT facility_id, provider_id FROM daily) u
     CROSS JOIN span
     CROSS JOIN LATERAL generate_series(span.first_day, span.last_day, interval '1 day') AS d(day)
-), daily AS (
-    SELECT facility_id, provider_id, day, sum(delta) AS delta FROM deltas GROUP BY 1, 2, 3
 ), census AS (
     SELECT g.day, g.facility_id, g.provider_id,
            sum(coalesce(d.delta, 0)) OVER (PARTITION BY g.facility_id, g.provider_id ORDER BY g.day)::integer AS census
