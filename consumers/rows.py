@@ -166,12 +166,14 @@ class Batch:
     def _stubs(self, facility_id: str, department: str, provider_id: str, patient_id: str,
                clean: Callable[[Any], Any]) -> None:
         f, d, pr, pa = clean(facility_id), clean(department), clean(provider_id), clean(patient_id)
-        self._fill("facilities", (f,), {"facility_id": f, "name": None, "beds": None})
-        self._fill("departments", (f, d), {"facility_id": f, "department": d, "beds": None})
-        self._fill("providers", (pr,), {"provider_id": pr, "facility_id": f, "department": None,
-                                        "capacity": None})
-        self._patient({"patient_id": pa, "age": None, "sex": None, "race": None, "payer": None,
-                       "chronic_conditions": None, "as_of": None})
+        # A stub adds nothing to a row already in the batch (fast path: 4 stubs per event).
+        get = self._rows.setdefault
+        get("facilities", {}).setdefault((f,), {"facility_id": f, "name": None, "beds": None})
+        get("departments", {}).setdefault((f, d), {"facility_id": f, "department": d, "beds": None})
+        get("providers", {}).setdefault((pr,), {"provider_id": pr, "facility_id": f, "department": None,
+                                                "capacity": None})
+        get("patients", {}).setdefault((pa,), {"patient_id": pa, "age": None, "sex": None, "race": None,
+                                               "payer": None, "chronic_conditions": None, "as_of": None})
 
     def _patient(self, row: Row) -> None:
         """Demographics of the latest admission (by event time) win; stubs never overwrite."""

@@ -25,12 +25,14 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg2
 from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata, TopicPartition
 from pydantic import ValidationError
 from tenacity import Retrying, retry_if_exception_type, wait_exponential
 
@@ -128,9 +130,9 @@ def stop_on_signals(stop: threading.Event):
 class DatabaseWriter:
     """Writes batches in one transaction each, reconnecting and backing off on transient errors."""
 
-    def __init__(self, url: str, stop: threading.Event, stats: SinkStats,
+    def __init__(self, url: str, should_stop: Callable[[], bool], stats: SinkStats,
                  backoff_max: float = 10.0, application_name: str = "wardstream-sink") -> None:
-        self.url, self.stop, self.stats = url, stop, stats
+        self.url, self.should_stop, self.stats = url, should_stop, stats
         self.backoff_max, self.application_name = backoff_max, application_name
         self.conn = None
 
@@ -163,7 +165,7 @@ class DatabaseWriter:
 
         for attempt in Retrying(retry=retry_if_exception_type(TRANSIENT_ERRORS),
                                 wait=wait_exponential(multiplier=0.2, max=self.backoff_max),
-                                stop=lambda _state: self.stop.is_set(),
+                                stop=lambda _state: self.should_stop(),
                                 before_sleep=before_sleep, reraise=True):
             with attempt:
                 return self._once(batch)
@@ -190,55 +192,84 @@ def run_sink(*, topics: Iterable[str] | None = None, group: str | None = None,
         raise ValueError(f"the sink does not know how to store topics {unknown}; "
                          f"known: {sorted(adders)}")
     stop = stop or threading.Event()
+    halt = threading.Event()  # set on the way out: a writer still retrying gives up
     stats = SinkStats()
     started = time.monotonic()
     ensure_topics(topic_list, s)
     consumer = make_consumer(*topic_list, group_id=group or default_group(ns), s=s,
                              max_poll_records=max_batch, max_poll_interval_ms=1_800_000)
-    writer = DatabaseWriter(libpq_url(db_url) if db_url else sink_url(), stop, stats)
+    writer = DatabaseWriter(libpq_url(db_url) if db_url else sink_url(),
+                            lambda: stop.is_set() or halt.is_set(), stats)
+    # One writer thread: batch N is written (the server works, psycopg2 releases the GIL) while
+    # batch N+1 is fetched and decoded. Offsets of N are committed once N's transaction committed.
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-writer")
+    pending: list[tuple[Future, dict]] = []
     ctx = stop_on_signals(stop) if handle_signals else nullcontext()
     end_offsets: dict | None = None
     last_data = time.monotonic()
+
+    def settle() -> None:
+        """Wait for the batch in flight; commit its offsets only if its transaction committed."""
+        while pending:
+            future, offsets = pending.pop()
+            future.result()  # a writer error propagates: its offsets are never committed
+            try:
+                consumer.commit(offsets)
+                stats.commits += 1
+            except (CommitFailedError, KafkaError) as exc:  # rebalance: re-read, upserts absorb it
+                stats.commit_failures += 1
+                log.warning("offset commit failed (%s); messages will be re-read", exc)
+            if on_batch:
+                on_batch(stats)
+
     try:
         with ctx:
             while not stop.is_set():
-                polled = consumer.poll(timeout_ms=poll_ms, max_records=max_batch)
+                polled = consumer.poll(timeout_ms=50 if pending else poll_ms, max_records=max_batch)
                 records = [r for recs in polled.values() for r in recs]
-                if not records:
-                    idle = time.monotonic() - last_data
-                    if until_idle is not None and idle >= until_idle:
-                        break
-                    if once:
-                        end_offsets = end_offsets or _end_offsets(consumer)
-                        if end_offsets and _caught_up(consumer, end_offsets):
-                            break
-                        if idle >= max(5.0, until_idle or 0):  # no assignment / nothing to read
-                            break
+                if records:
+                    last_data = time.monotonic()
+                    if once and end_offsets is None:
+                        end_offsets = _end_offsets(consumer)
+                    batch = Batch()
+                    valid = _decode(records, adders, stats, batch)
+                    settle()
+                    pending.append((executor.submit(_write, batch, valid, adders, writer, stats),
+                                    _next_offsets(records)))
                     continue
-                last_data = time.monotonic()
-                if once and end_offsets is None:
-                    end_offsets = _end_offsets(consumer)
-                _process(records, adders, writer, stats)
-                try:
-                    consumer.commit()
-                    stats.commits += 1
-                except (CommitFailedError, KafkaError) as exc:  # rebalance: re-read, upserts absorb it
-                    stats.commit_failures += 1
-                    log.warning("offset commit failed (%s); messages will be re-read", exc)
-                if on_batch:
-                    on_batch(stats)
-                if once and end_offsets and _caught_up(consumer, end_offsets):
+                settle()
+                idle = time.monotonic() - last_data
+                if until_idle is not None and idle >= until_idle:
                     break
+                if once:
+                    end_offsets = end_offsets or _end_offsets(consumer)
+                    if end_offsets and _caught_up(consumer, end_offsets):
+                        break
+                    if idle >= max(5.0, until_idle or 0):  # no assignment / nothing to read
+                        break
+            settle()  # stopped by a signal: finish and commit the batch in flight
     except TRANSIENT_ERRORS:
         if not stop.is_set():
             raise
         log.info("stopped during a database outage; the last batch was not committed")
     finally:
+        halt.set()
+        executor.shutdown(wait=True)
         writer.close()
         consumer.close(autocommit=False)
         stats.elapsed_s = time.monotonic() - started
     log.info("sink finished: %s", stats.as_dict())
     return stats
+
+
+def _next_offsets(records) -> dict:
+    """The offsets to commit after ``records`` are stored: last offset + 1 per partition."""
+    out: dict[TopicPartition, OffsetAndMetadata] = {}
+    for r in records:
+        tp = TopicPartition(r.topic, r.partition)
+        if tp not in out or r.offset + 1 > out[tp].offset:
+            out[tp] = OffsetAndMetadata(r.offset + 1, "", -1)
+    return out
 
 
 def _decode(records, adders: dict[str, Adder], stats: SinkStats, batch: Batch) -> list:
@@ -257,10 +288,11 @@ def _decode(records, adders: dict[str, Adder], stats: SinkStats, batch: Batch) -
     return valid
 
 
-def _process(records, adders: dict[str, Adder], writer: DatabaseWriter, stats: SinkStats) -> None:
-    batch = Batch()
-    valid = _decode(records, adders, stats, batch)
+def _write(batch: Batch, valid: list, adders: dict[str, Adder], writer: DatabaseWriter,
+           stats: SinkStats) -> None:
+    """Write one decoded batch (in the writer thread); isolate messages the database refuses."""
     if not batch.messages:
+        stats.batches += 1
         return
     try:
         written = writer.write(batch)

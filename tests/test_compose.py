@@ -90,6 +90,22 @@ def test_the_commands_exist_in_the_cli():
         assert result.exit_code == 0, (args, result.output)
 
 
+def test_every_flag_the_services_pass_exists():
+    from typer.testing import CliRunner
+
+    from wardstream.cli import app
+
+    runner = CliRunner()
+    for name in APP_SERVICES:
+        words = " ".join(SERVICES[name]["command"]).split()
+        if words[0] == "exec":  # the simulator's shell form: exec wardstream simulate ...
+            words = words[2:]
+        sub = [w for w in words[:2] if not w.startswith("-")]
+        help_text = runner.invoke(app, [*sub, "--help"], terminal_width=200).output
+        for flag in (w for w in words if w.startswith("--")):
+            assert flag in help_text, f"{name}: `wardstream {' '.join(sub)}` has no {flag}"
+
+
 def test_dockerfile():
     text = (REPO_ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim$", text, re.M)

@@ -150,10 +150,10 @@ def test_check_reasons() -> None:
     early = transfer("P1", "E1", ts(T0) - timedelta(seconds=1))
     assert pt.check(s, early, wm) == "out of order for patient"
     assert pt.check(s, transfer("P1", "E1", ts(T0)), wm) is None  # equal time is in order
-    far = transfer("P1", "E1", wm + timedelta(days=1, seconds=1))
+    far = transfer("P1", "E1", wm + pt.FAR_FUTURE + timedelta(seconds=1))
     assert pt.check(s, far, wm) == "far future"
     assert pt.check(s, far, None) is None  # no watermark yet: nothing to compare with
-    assert pt.check(s, transfer("P1", "E1", wm + timedelta(days=1)), wm) is None
+    assert pt.check(s, transfer("P1", "E1", wm + pt.FAR_FUTURE), wm) is None
     assert pt.check(s, transfer("P1", "EX", T_OUT), None) == "encounter_id does not match the open encounter"
     assert pt.check(s, discharge("P1", "EX", T0, T_OUT), None) == "encounter_id does not match the open encounter"
     bad_los = discharge("P1", "E1", T0, T_OUT, length_of_stay_days=4.06)

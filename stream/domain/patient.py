@@ -28,7 +28,10 @@ from stream.domain.charlson import charlson_index
 READMISSION_WINDOW = timedelta(days=30)
 ADMISSION_HISTORY = timedelta(days=365)
 ED_HISTORY = timedelta(days=183)
-FAR_FUTURE = timedelta(days=1)
+# An event more than this ahead of its partition's watermark is a clock error, not news: accepting it
+# would move event time forward and expire every pending discharge early. Wide enough that a quiet
+# partition of a small hospital (no event for days) is not mistaken for one.
+FAR_FUTURE = timedelta(days=7)
 RECENT_EVENT_IDS = 64
 LOS_TOLERANCE_DAYS = 0.05
 
