@@ -15,10 +15,12 @@ configured from the environment through :func:`wardstream.config.settings`, read
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import ssl
 import time
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -196,6 +198,22 @@ async def flush_kpis() -> None:
         await asyncio.sleep(0)  # one dimension at a time: the agents keep running meanwhile
     took = time.monotonic() - started
     _next_flush = started + took / FLUSH_DUTY
+    _write_status({"covered": aggregator.covered()})
+
+
+STATUS_PATH = Path(app.conf.datadir) / "kpi-flush.json"
+_last_status: dict[str, Any] = {}
+
+
+def _write_status(status: dict[str, Any]) -> None:
+    """Which contribution offsets the KPI flushes have covered (read by stream.runner)."""
+    global _last_status
+    if status == _last_status:
+        return
+    tmp = STATUS_PATH.with_suffix(".tmp")
+    tmp.write_text(json.dumps(status))
+    tmp.replace(STATUS_PATH)
+    _last_status = status
 
 
 @app.on_partitions_assigned.connect

@@ -143,6 +143,7 @@ class KpiAggregator:
                 return
             self._load()
         if not self._dirty:
+            self._flushed.update(self._seen)
             return
         dirty, self._dirty = self._dirty, defaultdict(lambda: defaultdict(set))
         covered = dict(self._seen)
@@ -150,6 +151,10 @@ class KpiAggregator:
             yield self._emit(dim, days)
         # only now (the caller has sent every batch) may the next contribution mark it flushed
         self._flushed.update(covered)
+
+    def covered(self) -> dict[int, int]:
+        """Contributions partition -> last offset whose KPI windows a completed flush sent."""
+        return dict(self._flushed)
 
     def _emit(self, dim: Dim, dirty_days: dict[date, set[str]]) -> list[tuple[str, bytes]]:
         dimension, dim_id = dim

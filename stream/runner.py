@@ -14,12 +14,15 @@ etc., inherited by the subprocess; pass ``env=`` to override). "Caught up" means
 
 1. the worker's consumer group (``{namespace}wardstream-stream``) has committed every
    ``hospital.adt`` offset and every data offset of ``hospital.kpi-contributions``;
-2. then nothing moved (end offsets of every output topic, the group's commits) for ``settle``
-   seconds, which is longer than the KPI flush interval, so the last dirty windows are out.
+2. the worker's last completed KPI flush covered every contribution (it writes the offsets it
+   covered to ``{WARDSTREAM_STATE_DIR}/faust/{group}/kpi-flush.json`` after each flush);
+3. then nothing moved (end offsets of every output topic, the group's commits) for ``settle``
+   seconds (the producer's last batches are out).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -108,10 +111,23 @@ class StreamWorker:
         kpi_lag = sum(1 for tp, off in last.items() if committed.get(tp, 0) <= off)
         return {"adt_lag": adt_lag, "adt_end": sum(ends.values()), "contribution_partitions_behind": kpi_lag}
 
+    def status_path(self) -> Path:
+        state = self.env.get("WARDSTREAM_STATE_DIR") or str(settings().state_dir)
+        return Path(state) / "faust" / group_id(self.namespace) / "kpi-flush.json"
+
+    def _kpis_flushed(self, topics: Topics) -> bool:
+        """The worker's last completed KPI flush covered every contribution written so far."""
+        try:
+            covered = {int(k): v for k, v in json.loads(self.status_path().read_text())["covered"].items()}
+        except (OSError, ValueError, KeyError):
+            return False
+        last = last_data_offsets(topics.kpi_contributions)
+        return all(covered.get(tp.partition, -1) >= off for tp, off in last.items() if off >= 0)
+
     def wait_caught_up(self, timeout: float = 600, settle: float | None = None,
                        poll: float = 1.0) -> dict[str, int]:
         """Block until every input is processed and the last KPI flush is out (see module doc)."""
-        settle = settle if settle is not None else max(6.0, 2 * self.flush_seconds + 3)
+        settle = settle if settle is not None else 2.0
         topics = Topics(self.namespace)
         deadline = time.monotonic() + timeout
         stable_since: float | None = None
@@ -123,7 +139,8 @@ class StreamWorker:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"worker not caught up after {timeout}s: {self.progress()}")
             p = self.progress()
-            if p["adt_lag"] == 0 and p["contribution_partitions_behind"] == 0:
+            if (p["adt_lag"] == 0 and p["contribution_partitions_behind"] == 0
+                    and self._kpis_flushed(topics)):
                 snapshot = (sorted(end_offsets(topics.outputs() + [topics.kpi_contributions]).items()),
                             sorted(committed_offsets(group_id(self.namespace)).items()))
                 now = time.monotonic()

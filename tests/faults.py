@@ -307,10 +307,25 @@ def wait_mid_stream(worker, fraction: float, timeout: float = 300) -> dict[str, 
     return wait_until(far_enough, timeout, f"{fraction:.0%} of hospital.adt committed")
 
 
-def settle(worker, timeout: float = 400, stall_after: float = 45) -> str | None:
-    """Wait until the worker caught up (None), or until nothing moved for ``stall_after`` s while
-    its consumer group still lags (returns a description of the stall: outputs can then be complete
-    although the group's commits are stuck, which a fault drill reports separately)."""
+def applied_offsets(namespace: str) -> dict[int, int]:
+    """Per ADT partition, the last offset the worker's state says it applied (its changelog)."""
+    from stream.runner import group_id
+
+    applied: dict[int, int] = {}
+    for r in read_topic(f"{group_id(namespace)}-partition_state-changelog"):
+        if r.value:
+            key = orjson.loads(r.key)
+            applied[int(key[1:])] = int(orjson.loads(r.value)["offset"])
+    return applied
+
+
+def settle(worker, timeout: float = 420, stall_after: float = 30) -> str | None:
+    """Wait until the worker caught up (returns None), or detect stuck commits (returns a description).
+
+    Stuck = the worker's own state says every ADT message is applied and the outputs stopped
+    moving, yet its consumer group has not committed the ADT offsets: the outputs can then be
+    complete, which the drill checks, while the stall is reported as a failure of its own.
+    """
     import time
 
     from stream.runner import committed_offsets, end_offsets, group_id
@@ -330,9 +345,13 @@ def settle(worker, timeout: float = 400, stall_after: float = 45) -> str | None:
         if snap != last:
             last, since = snap, time.monotonic()
         elif time.monotonic() - since >= stall_after:
-            lag = {f"{tp.topic.rsplit('.', 1)[-1]}[{tp.partition}]": f"{off}/{end}"
-                   for tp, end in end_offsets([topics.adt]).items()
-                   for off in [dict(snap[1]).get(tp, 0)] if off < end}
-            return f"commits stalled for {stall_after:.0f}s with outputs idle; committed/end: {lag}"
+            ends = {tp.partition: end for tp, end in end_offsets([topics.adt]).items()}
+            applied = applied_offsets(worker.namespace)
+            if all(applied.get(part, -1) >= end - 1 for part, end in ends.items()):
+                committed = dict(snap[1])
+                lag = {f"adt[{tp.partition}]": f"{committed.get(tp, 0)}/{end}"
+                       for tp, end in end_offsets([topics.adt]).items() if committed.get(tp, 0) < end}
+                return (f"every ADT message applied (state) and outputs idle for {stall_after:.0f}s, "
+                        f"but commits stuck at committed/end {lag}")
         time.sleep(1)
-    raise TimeoutError(f"worker neither caught up nor idle after {timeout}s: {worker.progress()}")
+    raise TimeoutError(f"worker neither caught up nor stuck after {timeout}s: {worker.progress()}")

@@ -34,9 +34,6 @@ def pipeline_db(fresh_db, kafka_ns, tmp_path, monkeypatch) -> str:
     from stream.runner import StreamWorker
 
     monkeypatch.setenv("WARDSTREAM_STATE_DIR", str(tmp_path / "state"))
-    # One ADT partition: a small hospital leaves a partition idle for more than a day, and the
-    # worker's "far future" check (1 day past the partition watermark) would reject its events.
-    monkeypatch.setenv("WARDSTREAM_ADT_PARTITIONS", "1")
     migrate()
     summary = simulate_to_kafka(SimConfig(seed=7, start=START, days=DAYS, beds=BEDS), progress=False)
     assert summary.events > 0
