@@ -93,8 +93,8 @@ class ReplayPlan:
 
     def summary_rows(self) -> list[tuple[str, str, str, str, str]]:
         """(partition, first offset, last offset, events, event time span) per range, then the total."""
-        rows = [(str(r.partition), str(r.first), str(r.last), str(r.events), _span(r.first_event_at, r.last_event_at))
-                for r in self.ranges]
+        rows = [(str(r.partition), str(r.first), str(r.last), str(r.events),
+                 _span(r.first_event_at, r.last_event_at)) for r in self.ranges]
         rows.append(("all", "", "", str(self.events), _span(self.first_event_at, self.last_event_at)))
         return rows
 
@@ -430,18 +430,19 @@ def register(app) -> None:
             help="Re-sink every topic of the namespace into DATABASE_URL from the beginning (fresh consumer "
                  "group, idempotent upserts; migrations applied first)."),
         namespace: str | None = typer.Option(
-            None, "--namespace", "-n", help="Source namespace. Default: WARDSTREAM_NAMESPACE (empty = hospital.*)."),
+            None, "--namespace", "-n",
+            help="Source namespace. Default: WARDSTREAM_NAMESPACE (empty = hospital.*)."),
         group: str | None = typer.Option(
             None, "--group", help="--rebuild-db: consumer group to use. Default: a fresh one."),
         dry_run: bool = typer.Option(
-            False, "--dry-run", help="Print what would be replayed (partitions, offsets, events, time span); do nothing."),
+            False, "--dry-run",
+            help="Print what would be replayed (partitions, offsets, events, time span); do nothing."),
     ) -> None:
         """Re-run a time range, an offset range or all of hospital.adt through the pipeline.
 
-        Either copy it into a fresh namespace (--into-namespace) for a worker to recompute and
-        compare, or rebuild the PostgreSQL tables from a namespace's topics (--rebuild-db).
-        Without a range the whole topic is replayed, which reproduces the live results exactly.
-        A partial range starts from empty patient state: stays admitted before it end in the DLQ.
+        Either copy it into a fresh namespace (--into-namespace) for a worker to recompute and compare, or rebuild the PostgreSQL tables from a namespace's topics (--rebuild-db).
+
+        Without a range the whole topic is replayed, which reproduces the live results. A partial range starts from empty patient state: stays admitted before it end in the DLQ.
         """
         console = Console(stderr=True)
         if into_namespace is not None and rebuild_db:

@@ -188,6 +188,10 @@ class AdtFlow:
         else:
             assert state is not None
             state = self._discharge(partition, state, event, watermark, brain, out)
+            # a discharge older than the watermark by 30+ days (another patient's events ran
+            # ahead on this partition) is already past due: label it now, not never
+            state, late = patient.expire(state, watermark)
+            learned |= self._labels(late, brain, out)
             self._save(state)
 
         if learned:

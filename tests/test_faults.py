@@ -52,12 +52,16 @@ def _assert_same(base, run, stall: str | None = None) -> None:
     assert stall is None, f"final state identical, but the worker's consumer group is stuck: {stall}"
 
 
-@pytest.mark.parametrize("local_state", ["kept", "lost"])
-def test_worker_sigkill_mid_stream_then_restart(base, tmp_path, local_state) -> None:
+GUARANTEES = ["exactly_once", "at_least_once"]  # stream/app.py: both must give the same final outputs
+
+
+@pytest.mark.parametrize("guarantee,local_state", [("exactly_once", "kept"), ("exactly_once", "lost"),
+                                                   ("at_least_once", "kept")])
+def test_worker_sigkill_mid_stream_then_restart(base, tmp_path, guarantee, local_state) -> None:
     """SIGKILL, then a new worker: on the same host (RocksDB kept) or a new one (state from changelogs)."""
     ns = new_namespace("kill")
     assert replay_copy(base.namespace, ns) == base.adt_messages
-    env = worker_env(ns, tmp_path / "state")
+    env = worker_env(ns, tmp_path / "state", WARDSTREAM_PROCESSING_GUARANTEE=guarantee)
     started = time.monotonic()
     first = StreamWorker(env=env, log_path=tmp_path / "worker-1.log").start()
     try:
@@ -68,22 +72,24 @@ def test_worker_sigkill_mid_stream_then_restart(base, tmp_path, local_state) -> 
         first.stop()
     assert at_fault["adt_lag"] > 0  # the kill happened with work left
     if local_state == "lost":
-        env = worker_env(ns, tmp_path / "state-new-host")
+        env = worker_env(ns, tmp_path / "state-new-host", WARDSTREAM_PROCESSING_GUARANTEE=guarantee)
     with StreamWorker(env=env, log_path=tmp_path / "worker-2.log") as second:
         stall = settle(second)
     run = finish_run(ns, time.monotonic() - started, base.adt_messages)
-    print(f"sigkill drill ({local_state} local state): {run.seconds:.0f}s, messages {run.outputs.messages} "
+    print(f"sigkill drill ({guarantee}, {local_state} local state): {run.seconds:.0f}s, "
+          f"messages {run.outputs.messages} "
           f"(baseline {base.outputs.messages}); stall: {stall}")
     _assert_same(base, run, stall)
 
 
-def test_broker_restart_mid_stream(base, tmp_path) -> None:
+@pytest.mark.parametrize("guarantee", GUARANTEES)
+def test_broker_restart_mid_stream(base, tmp_path, guarantee) -> None:
     """Broker down and up mid-stream. A worker that crashes meanwhile is restarted, as its supervisor
     does in production (docker-compose ``restart: unless-stopped``); each crash is reported."""
     ns = new_namespace("brk")
     replay_copy(base.namespace, ns)
     kafka = LocalKafka()
-    env = worker_env(ns, tmp_path / "state")
+    env = worker_env(ns, tmp_path / "state", WARDSTREAM_PROCESSING_GUARANTEE=guarantee)
     started = time.monotonic()
     crashes: list[int | None] = []
     w = StreamWorker(env=env, log_path=tmp_path / "worker.log").start()
@@ -109,7 +115,8 @@ def test_broker_restart_mid_stream(base, tmp_path) -> None:
     finally:
         w.stop()
     run = finish_run(ns, time.monotonic() - started, base.adt_messages)
-    print(f"broker drill: {run.seconds:.0f}s (broker back after {outage:.0f}s), worker crashes {crashes}, "
+    print(f"broker drill ({guarantee}): {run.seconds:.0f}s (broker back after {outage:.0f}s), "
+          f"worker crashes {crashes}, "
           f"messages {run.outputs.messages} (baseline {base.outputs.messages}); stall: {stall}")
     _assert_same(base, run, stall)
 
@@ -135,12 +142,13 @@ def test_postgres_restart_mid_sink(base) -> None:
     assert not diff_dumps(base.dump, dump), diff_dumps(base.dump, dump)
 
 
-def test_two_workers_share_partitions_and_one_leaves(base, tmp_path) -> None:
+@pytest.mark.parametrize("guarantee", GUARANTEES)
+def test_two_workers_share_partitions_and_one_leaves(base, tmp_path, guarantee) -> None:
     ns = new_namespace("scale")
     started = time.monotonic()
-    one = StreamWorker(env=worker_env(ns, tmp_path / "state-1"),
+    one = StreamWorker(env=worker_env(ns, tmp_path / "state-1", WARDSTREAM_PROCESSING_GUARANTEE=guarantee),
                        log_path=tmp_path / "worker-1.log").start()
-    two = StreamWorker(env=worker_env(ns, tmp_path / "state-2"),
+    two = StreamWorker(env=worker_env(ns, tmp_path / "state-2", WARDSTREAM_PROCESSING_GUARANTEE=guarantee),
                        log_path=tmp_path / "worker-2.log").start()
     try:
         # Both in the group before any input arrives, so both work on it.
@@ -156,6 +164,6 @@ def test_two_workers_share_partitions_and_one_leaves(base, tmp_path) -> None:
         two.stop()
         one.stop()
     run = finish_run(ns, time.monotonic() - started, base.adt_messages)
-    print(f"scale-out drill: {run.seconds:.0f}s (worker 2 left after {left:.0f}s, exit {code}), "
+    print(f"scale-out drill ({guarantee}): {run.seconds:.0f}s (worker 2 left after {left:.0f}s, exit {code}), "
           f"messages {run.outputs.messages} (baseline {base.outputs.messages}); stall: {stall}")
     _assert_same(base, run, stall)

@@ -26,7 +26,8 @@ SUFFIXES = {".py", ".yml", ".yaml", ".toml", ".sql", ".json", ".cfg", ".ini", ".
 
 def _placeholder(value: str) -> bool:
     """Env-var names, ${VAR} / {var} / %s templates, .env.example's change-me values: not secrets."""
-    return (not value or value.startswith("change-me") or value.startswith(("${", "{", "%", "$")) or re.fullmatch(r"[A-Z][A-Z0-9_]*", value) is not None)
+    return (not value or value.startswith(("change-me", "${", "{", "%", "$"))
+            or re.fullmatch(r"[A-Z][A-Z0-9_]*", value) is not None)
 
 
 def hard_coded_secrets(root: Path = REPO_ROOT) -> list[tuple[str, str]]:

@@ -103,6 +103,7 @@ def run_once(ns: str, days: int, tmp: Path, *, stop_after: float | None = None) 
     With ``stop_after`` (a fraction), the worker is stopped (SIGTERM) once that share of
     hospital.adt is committed, and a new worker finishes the job.
     """
+    tmp.mkdir(parents=True, exist_ok=True)
     env = {"WARDSTREAM_NAMESPACE": ns, "WARDSTREAM_STATE_DIR": str(tmp / "state")}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

@@ -1,0 +1,334 @@
+"""End-to-end throughput: ``hospital.adt`` -> worker(s) -> sink -> committed PostgreSQL rows.
+
+The events of one simulated period are produced first into a fresh namespace's ``hospital.adt``
+(with the reference data). Then, against the clock, the pipeline runs from a cold start until
+caught up: ``wardstream worker`` (one, then two in the same consumer group) plus one
+``wardstream sink``, into a fresh migrated database. "Caught up" = ``adt_events`` holds every
+event and ``discharge_scores`` every discharge (both known from the simulation).
+
+The ceiling is measured in the same run on the same topic: a bare kafka-python consumer with the
+same ``read_committed`` settings that only decodes each message's JSON. Target: pipeline >= 0.5x.
+
+The helpers here (namespaces, fresh databases, subprocesses, RSS sampling) are shared by the
+other end-to-end benches (``bench_latency``, ``bench_replay``, ``bench_memory``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import psutil
+
+from producers.simulator import SimConfig
+from wardstream.config import REPO_ROOT, settings
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# -------------------------------------------------------------------------------- environment
+
+
+@contextmanager
+def scoped_env(**values: str | None) -> Iterator[None]:
+    """Set (or unset, with None) environment variables for the block, then restore them."""
+    old = {k: os.environ.get(k) for k in values}
+    for k, v in values.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def delete_namespace_topics(ns: str) -> None:
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(**settings().kafka.kafka_python_kwargs())
+    try:
+        doomed = [t for t in admin.list_topics() if t.startswith(ns)]
+        if doomed:
+            admin.delete_topics(doomed)
+    except Exception:  # noqa: BLE001 - cleanup must not hide the figures
+        pass
+    finally:
+        admin.close()
+
+
+@contextmanager
+def namespace(prefix: str = "bench") -> Iterator[str]:
+    """A fresh topic namespace (+ its own state dir), deleted afterwards. Yields the namespace."""
+    ns = f"{prefix}{uuid.uuid4().hex[:8]}."
+    state = Path(tempfile.mkdtemp(prefix=f"wardstream-{ns}"))
+    try:
+        with scoped_env(WARDSTREAM_NAMESPACE=ns, WARDSTREAM_STATE_DIR=str(state)):
+            yield ns
+    finally:
+        delete_namespace_topics(ns)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@contextmanager
+def fresh_db() -> Iterator[str]:
+    """A new migrated database; DATABASE_URL and SINK_DATABASE_URL point at it (owner role)."""
+    from consumers.migrate import migrate
+    from wardstream.stack.postgres import LocalPostgres
+
+    pg = LocalPostgres()
+    name = f"wardstream_bench_{uuid.uuid4().hex[:8]}"
+    pg.psql_admin(f"CREATE DATABASE {name} OWNER wardstream")
+    url = f"postgresql://wardstream:wardstream@127.0.0.1:5432/{name}"
+    try:
+        with scoped_env(DATABASE_URL=url, SINK_DATABASE_URL=url):
+            migrate(url)
+            yield url
+    finally:
+        pg.psql_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def count_rows(conn, tables: tuple[str, ...]) -> dict[str, int]:
+    with conn.cursor() as cur:
+        out = {}
+        for t in tables:
+            cur.execute(f"SELECT count(*) FROM {t}")  # table names are ours, not input
+            out[t] = cur.fetchone()[0]
+    conn.commit()
+    return out
+
+
+# -------------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class Produced:
+    events: int
+    discharges: int
+    admissions: int
+    patients: int
+    seconds: float
+
+
+def produce_simulation(cfg: SimConfig) -> Produced:
+    """Simulate ``cfg`` into the current namespace's hospital.adt (fastest client available)."""
+    from producers.kafka_sink import simulate_to_kafka
+
+    t0 = time.perf_counter()
+    summary = simulate_to_kafka(cfg, progress=False)
+    seconds = time.perf_counter() - t0
+    by_type = summary.by_type
+    # Patients: every new patient is admitted once at least; count distinct keys cheaply.
+    return Produced(summary.events, by_type.get("discharge", 0), by_type.get("admission", 0),
+                    count_patients(cfg), seconds)
+
+
+def count_patients(cfg: SimConfig) -> int:
+    from producers.simulator import Simulation
+
+    return len({item.key for item in Simulation(cfg).stream()})
+
+
+# -------------------------------------------------------------------------------- processes
+
+
+class Service:
+    """``python -m wardstream.cli <args>`` as a subprocess (sink, notifier), stopped with SIGTERM."""
+
+    def __init__(self, *args: str, env: Mapping[str, str] | None = None, log: Path | None = None) -> None:
+        self.args, self.env, self.log = args, {**os.environ, **(env or {})}, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> "Service":
+        out = open(self.log, "ab") if self.log else subprocess.DEVNULL
+        self.proc = subprocess.Popen([sys.executable, "-m", "wardstream.cli", *self.args], env=self.env,
+                                     stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+class RssSampler(threading.Thread):
+    """Peak resident set size of a process tree (the process + its children), sampled."""
+
+    def __init__(self, pid: int, every: float = 0.25) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.every = pid, every
+        self.peak = 0
+        self.last = 0
+        self._halt = threading.Event()
+
+    def sample(self) -> int:
+        try:
+            root = psutil.Process(self.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return 0
+        total = 0
+        for p in procs:
+            try:
+                total += p.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            rss = self.sample()
+            if rss:
+                self.last = rss
+                self.peak = max(self.peak, rss)
+            self._halt.wait(self.every)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(5)
+
+
+def mib(n: int) -> float:
+    return round(n / 2**20, 1)
+
+
+# -------------------------------------------------------------------------------- ceiling
+
+
+def bare_consume(topic: str, expected: int) -> float:
+    """Seconds for a bare kafka-python consumer (read_committed) to read and JSON-decode ``topic``."""
+    from kafka import TopicPartition
+
+    from wardstream.kafka_io import make_consumer
+
+    consumer = make_consumer(group_id=None)
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        loads, n = orjson.loads, 0
+        t0 = time.perf_counter()
+        while n < expected:
+            for records in consumer.poll(timeout_ms=1000).values():
+                for r in records:
+                    loads(r.value)
+                    n += 1
+            if time.perf_counter() - t0 > 600:
+                raise TimeoutError(f"bare consumer read {n}/{expected} messages in 600 s")
+        return time.perf_counter() - t0
+    finally:
+        consumer.close()
+
+
+# -------------------------------------------------------------------------------- pipeline
+
+
+def wait_rows(conn, want: dict[str, int], timeout: float, alive=lambda: True,
+              poll: float = 0.5) -> tuple[float, float | None]:
+    """Poll until every table holds ``want`` rows; (seconds until then, seconds to the first score)."""
+    t0 = time.perf_counter()
+    first = None
+    while True:
+        counts = count_rows(conn, tuple(want))
+        now = time.perf_counter() - t0
+        if first is None and counts.get("discharge_scores", 0) > 0:
+            first = now
+        if all(counts[t] >= n for t, n in want.items()):
+            return now, first
+        if now > timeout:
+            raise TimeoutError(f"pipeline not caught up after {timeout:.0f}s: {counts} of {want}")
+        if not alive():
+            raise RuntimeError(f"a pipeline process died: {counts} of {want}")
+        time.sleep(poll)
+
+
+def run_pipeline(produced: Produced, url: str, workers: int, logs: Path, timeout: float) -> dict:
+    """Cold-start ``workers`` workers + one sink; time until every row is committed."""
+    import psycopg2
+
+    from stream.runner import StreamWorker
+
+    state = Path(os.environ["WARDSTREAM_STATE_DIR"])
+    conn = psycopg2.connect(url)
+    ws = [StreamWorker(env={"WARDSTREAM_STATE_DIR": str(state / f"w{i}")},
+                       log_path=logs / f"worker{i}.log", loglevel="warning") for i in range(workers)]
+    t0 = time.perf_counter()
+    samplers = []
+    try:
+        for w in ws:
+            w.start()
+            samplers.append(RssSampler(w.proc.pid))
+            samplers[-1].start()
+        with Service("sink", log=logs / "sink.log") as sink:
+            def alive() -> bool:
+                return all(w.alive() for w in ws) and sink.proc.poll() is None
+            want = {"adt_events": produced.events, "discharge_scores": produced.discharges}
+            done, first = wait_rows(conn, want, timeout, alive)
+        seconds = time.perf_counter() - t0
+    finally:
+        for w in ws:
+            w.stop()
+        for s in samplers:
+            s.stop()
+        conn.close()
+    return {
+        "seconds": seconds,
+        "first_score_s": first,
+        "events_per_s": produced.events / seconds,
+        "events_per_s_after_first_score": produced.events / max(1e-9, seconds - (first or 0)),
+        "peak_rss_mib": [mib(s.peak) for s in samplers],
+    }
+
+
+def run(quick: bool = False) -> dict:
+    from stream.contracts import Topics
+
+    days = 14 if quick else 90
+    cfg = SimConfig(seed=7, days=days)
+    logs = RESULTS / "logs" / "e2e"
+    logs.mkdir(parents=True, exist_ok=True)
+    out: dict[str, object] = {"sim_days": days, "sim_beds": cfg.beds}
+    for workers in (1, 2):
+        # Fresh namespace per run: its own hospital.adt copy, worker group, changelogs, outputs.
+        with namespace(f"be2e{workers}w") as ns:
+            produced = produce_simulation(cfg)
+            if workers == 1:
+                out.update(events=produced.events, discharges=produced.discharges,
+                           patients=produced.patients)
+                ceiling_s = min(bare_consume(Topics(ns).adt, produced.events) for _ in range(2))
+                out["ceiling_events_per_s"] = round(produced.events / ceiling_s)
+            with fresh_db() as url:
+                r = run_pipeline(produced, url, workers, logs, timeout=1500)
+        key = f"{workers}w"
+        out[f"pipeline_{key}_s"] = round(r["seconds"], 1)
+        out[f"pipeline_{key}_first_score_s"] = round(r["first_score_s"] or 0, 1)
+        out[f"pipeline_{key}_events_per_s"] = round(r["events_per_s"])
+        out[f"pipeline_{key}_events_per_s_after_first_score"] = round(r["events_per_s_after_first_score"])
+        out[f"pipeline_{key}_vs_ceiling"] = round(r["events_per_s"] / out["ceiling_events_per_s"], 4)
+        out[f"worker_peak_rss_mib_{key}"] = ", ".join(str(x) for x in r["peak_rss_mib"])
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(quick="--quick" in sys.argv), indent=2))

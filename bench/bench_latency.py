@@ -1,0 +1,206 @@
+"""Alert latency: a discharge produced -> its alert committed in PostgreSQL / received by a webhook.
+
+A running pipeline (``wardstream worker`` + ``wardstream sink`` + ``wardstream notify`` posting to a
+local ``http.server``, fresh namespace and database) first learns on a warm-up period (so the
+alert policy has labels), then a paced producer sends the following events at a steady rate.
+For every discharge the bench keeps the wall time its ``send()`` returned; it then observes:
+
+* ``alerts`` rows by polling PostgreSQL every ``POLL_S`` (the sink's commit time, +- the poll
+  period; the schema has no insert timestamp on ``alerts`` and the bench adds nothing to it);
+* webhook POSTs received by the local server (the notifier reads ``hospital.alerts`` itself);
+* ``discharge_scores`` rows the same way (every discharge, a larger sample of the same path).
+
+Latency = observed - produced, per discharge that produced an alert (scores: per discharge).
+Rates: a low one the worker can sustain, then the 1,000 events/s of the issue. Target: p99 < 250 ms.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import statistics
+import sys
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import orjson
+import psycopg2
+
+from bench.bench_e2e import RESULTS, Service, fresh_db, namespace
+from producers.simulator import SimConfig, Simulation
+from stream.contracts import Topics, dump
+
+POLL_S = 0.02
+
+
+class Hooks(http.server.ThreadingHTTPServer):
+    """Records the receive time of each alert POST by its Idempotency-Key (= alert_id)."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        self.received: dict[str, float] = {}
+        hooks = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server API
+                now = time.perf_counter()
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                key = self.headers.get("Idempotency-Key") or ""
+                hooks.received.setdefault(key.removeprefix("alert-"), now)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/alerts"
+
+
+class RowPoller(threading.Thread):
+    """Polls ``alerts`` and ``discharge_scores`` for new encounter ids; records when first seen."""
+
+    def __init__(self, url: str, since: datetime) -> None:
+        super().__init__(daemon=True)
+        self.conn = psycopg2.connect(url)
+        self.since = since
+        self.seen: dict[str, dict[str, float]] = {"alerts": {}, "discharge_scores": {}}
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        with self.conn.cursor() as cur:
+            while not self._halt.is_set():
+                for table, seen in self.seen.items():
+                    cur.execute(f"SELECT encounter_id FROM {table} WHERE discharged_at >= %s",
+                                (self.since,))
+                    now = time.perf_counter()
+                    for (enc,) in cur.fetchall():
+                        seen.setdefault(enc, now)
+                self.conn.commit()
+                self._halt.wait(POLL_S)
+        self.conn.close()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(10)
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=1000, method="inclusive")[int(q * 10) - 1]
+
+
+def paced_send(producer, topic: str, items: list[tuple[bytes, bytes, str | None]], rate: float
+               ) -> tuple[dict[str, float], float]:
+    """Send ``items`` at ``rate``/s; returns (encounter_id -> send time of its discharge, rate achieved)."""
+    sent: dict[str, float] = {}
+    t0 = time.perf_counter()
+    for i, (key, value, discharge_of) in enumerate(items):
+        due = t0 + i / rate
+        while (now := time.perf_counter()) < due:
+            time.sleep(min(0.002, due - now))
+        producer.send(topic, key=key, value=value)
+        if discharge_of:
+            sent[discharge_of] = time.perf_counter()
+    producer.flush()
+    return sent, len(items) / (time.perf_counter() - t0)
+
+
+def run(quick: bool = False) -> dict:
+    from stream.runner import StreamWorker
+    from wardstream.kafka_io import ensure_topics, make_producer
+
+    warm_days = 20 if quick else 45
+    phases = [(50, 8), (1000, 3)] if quick else [(50, 40), (1000, 15)]
+    logs = RESULTS / "logs" / "latency"
+    logs.mkdir(parents=True, exist_ok=True)
+    sim = Simulation(SimConfig(seed=11, days=365))
+    items = [(e.key.encode(), orjson.dumps(e.event),
+              e.event["encounter_id"] if e.event["event_type"] == "discharge" else None,
+              e.event["occurred_at"]) for e in sim.stream()]
+    warm_end = sim.config.start_epoch + warm_days * 86_400
+    n_warm = sum(1 for it in items if datetime.fromisoformat(it[3]).timestamp() < warm_end)
+    out: dict[str, object] = {"warmup_events": n_warm}
+    with namespace("blat") as ns, fresh_db() as url:
+        t = Topics(ns)
+        ensure_topics()
+        producer = make_producer(linger_ms=1)
+        for ref in (*sim.reference.facilities, *sim.reference.providers):
+            key = getattr(ref, "provider_id", None) or ref.facility_id
+            producer.send(t.reference, key=key.encode(), value=dump(ref))
+        hooks = Hooks()
+        threading.Thread(target=hooks.serve_forever, daemon=True).start()
+        conn = psycopg2.connect(url)
+        try:
+            with StreamWorker(log_path=logs / "worker.log", loglevel="warning") as worker, \
+                    Service("sink", log=logs / "sink.log"), \
+                    Service("notify", "--url", hooks.url, "--backoff", "0.05", log=logs / "notify.log"):
+                for key, value, _, _ in items[:n_warm]:
+                    producer.send(t.adt, key=key, value=value)
+                producer.flush()
+                _wait_scores(conn, worker, sum(1 for it in items[:n_warm] if it[2]), 900)
+                pos = n_warm
+                for rate, seconds in phases:
+                    batch = items[pos:pos + int(rate * seconds)]
+                    pos += len(batch)
+                    since = datetime.fromisoformat(batch[0][3])
+                    poller = RowPoller(url, since)
+                    poller.start()
+                    sent, achieved = paced_send(producer, t.adt, [b[:3] for b in batch], rate)
+                    expected = len(sent)
+                    deadline = time.monotonic() + 900
+                    while len(poller.seen["discharge_scores"]) < expected and time.monotonic() < deadline:
+                        if not worker.alive():
+                            raise RuntimeError("worker died")
+                        time.sleep(0.5)
+                    time.sleep(3)  # the last alerts / webhooks after the last score
+                    poller.stop()
+                    out.update(_figures(f"r{rate}", achieved, sent, poller.seen, hooks.received))
+        finally:
+            hooks.shutdown()
+            conn.close()
+            producer.close()
+    return out
+
+
+def _wait_scores(conn, worker, expected: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM discharge_scores")
+            n = cur.fetchone()[0]
+        conn.commit()
+        if n >= expected:
+            return
+        if not worker.alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"warm-up not done: {n}/{expected} scores")
+        time.sleep(1)
+
+
+def _figures(label: str, achieved: float, sent: dict[str, float], seen: dict[str, dict[str, float]],
+             hooks: dict[str, float]) -> dict[str, object]:
+    ms = 1000.0
+    alert_db = [(seen["alerts"][e] - t) * ms for e, t in sent.items() if e in seen["alerts"]]
+    alert_hook = [(hooks[e] - t) * ms for e, t in sent.items() if e in hooks]
+    scores = [(seen["discharge_scores"][e] - t) * ms for e, t in sent.items() if e in seen["discharge_scores"]]
+    f: dict[str, object] = {f"{label}_achieved_events_per_s": round(achieved),
+                            f"{label}_discharges": len(sent), f"{label}_alerts": len(alert_db),
+                            f"{label}_webhooks": len(alert_hook)}
+    for name, values in (("alert_db", alert_db), ("alert_webhook", alert_hook), ("score_db", scores)):
+        f[f"{label}_{name}_p50_ms"] = round(pct(values, 50))
+        f[f"{label}_{name}_p99_ms"] = round(pct(values, 99))
+    return f
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(quick="--quick" in sys.argv), indent=2))

@@ -1,0 +1,109 @@
+"""Worker memory: peak RSS after one and after ten simulated years of state.
+
+Each run: a fresh namespace, a ``wardstream worker`` started on an empty topic (its idle RSS is
+the baseline), then the simulated period produced while it runs, until it is caught up. The
+peak RSS of the worker's process tree (psutil, children included, sampled every 0.25 s) is
+compared with the number of patients and of events it holds state for. Both runs use the
+smallest hospital the simulator allows (64 beds) so that ten years fit in the bench's time.
+
+Target: memory grows with patients, not with events. The simulator's patients/events ratio is
+nearly constant over time (new patients keep arriving), so the two are told apart through what
+is kept per patient: the figures give RSS above the idle baseline per patient and per event,
+and the on-disk size of the worker's state (RocksDB tables) per patient.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from bench.bench_e2e import RESULTS, RssSampler, mib, namespace, produce_simulation
+from producers.simulator import SimConfig
+from stream.runner import group_id
+
+BEDS = 64
+
+
+def _dir_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _wait_assigned(ns: str, worker, timeout: float = 120) -> None:
+    """Until the worker's consumer group is stable with a member (the worker is up and idle)."""
+    from kafka import KafkaAdminClient
+
+    from wardstream.config import settings
+
+    admin = KafkaAdminClient(**settings().kafka.kafka_python_kwargs())
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if not worker.alive():
+                raise RuntimeError("worker died at start-up")
+            try:
+                desc = admin.describe_groups([group_id(ns)]).get(group_id(ns)) or {}
+                if desc.get("group_state") == "Stable" and desc.get("members"):
+                    return
+            except Exception:  # noqa: BLE001 - the group does not exist yet
+                pass
+            time.sleep(1)
+        raise TimeoutError("worker group never became stable")
+    finally:
+        admin.close()
+
+
+def measure(cfg: SimConfig, logs: Path, label: str) -> dict[str, object]:
+    from stream.runner import StreamWorker
+
+    with namespace(f"bmem{label}") as ns:
+        from wardstream.kafka_io import ensure_topics
+
+        ensure_topics()
+        with StreamWorker(log_path=logs / f"worker-{label}.log", loglevel="warning") as w:
+            rss = RssSampler(w.proc.pid)
+            rss.start()
+            _wait_assigned(ns, w)
+            time.sleep(3)
+            baseline = rss.sample()
+            t0 = time.perf_counter()
+            produced = produce_simulation(cfg)
+            w.wait_caught_up(timeout=1500)
+            seconds = time.perf_counter() - t0
+            rss.stop()
+            final = rss.sample()
+        state = _dir_size(Path(os.environ["WARDSTREAM_STATE_DIR"]))
+    grown = max(0, rss.peak - baseline)
+    return {
+        f"{label}_years": round(cfg.days / 365, 1),
+        f"{label}_events": produced.events,
+        f"{label}_patients": produced.patients,
+        f"{label}_baseline_rss_mib": mib(baseline),
+        f"{label}_peak_rss_mib": mib(rss.peak),
+        f"{label}_final_rss_mib": mib(final),
+        f"{label}_growth_mib": mib(grown),
+        f"{label}_growth_kib_per_patient": round(grown / 1024 / produced.patients, 2),
+        f"{label}_state_on_disk_mib": mib(state),
+        f"{label}_state_bytes_per_patient": round(state / produced.patients),
+        f"{label}_worker_s": round(seconds, 1),
+        f"{label}_worker_events_per_s": round(produced.events / seconds),
+    }
+
+
+def run(quick: bool = False) -> dict:
+    logs = RESULTS / "logs" / "memory"
+    logs.mkdir(parents=True, exist_ok=True)
+    short, long = (30, 300) if quick else (365, 3650)
+    out: dict[str, object] = {"beds": BEDS}
+    out.update(measure(SimConfig(seed=5, days=short, beds=BEDS), logs, "y1"))
+    out.update(measure(SimConfig(seed=5, days=long, beds=BEDS), logs, "y10"))
+    for what in ("events", "patients", "peak_rss_mib", "growth_mib", "state_on_disk_mib"):
+        a, b = float(out[f"y1_{what}"]), float(out[f"y10_{what}"])
+        out[f"ratio_10y_to_1y_{what}"] = round(b / a, 2) if a else None
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(quick="--quick" in sys.argv), indent=2))

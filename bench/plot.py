@@ -1,0 +1,98 @@
+"""Plot the end-to-end bench figures: ``python -m bench.plot`` -> ``bench/results/e2e.png``.
+
+Reads ``bench/results/{e2e,latency,replay,memory}.json`` (written by ``python -m bench``); panels
+whose JSON is missing are left out. Matplotlib's Agg backend: no display needed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _bars(ax, labels: list[str], values: list[float], title: str, ylabel: str, log: bool = False,
+          fmt: str = "{:,.0f}") -> None:
+    bars = ax.bar(labels, values, color=["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3"][:len(values)])
+    for b, v in zip(bars, values):
+        ax.annotate(fmt.format(v), (b.get_x() + b.get_width() / 2, b.get_height()),
+                    ha="center", va="bottom", fontsize=8)
+    ax.set_title(title, fontsize=10)
+    ax.set_ylabel(ylabel)
+    if log:
+        ax.set_yscale("log")
+    ax.tick_params(axis="x", labelsize=8)
+
+
+def _throughput(ax, e2e: dict) -> None:
+    _bars(ax, ["bare consumer\n(ceiling)", "pipeline\n1 worker", "pipeline\n2 workers"],
+          [e2e["ceiling_events_per_s"], e2e["pipeline_1w_events_per_s"], e2e["pipeline_2w_events_per_s"]],
+          f"End-to-end throughput ({e2e['events']:,} events)", "events/s (log)", log=True)
+
+
+def _latency(ax, lat: dict) -> None:
+    rates = sorted({int(k.split("_")[0][1:]) for k in lat if k.startswith("r") and k.endswith("_p99_ms")})
+    labels, p50, p99 = [], [], []
+    for r in rates:
+        for what in ("alert_db", "alert_webhook", "score_db"):
+            if f"r{r}_{what}_p99_ms" in lat:
+                labels.append(f"{r}/s\n{what.replace('_', ' ')}")
+                p50.append(lat[f"r{r}_{what}_p50_ms"])
+                p99.append(lat[f"r{r}_{what}_p99_ms"])
+    x = range(len(labels))
+    ax.bar([i - 0.2 for i in x], p50, width=0.4, label="p50")
+    ax.bar([i + 0.2 for i in x], p99, width=0.4, label="p99")
+    ax.axhline(250, color="red", linestyle="--", linewidth=1, label="p99 target 250 ms")
+    ax.set_xticks(list(x), labels, fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("ms (log)")
+    ax.set_title("Discharge -> alert latency", fontsize=10)
+    ax.legend(fontsize=7)
+
+
+def _replay(ax, rep: dict) -> None:
+    _bars(ax, ["simulate\n-> Kafka", "replay copy", f"worker\n({rep['worker_year_s_is'].split()[0]})"],
+          [rep["simulate_to_kafka_s"], rep["replay_copy_s"], rep["worker_year_s"]],
+          f"Replay of {rep['sim_days']} days x {rep['sim_facilities']} hospitals ({rep['events']:,} events)",
+          "seconds (log)", log=True)
+
+
+def _memory(ax, mem: dict) -> None:
+    labels = [f"{mem['y1_years']} y\n{mem['y1_patients']:,} patients\n{mem['y1_events']:,} events",
+              f"{mem['y10_years']} y\n{mem['y10_patients']:,} patients\n{mem['y10_events']:,} events"]
+    _bars(ax, labels, [mem["y1_peak_rss_mib"], mem["y10_peak_rss_mib"]],
+          f"Worker peak RSS ({mem['beds']} beds)", "MiB", fmt="{:,.0f} MiB")
+
+
+def main() -> Path:
+    panels = [(name, fn, _load(name)) for name, fn in
+              (("e2e", _throughput), ("latency", _latency), ("replay", _replay), ("memory", _memory))]
+    panels = [(n, fn, d) for n, fn, d in panels if d]
+    if not panels:
+        sys.exit(f"no results in {RESULTS}: run `python -m bench e2e latency replay memory` first")
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.4), squeeze=False)
+    for ax, (_, fn, data) in zip(axes[0], panels):
+        fn(ax, data)
+    machine = next((d.get("_machine") for _, _, d in panels if d.get("_machine")), "")
+    fig.suptitle(f"wardstream end-to-end benchmarks ({machine})", fontsize=11)
+    fig.tight_layout()
+    out = RESULTS / "e2e.png"
+    fig.savefig(out, dpi=110)
+    print(out)
+    return out
+
+
+if __name__ == "__main__":
+    main()
