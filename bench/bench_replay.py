@@ -42,7 +42,7 @@ def run(quick: bool = False) -> dict:
             copy_s = time.perf_counter() - t0
             out.update(replay_copy_s=round(copy_s, 1),
                        replay_copy_events_per_s=round(produced.events / copy_s),
-                       replay_copy_result=str(copied)[:80])
+                       replay_copied_events=copied.events)
             with StreamWorker(log_path=logs / "worker.log", loglevel="warning") as w:
                 rss = RssSampler(w.proc.pid)
                 rss.start()

@@ -101,6 +101,57 @@ class Brain:
         }
 
 
+_DELETED = object()
+
+
+class Staged(MutableMapping[str, Any]):
+    """Writes to a table, held back until :meth:`commit`.
+
+    The agent sends an event's outputs first and only then commits its state: a worker stopped
+    between the two re-processes the event (its outputs are re-sent, same ids), instead of
+    skipping it with its outputs lost (state written, sends cancelled).
+    """
+
+    def __init__(self, table: MutableMapping[str, Any]) -> None:
+        self.table = table
+        self.pending: dict[str, Any] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        value = self.pending.get(key, None) if key in self.pending else self.table[key]
+        if value is _DELETED:
+            raise KeyError(key)
+        return value
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        if key in self.pending:
+            value = self.pending[key]
+            return default if value is _DELETED else value
+        return self.table.get(key, default)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.pending[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        self.pending[key] = _DELETED
+
+    def __iter__(self):  # only what the flow never needs: iterate the committed table
+        return iter(self.table)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def commit(self) -> None:
+        for key, value in self.pending.items():
+            if value is _DELETED:
+                self.table.pop(key, None)
+            else:
+                self.table[key] = value
+        self.pending.clear()
+
+    def rollback(self) -> None:
+        self.pending.clear()
+
+
 class AdtFlow:
     """Apply ADT messages of any partition to the tables; return the messages to send."""
 
@@ -114,8 +165,19 @@ class AdtFlow:
         models: MutableMapping[str, Any],
     ) -> None:
         self.source_topic = source_topic
-        self.patients, self.partitions, self.due, self.models = patients, partitions, due, models
+        self._staged = [Staged(t) for t in (patients, partitions, due, models)]
+        self.patients, self.partitions, self.due, self.models = self._staged
         self._brains: dict[int, Brain] = {}
+
+    def commit(self) -> None:
+        """Write the state of the last processed message(s) to the tables."""
+        for t in self._staged:
+            t.commit()
+
+    def rollback(self) -> None:
+        for t in self._staged:
+            t.rollback()
+        self._brains.clear()  # the live models may have learned from what is rolled back
 
     # ------------------------------------------------------------------ state access
 
@@ -142,8 +204,22 @@ class AdtFlow:
     # ------------------------------------------------------------------ the flow
 
     def process(self, raw: bytes | None, partition: int, offset: int,
-                key: bytes | None = None) -> list[Output]:
-        """Steps 1-5 of stream/README.md for one message of ``hospital.adt``."""
+                key: bytes | None = None, *, commit: bool = True) -> list[Output]:
+        """Steps 1-5 of stream/README.md for one message of ``hospital.adt``.
+
+        With ``commit=False`` the state changes wait for :meth:`commit` (send the outputs first).
+        """
+        try:
+            out = self._process(raw, partition, offset, key)
+        except BaseException:
+            self.rollback()
+            raise
+        if commit:
+            self.commit()
+        return out
+
+    def _process(self, raw: bytes | None, partition: int, offset: int,
+                 key: bytes | None) -> list[Output]:
         pkey = partition_key(partition)
         pstate = dict(self.partitions.get(pkey) or {"watermark": None, "offset": -1})
         if offset <= int(pstate["offset"]):

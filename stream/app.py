@@ -156,8 +156,14 @@ async def process_adt(stream: faust.StreamT) -> None:
     """hospital.adt -> scores, alerts, labels, KPI contributions, DLQ (stream/README.md)."""
     async for event in stream.events():
         msg = event.message
-        for out in flow.process(event.value, msg.partition, msg.offset, key=event.key):
-            await OUT[out.topic].send(key=_bytes(out.key), value=out.value)
+        outputs = flow.process(event.value, msg.partition, msg.offset, key=event.key, commit=False)
+        try:
+            for out in outputs:
+                await OUT[out.topic].send(key=_bytes(out.key), value=out.value)
+        except BaseException:  # stopped mid-sends: keep the state as before this event
+            flow.rollback()
+            raise
+        flow.commit()  # state after the sends: a stop in between re-processes, never loses
         await asyncio.sleep(0)  # a full buffer never suspends the loop: let the other agents run
 
 

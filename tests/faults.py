@@ -10,6 +10,7 @@ the coordinates of ADT messages (``adt_events``, DLQ ``source_*``) are kept: a r
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -20,12 +21,15 @@ from typing import Any
 
 import orjson
 from kafka import TopicPartition
+from kafka.errors import KafkaError
 from psycopg2 import sql
 
 from stream.contracts import Topics
 from wardstream.config import settings
 from wardstream.kafka_io import make_consumer
 from wardstream.stack.postgres import LocalPostgres
+
+log = logging.getLogger(__name__)
 
 # Kafka coordinates of output messages: they differ when a fault makes Faust re-send a message.
 OUTPUT_COORDINATES = frozenset({"dlq_partition", "dlq_offset"})
@@ -300,7 +304,10 @@ def wait_mid_stream(worker, fraction: float, timeout: float = 300) -> dict[str, 
     def far_enough():
         if not worker.alive():
             raise RuntimeError("worker died before the fault")
-        p = worker.progress()
+        try:
+            p = worker.progress()
+        except KafkaError:  # the coordinator may move while the broker restarts
+            return None
         done = p["adt_end"] - p["adt_lag"]
         return p if p["adt_end"] and done >= fraction * p["adt_end"] else None
 
@@ -336,12 +343,17 @@ def settle(worker, timeout: float = 420, stall_after: float = 30) -> str | None:
     while time.monotonic() < deadline:
         if not worker.alive():
             raise RuntimeError(f"worker exited with {worker.proc.returncode}; log {worker.log_path}")
-        p = worker.progress()
-        if p["adt_lag"] == 0 and p["contribution_partitions_behind"] == 0:
-            worker.wait_caught_up(timeout=max(30.0, deadline - time.monotonic()))
-            return None
-        snap = (sorted(end_offsets(topics.outputs() + [topics.kpi_contributions]).items()),
-                sorted(committed_offsets(group_id(worker.namespace)).items()))
+        try:
+            p = worker.progress()
+            if p["adt_lag"] == 0 and p["contribution_partitions_behind"] == 0:
+                worker.wait_caught_up(timeout=max(30.0, deadline - time.monotonic()))
+                return None
+            snap = (sorted(end_offsets(topics.outputs() + [topics.kpi_contributions]).items()),
+                    sorted(committed_offsets(group_id(worker.namespace)).items()))
+        except KafkaError as exc:  # e.g. NotCoordinator for a while after a broker restart
+            log.info("look-up failed (%s); retrying", exc)
+            time.sleep(1)
+            continue
         if snap != last:
             last, since = snap, time.monotonic()
         elif time.monotonic() - since >= stall_after:

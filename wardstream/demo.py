@@ -80,8 +80,13 @@ def _db_snapshot(snap: Snapshot) -> None:
             cur.execute("SELECT count(*) FROM alert_deliveries WHERE status = 'delivered'")
             snap.deliveries = cur.fetchone()[0]
             cur.execute(
+                # The trailing window that ends at the next day boundary after the latest event:
+                # later windows exist too (a day belongs to the 30 windows ending after it).
                 """SELECT DISTINCT ON (kpi) kpi, value, window_end FROM kpi_windows
-                   WHERE dimension = 'facility' AND "window" = '30d' ORDER BY kpi, window_end DESC"""
+                   WHERE dimension = 'facility' AND "window" = '30d'
+                     AND window_end <= (SELECT date_trunc('day', max(occurred_at)) + interval '1 day'
+                                        FROM adt_events)
+                   ORDER BY kpi, window_end DESC"""
             )
             snap.kpis = {k: (v, str(end)[:10]) for k, v, end in cur.fetchall()}
             cur.execute("SELECT labelled, auc, lace_auc, recall, precision, alerts_per_day "
