@@ -25,8 +25,9 @@ test: up ## the whole test suite against the real broker and database
 test-fast: install ## unit tests only (no broker or database)
 	$(PYTHON) -m pytest -m "not e2e"
 
-bench: up ## benchmarks: prints a table, writes bench/results/*.json
+bench: up ## benchmarks: prints a table, writes bench/results/*.json and bench/results/e2e.png
 	$(PYTHON) -m bench
+	$(PYTHON) -m bench.plot
 
 dashboards: install ## regenerate the committed Grafana dashboard JSON from code
 	$(PYTHON) -m grafana.build

@@ -272,7 +272,7 @@ def bare_consume(topic: str, expected: int) -> float:
 
 
 def wait_rows(conn, want: dict[str, int], timeout: float, alive=lambda: True, poll: float = 0.5,
-              stall: float = 90.0) -> tuple[float, float | None]:
+              stall: float = 60.0) -> tuple[float, float | None]:
     """Poll until every table holds ``want`` rows; (seconds until then, seconds to the first score).
 
     Raises when a process died, after ``timeout``, or when no count moved for ``stall`` seconds.

@@ -121,7 +121,7 @@ def paced_send(producer, topic: str, items: list[tuple[bytes, bytes, str | None]
 def configs(quick: bool) -> list[tuple[str, dict[str, str], list[tuple[int, int]]]]:
     low, high = (50, 8), (1000, 3)
     if not quick:
-        low, high = (50, 30), (1000, 15)
+        low, high = (50, 20), (1000, 10)
     return [
         ("default", {}, [low, high]),
         ("commit100ms", {"BROKER_COMMIT_INTERVAL": "0.1", "PRODUCER_LINGER": "0.005"}, [low]),

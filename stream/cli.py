@@ -7,7 +7,7 @@ import os
 import typer
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-GUARANTEES = ("exactly_once", "at_least_once")
+GUARANTEES = ("at_least_once", "exactly_once")
 
 
 def register(app: typer.Typer) -> None:
@@ -21,9 +21,10 @@ def register(app: typer.Typer) -> None:
                  "Default: WARDSTREAM_NAMESPACE (empty = the hospital.* topics)."),
         guarantee: str | None = typer.Option(
             None, "--guarantee",
-            help="Faust processing guarantee: exactly_once (default) or at_least_once. Outputs "
-                 "are identical either way (ids derive from input ids, state skips re-delivered "
-                 "offsets); env WARDSTREAM_PROCESSING_GUARANTEE."),
+            help="Faust processing guarantee: at_least_once (default) or exactly_once. Outputs "
+                 "are effectively-once either way (ids derive from input ids, state skips "
+                 "re-delivered offsets); Faust 0.15.3's exactly_once lost outputs on a SIGTERM "
+                 "stop (stream/README.md). Env WARDSTREAM_PROCESSING_GUARANTEE."),
         flush_seconds: float | None = typer.Option(
             None, "--kpi-flush-seconds", min=0.1,
             help="How often changed KPI windows are emitted (wall clock; values never depend on "

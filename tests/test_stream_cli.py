@@ -31,4 +31,4 @@ def test_bad_options_are_refused() -> None:
     bad_level = runner.invoke(_app(), ["worker", "--loglevel", "loud"])
     assert bad_level.exit_code == 2 and "loglevel" in bad_level.output
     bad_guarantee = runner.invoke(_app(), ["worker", "--guarantee", "twice"])
-    assert bad_guarantee.exit_code == 2 and "exactly_once" in bad_guarantee.output
+    assert bad_guarantee.exit_code == 2 and "at_least_once" in bad_guarantee.output
