@@ -124,7 +124,8 @@ def configs(quick: bool) -> list[tuple[str, dict[str, str], list[tuple[int, int]
         low, high = (50, 20), (1000, 10)
     return [
         ("default", {}, [low, high]),
-        ("commit100ms", {"BROKER_COMMIT_INTERVAL": "0.1", "PRODUCER_LINGER": "0.005"}, [low]),
+        ("exactly_once", {"WARDSTREAM_PROCESSING_GUARANTEE": "exactly_once"}, [low]),
+        ("commit100ms_linger5ms", {"BROKER_COMMIT_INTERVAL": "0.1", "PRODUCER_LINGER": "0.005"}, [low]),
     ]
 
 
@@ -138,7 +139,10 @@ def run(quick: bool = False) -> dict:
               e.event["occurred_at"]) for e in sim.stream()]
     warm_end = sim.config.start_epoch + warm_days * 86_400
     n_warm = sum(1 for it in items if datetime.fromisoformat(it[3]).timestamp() < warm_end)
-    out: dict[str, object] = {"warmup_days": warm_days, "warmup_events": n_warm, "poll_ms": POLL_S * 1000}
+    from bench.bench_e2e import default_guarantee
+
+    out: dict[str, object] = {"warmup_days": warm_days, "warmup_events": n_warm, "poll_ms": POLL_S * 1000,
+                              "default_guarantee": default_guarantee()}
     for label, env, phases in configs(quick):
         try:
             out.update(measure(label, env, phases, sim, items, n_warm, logs))

@@ -33,6 +33,7 @@ from pathlib import Path
 from types import TracebackType
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
 
 from stream.contracts import Topics
 from wardstream.config import settings
@@ -137,12 +138,18 @@ class StreamWorker:
                 raise WorkerDied(f"worker exited with {self.proc and self.proc.returncode}; "
                                  f"log: {self.log_path}")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"worker not caught up after {timeout}s: {self.progress()}")
-            p = self.progress()
-            if (p["adt_lag"] == 0 and p["contribution_partitions_behind"] == 0
-                    and self._kpis_flushed(topics)):
+                raise TimeoutError(f"worker not caught up after {timeout}s (log: {self.log_path})")
+            try:
+                p = self.progress()
+                done = (p["adt_lag"] == 0 and p["contribution_partitions_behind"] == 0
+                        and self._kpis_flushed(topics))
                 snapshot = (sorted(end_offsets(topics.outputs() + [topics.kpi_contributions]).items()),
-                            sorted(committed_offsets(group_id(self.namespace)).items()))
+                            sorted(committed_offsets(group_id(self.namespace)).items())) if done else None
+            except KafkaError:  # the broker restarting (fault tests): ask again
+                last_snapshot, stable_since = None, None
+                time.sleep(poll)
+                continue
+            if done:
                 now = time.monotonic()
                 if snapshot != last_snapshot:
                     last_snapshot, stable_since = snapshot, now

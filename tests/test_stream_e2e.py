@@ -18,6 +18,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from kafka.errors import KafkaError
 
 from producers.simulator import SimConfig, Simulation
 from stream.contracts import (
@@ -116,7 +117,11 @@ def run_once(ns: str, days: int, tmp: Path, *, stop_after: float | None = None) 
             with StreamWorker(log_path=tmp / f"{ns}worker-1.log", flush_seconds=FLUSH_SECONDS) as w:
                 deadline = time.monotonic() + 900
                 while time.monotonic() < deadline:
-                    p = w.progress()
+                    try:
+                        p = w.progress()
+                    except KafkaError:  # another suite may be restarting the broker
+                        time.sleep(1)
+                        continue
                     if p["adt_end"] - p["adt_lag"] >= stop_after * p["adt_end"]:
                         break
                     assert w.alive(), "worker died"
