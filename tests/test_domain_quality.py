@@ -12,15 +12,20 @@ import pytest
 bench_model = pytest.importorskip("bench.bench_model")
 
 
-def test_partition_models_beat_lace_after_warm_up() -> None:
-    r = bench_model.replay(days=240, partitions=4)
-    m = bench_model.evaluate(r, warmup_days=120)
-    assert r.dlq == 0 and m["discharges_evaluated"] > 3000
-    assert 0.10 < m["readmission_rate"] < 0.22
+def test_partition_models_meet_the_quality_bars_over_a_year() -> None:
+    """Issue 3's bars, after a 90-day warm-up of a default-seed simulated year (4 partitions).
+
+    The simulator's truth also sees its hidden frailty, which no model of the events can; the
+    frailty weight (producers/rules.py) leaves the observable part enough signal for 0.95x.
+    """
+    r = bench_model.replay(days=365, partitions=4)
+    m = bench_model.evaluate(r, warmup_days=90)
+    print(m)
+    assert r.dlq == 0 and m["discharges_evaluated"] > 10000
+    assert 0.12 < m["readmission_rate"] < 0.18
+    assert m["auc_model"] >= 0.95 * m["auc_truth"], m
     assert m["auc_model"] >= m["auc_lace"] + 0.03, m
-    # the simulator's truth also sees its hidden frailty: 0.95x is out of reach for any model of
-    # the events (the exact observable part of the true logit scores ~0.92x); see the README
-    assert m["auc_model"] >= 0.88 * m["auc_truth"], m
+    assert m["alert_recall"] >= 0.80, m
     assert m["calibration_gap"] < 0.05, m  # the prior correction keeps scores calibrated
 
 
