@@ -7,6 +7,7 @@ whose JSON is missing are left out. Matplotlib's Agg backend: no display needed.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -37,28 +38,33 @@ def _bars(ax, labels: list[str], values: list[float], title: str, ylabel: str, l
 
 
 def _throughput(ax, e2e: dict) -> None:
-    _bars(ax, ["bare consumer\n(ceiling)", "pipeline\n1 worker", "pipeline\n2 workers"],
-          [e2e["ceiling_events_per_s"], e2e["pipeline_1w_events_per_s"], e2e["pipeline_2w_events_per_s"]],
-          f"End-to-end throughput ({e2e['events']:,} events)", "events/s (log)", log=True)
+    labels, values = ["bare consumer\n(ceiling)"], [e2e["ceiling_events_per_s"]]
+    for key in sorted(k.removeprefix("pipeline_").removesuffix("_events_per_s") for k in e2e
+                      if k.startswith("pipeline_") and k.endswith("w_events_per_s")
+                      or k.startswith("pipeline_") and k.endswith("_events_per_s")
+                      and "after_first" not in k):
+        labels.append("pipeline\n" + key.replace("_", "\n", 1))
+        values.append(e2e[f"pipeline_{key}_events_per_s"])
+    _bars(ax, labels, values, f"End-to-end throughput ({e2e['events']:,} events)", "events/s (log)", log=True)
 
 
 def _latency(ax, lat: dict) -> None:
-    rates = sorted({int(k.split("_")[0][1:]) for k in lat if k.startswith("r") and k.endswith("_p99_ms")})
     labels, p50, p99 = [], [], []
-    for r in rates:
-        for what in ("alert_db", "alert_webhook", "score_db"):
-            if f"r{r}_{what}_p99_ms" in lat:
-                labels.append(f"{r}/s\n{what.replace('_', ' ')}")
-                p50.append(lat[f"r{r}_{what}_p50_ms"])
-                p99.append(lat[f"r{r}_{what}_p99_ms"])
+    for key in lat:  # {config}_r{rate}_{measure}_p99_ms, in the bench's order
+        m = re.fullmatch(r"(.+)_r(\d+)_(alert_db|alert_webhook)_p99_ms", key)
+        if m and lat[key] is not None:
+            config, rate, what = m.groups()
+            labels.append(f"{config}\n{rate}/s\n{what.replace('alert_', '')}")
+            p50.append(lat[f"{config}_r{rate}_{what}_p50_ms"])
+            p99.append(lat[key])
     x = range(len(labels))
     ax.bar([i - 0.2 for i in x], p50, width=0.4, label="p50")
     ax.bar([i + 0.2 for i in x], p99, width=0.4, label="p99")
     ax.axhline(250, color="red", linestyle="--", linewidth=1, label="p99 target 250 ms")
-    ax.set_xticks(list(x), labels, fontsize=7)
+    ax.set_xticks(list(x), labels, fontsize=6)
     ax.set_yscale("log")
     ax.set_ylabel("ms (log)")
-    ax.set_title("Discharge -> alert latency", fontsize=10)
+    ax.set_title("Discharge -> alert latency (row in PostgreSQL / webhook)", fontsize=10)
     ax.legend(fontsize=7)
 
 

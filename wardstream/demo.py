@@ -3,8 +3,9 @@
 simulator -> hospital.adt -> Faust worker (subprocess) -> output topics -> sink + notifier -> PostgreSQL.
 The view refreshes every second (events/s, worker lag, headline KPIs, alerts, model AUC vs LACE) and
 the run ends with a summary and where to look next. Each run uses a fresh topic namespace, so it never
-mixes with an earlier run's Kafka state; the same seed writes the same rows into PostgreSQL
-(upserts by ids), so running it twice does not double anything.
+mixes with an earlier run's Kafka state. On the local stack it writes into a fresh database
+``wardstream_demo`` (dropped and re-created each run); with DATABASE_URL set, into that database
+(the same seed writes the same ids: upserts, nothing doubled).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from rich.table import Table
 
 from wardstream.config import REPO_ROOT, settings
 
+DEMO_DATABASE = "wardstream_demo"
 HEADLINE = ("readmission_rate", "avg_length_of_stay", "cost_per_patient", "high_risk_pct",
             "provider_utilization", "outcome_efficiency", "census")
 
@@ -153,7 +155,14 @@ def run_demo(days: int = 60, seed: int = 42, beds: int = 300, speed: float = 0.0
     config.validate()
     if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         console.print(LocalKafka().up())
-    console.print(LocalPostgres().up())
+    pg = LocalPostgres()
+    console.print(pg.up())
+    if not os.environ.get("DATABASE_URL"):
+        # A fresh database per demo run on the local stack: a run with other options but the same
+        # seed reuses the simulator's ids, and its rows must not merge with the previous run's.
+        pg.psql_admin(f"DROP DATABASE IF EXISTS {DEMO_DATABASE} WITH (FORCE)")
+        pg.psql_admin(f"CREATE DATABASE {DEMO_DATABASE} OWNER wardstream")
+        os.environ["DATABASE_URL"] = settings().database_url.rsplit("/", 1)[0] + "/" + DEMO_DATABASE
     result = migrate()
     console.print(f"database migrated ({len(result.applied)} new, {len(result.already_applied)} applied before)")
 
