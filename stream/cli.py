@@ -78,6 +78,10 @@ def _worker_class() -> type:
             for name in ("", "faust", "mode", "aiokafka", "kafka"):
                 logging.getLogger(name).setLevel(level)
             logging.getLogger("aiokafka").setLevel(max(level, logging.WARNING))
+            # At DEBUG these log every message they send, table changelogs (patient state)
+            # included: logs carry ids only, so they never go below INFO.
+            for name in ("faust.topics", "faust.transport.drivers.aiokafka"):
+                logging.getLogger(name).setLevel(max(level, logging.INFO))
 
     return Worker
 

@@ -118,7 +118,8 @@ def mutate(msgs: list[Msg], op: str, i: int, j: int) -> None:
         # The admission is lost upstream: the stay's next transfer / discharge has nothing to attach to.
         for k in range(i, len(msgs)):
             adm = msgs[k]
-            if not adm.patient or orjson.loads(adm.value).get("event_type") != "admission":
+            if (not adm.patient or adm.expect is not None  # a mutated message may not be JSON
+                    or orjson.loads(adm.value).get("event_type") != "admission"):
                 continue
             later = [n for n in range(k + 1, len(msgs)) if msgs[n].patient == adm.patient
                      and msgs[n].expect is None]

@@ -91,6 +91,16 @@ def _db_snapshot(snap: Snapshot) -> None:
                    ORDER BY kpi, window_end DESC"""
             )
             snap.kpis = {k: (v, str(end)[:10]) for k, v, end in cur.fetchall()}
+            # Utilization is a provider KPI (census / capacity): show the providers' mean.
+            cur.execute(
+                """SELECT avg(value), max(window_end) FROM kpi_windows
+                   WHERE kpi = 'provider_utilization' AND dimension = 'provider' AND "window" = '30d'
+                     AND window_end = (SELECT date_trunc('day', max(occurred_at)) + interval '1 day'
+                                       FROM adt_events)"""
+            )
+            util, end = cur.fetchone()
+            if util is not None:
+                snap.kpis["provider_utilization"] = (util, f"{str(end)[:10]} (mean of providers)")
             cur.execute("SELECT labelled, auc, lace_auc, recall, precision, alerts_per_day "
                         "FROM model_metrics_overall")
             row = cur.fetchone()
