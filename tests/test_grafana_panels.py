@@ -34,6 +34,9 @@ def pipeline_db(fresh_db, kafka_ns, tmp_path, monkeypatch) -> str:
     from stream.runner import StreamWorker
 
     monkeypatch.setenv("WARDSTREAM_STATE_DIR", str(tmp_path / "state"))
+    # One ADT partition, so one model: the small hospital's few labels reach a single alert policy,
+    # which leaves its default threshold (and starts alerting) within the short period.
+    monkeypatch.setenv("WARDSTREAM_ADT_PARTITIONS", "1")
     migrate()
     summary = simulate_to_kafka(SimConfig(seed=7, start=START, days=DAYS, beds=BEDS), progress=False)
     assert summary.events > 0
@@ -88,6 +91,7 @@ def test_every_panel_runs_as_the_reader_and_has_the_right_shape(pipeline_db):
         feed = results["wardstream-high-risk/Alert feed (newest first)"]
         reasons = feed.columns.index("reasons")
         assert all(row[reasons] for row in feed.rows), "every alert carries its reasons"
+        _assert_stream_kpis_equal_sql_views(cur)
     finally:
         conn.close()
 
@@ -100,3 +104,22 @@ def test_every_panel_runs_as_the_reader_and_has_the_right_shape(pipeline_db):
                                    "--to", (START + timedelta(days=DAYS)).isoformat()])
     assert out.exit_code == 0, out.output
     assert "Hospital overview" in out.output and "Model health" in out.output
+
+
+def _assert_stream_kpis_equal_sql_views(cur) -> None:
+    """Issue 4: the stream's 1d KPI windows (hospital.kpis -> kpi_windows) equal the SQL view
+    kpi_daily, which recomputes every KPI from the sink's normalized tables."""
+    cur.execute(
+        """SELECT w.kpi, w.dimension, w.dimension_id, w.window_start, w.value, d.value
+           FROM kpi_windows w
+           JOIN kpi_daily d ON d.kpi = w.kpi AND d.dimension = w.dimension
+                           AND d.dimension_id = w.dimension_id AND d.day = w.window_start
+           WHERE w."window" = '1d'"""
+    )
+    rows = cur.fetchall()
+    kpis = {r[0] for r in rows}
+    assert {"admissions", "discharges", "avg_length_of_stay", "cost_per_patient", "readmission_rate",
+            "high_risk_pct", "outcome_efficiency"} <= kpis, kpis
+    differ = [r for r in rows if (r[4] is None) != (r[5] is None)
+              or (r[4] is not None and abs(float(r[4]) - float(r[5])) > 1e-6 * max(1.0, abs(float(r[5]))))]
+    assert not differ, f"{len(differ)} of {len(rows)} 1d windows differ, e.g. {differ[:3]}"
