@@ -54,7 +54,7 @@ def _latency(ax, lat: dict) -> None:
         m = re.fullmatch(r"(.+)_r(\d+)_(alert_db|alert_webhook)_p99_ms", key)
         if m and lat[key] is not None:
             config, rate, what = m.groups()
-            labels.append(f"{config}\n{rate}/s\n{what.replace('alert_', '')}")
+            labels.append(f"{config.replace('_', chr(10))}\n{rate}/s\n{what.replace('alert_', '')}")
             p50.append(lat[f"{config}_r{rate}_{what}_p50_ms"])
             p99.append(lat[key])
     x = range(len(labels))
