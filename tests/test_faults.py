@@ -54,7 +54,8 @@ def _assert_same(base, run, stall: str | None = None) -> None:
 # The default guarantee (stream/README.md: Faust's exactly_once lost outputs on a clean stop here).
 GUARANTEES = ["at_least_once"]
 
-# Known bugs, open in issue 6 (kept as strict xfails so a fix shows up as XPASS):
+# Known bugs, open in issue 6. Intermittent (a run can come out right), so not strict: a pass shows
+# as XPASS, a failure as XFAIL; the drill still runs and reports what it saw.
 SIGKILL_BUG = ("writes to the patients / partition_state / models tables are not atomic with each "
                "other nor with the output sends: after SIGKILL some redelivered events are taken "
                "for duplicates (state ahead of the committed offset) and their outputs are lost")
@@ -62,7 +63,7 @@ SCALE_OUT_BUG = ("with two workers the consumer group's commits stall (a worker'
                  "never processed, or commits stick at low offsets) after the rebalance")
 
 
-@pytest.mark.xfail(strict=True, reason=SIGKILL_BUG)
+@pytest.mark.xfail(strict=False, reason=SIGKILL_BUG)
 @pytest.mark.parametrize("guarantee,local_state", [("at_least_once", "kept")])
 def test_worker_sigkill_mid_stream_then_restart(base, tmp_path, guarantee, local_state) -> None:
     """SIGKILL, then a new worker: on the same host (RocksDB kept) or a new one (state from changelogs)."""
@@ -149,7 +150,7 @@ def test_postgres_restart_mid_sink(base) -> None:
     assert not diff_dumps(base.dump, dump), diff_dumps(base.dump, dump)
 
 
-@pytest.mark.xfail(strict=True, reason=SCALE_OUT_BUG)
+@pytest.mark.xfail(strict=False, reason=SCALE_OUT_BUG)
 @pytest.mark.parametrize("guarantee", GUARANTEES)
 def test_two_workers_share_partitions_and_one_leaves(base, tmp_path, guarantee) -> None:
     ns = new_namespace("scale")
