@@ -1,6 +1,6 @@
 """Read back what the sink stored: row counts and order-independent table dumps.
 
-For tests and fault drills (the lead's demo compares final states: a replayed, restarted or
+For tests and fault drills (the fault drills compare final states: a replayed, restarted or
 duplicated run must leave exactly the same rows). Volatile bookkeeping columns (wall-clock
 ``updated_at`` / ``ingested_at`` / ``first_seen_at``) are left out of dumps.
 """
