@@ -35,30 +35,11 @@ import orjson
 import psutil
 
 from producers.simulator import SimConfig
-from wardstream.config import REPO_ROOT, settings
+from wardstream.config import REPO_ROOT, scoped_env, settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 # -------------------------------------------------------------------------------- environment
-
-
-@contextmanager
-def scoped_env(**values: str | None) -> Iterator[None]:
-    """Set (or unset, with None) environment variables for the block, then restore them."""
-    old = {k: os.environ.get(k) for k in values}
-    for k, v in values.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def delete_namespace_topics(ns: str) -> None:
@@ -95,19 +76,11 @@ def namespace(prefix: str = "bench") -> Iterator[str]:
 @contextmanager
 def fresh_db() -> Iterator[str]:
     """A new migrated database; DATABASE_URL and SINK_DATABASE_URL point at it (owner role)."""
-    from consumers.migrate import migrate
     from wardstream.stack.postgres import LocalPostgres
 
-    pg = LocalPostgres()
-    name = f"wardstream_bench_{uuid.uuid4().hex[:8]}"
-    pg.psql_admin(f"CREATE DATABASE {name} OWNER wardstream")
-    url = f"postgresql://wardstream:wardstream@127.0.0.1:5432/{name}"
-    try:
+    with LocalPostgres().scratch_database("wardstream_bench_", migrate=True) as url:
         with scoped_env(DATABASE_URL=url, SINK_DATABASE_URL=url):
-            migrate(url)
             yield url
-    finally:
-        pg.psql_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def topics_ready(timeout: float = 30) -> None:

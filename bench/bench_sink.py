@@ -21,30 +21,19 @@ import json
 import os
 import time
 import uuid
-from contextlib import contextmanager
 from datetime import datetime
 
 import psycopg2
 
 from consumers.fake import generate, produce
-from consumers.migrate import migrate
 from consumers.rows import Batch
 from consumers.state import table_counts
 from consumers.tables import TABLES, write_batch
 from wardstream.stack.postgres import LocalPostgres
 
 
-@contextmanager
 def _fresh_db():
-    pg = LocalPostgres()
-    name = f"wardstream_bench_{uuid.uuid4().hex[:8]}"
-    pg.psql_admin(f"CREATE DATABASE {name} OWNER wardstream")
-    url = f"postgresql://wardstream:wardstream@127.0.0.1:5432/{name}"
-    try:
-        migrate(url)
-        yield url
-    finally:
-        pg.psql_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    return LocalPostgres().scratch_database("wardstream_bench_", migrate=True)
 
 
 def _csv_value(v):

@@ -36,10 +36,6 @@ def kafka_ns(stack, monkeypatch) -> str:
 @pytest.fixture()
 def fresh_db(stack, monkeypatch) -> Iterator[str]:
     """A new empty database for this test; DATABASE_URL points at it. Dropped afterwards."""
-    pg = LocalPostgres()
-    name = f"wardstream_t{uuid.uuid4().hex[:10]}"
-    pg.psql_admin(f"CREATE DATABASE {name} OWNER wardstream")
-    url = f"postgresql://wardstream:wardstream@127.0.0.1:5432/{name}"
-    monkeypatch.setenv("DATABASE_URL", url)
-    yield url
-    pg.psql_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with LocalPostgres().scratch_database() as url:
+        monkeypatch.setenv("DATABASE_URL", url)
+        yield url

@@ -11,7 +11,6 @@ the coordinates of ADT messages (``adt_events``, DLQ ``source_*``) are kept: a r
 from __future__ import annotations
 
 import logging
-import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +24,7 @@ from kafka.errors import KafkaError
 from psycopg2 import sql
 
 from stream.contracts import Topics
-from wardstream.config import settings
+from wardstream.config import scoped_env, settings
 from wardstream.kafka_io import make_consumer
 from wardstream.stack.postgres import LocalPostgres
 
@@ -35,25 +34,6 @@ log = logging.getLogger(__name__)
 OUTPUT_COORDINATES = frozenset({"dlq_partition", "dlq_offset"})
 OUTPUT_TABLES_WITH_SOURCE = frozenset({"discharge_scores", "readmissions", "alerts", "kpi_windows"})
 VOLATILE = frozenset({"updated_at", "ingested_at", "first_seen_at", "created_at"})
-
-
-@contextmanager
-def env(**values: str | None) -> Iterator[None]:
-    """Set (or unset, with None) environment variables for the block, then restore them."""
-    old = {k: os.environ.get(k) for k in values}
-    try:
-        for k, v in values.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def new_namespace(prefix: str = "f") -> str:
@@ -150,18 +130,8 @@ def diff_finals(expected: Outputs, actual: Outputs, limit: int = 5) -> list[str]
 @contextmanager
 def scratch_database() -> Iterator[str]:
     """A new migrated database (URL), dropped afterwards."""
-    from consumers.migrate import migrate
-
-    pg = LocalPostgres()
-    name = f"wardstream_f{uuid.uuid4().hex[:10]}"
-    pg.psql_admin(f"CREATE DATABASE {name} OWNER wardstream")
-    url = f"postgresql://wardstream:wardstream@127.0.0.1:5432/{name}"
-    try:
-        with env(DATABASE_URL=url, SINK_DATABASE_URL=None):
-            migrate(url)
+    with scoped_env(SINK_DATABASE_URL=None), LocalPostgres().scratch_database("wardstream_f", migrate=True) as url:
         yield url
-    finally:
-        pg.psql_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def sink_namespace(namespace: str, url: str, **kwargs: Any):
@@ -169,7 +139,7 @@ def sink_namespace(namespace: str, url: str, **kwargs: Any):
     from consumers.sink import run_sink
 
     kwargs.setdefault("group", f"{namespace}wardstream-sink-{uuid.uuid4().hex[:6]}")  # from the start
-    with env(WARDSTREAM_NAMESPACE=namespace, DATABASE_URL=url, SINK_DATABASE_URL=None):
+    with scoped_env(WARDSTREAM_NAMESPACE=namespace, DATABASE_URL=url, SINK_DATABASE_URL=None):
         return run_sink(once=True, handle_signals=False, **kwargs)
 
 
@@ -230,7 +200,7 @@ def produce_input(namespace: str, **config: Any) -> int:
     from producers.kafka_sink import simulate_to_kafka
     from producers.simulator import SimConfig
 
-    with env(WARDSTREAM_NAMESPACE=namespace):
+    with scoped_env(WARDSTREAM_NAMESPACE=namespace):
         return simulate_to_kafka(SimConfig(**config), progress=False).events
 
 

@@ -13,7 +13,6 @@ from faults import (
     baseline,
     diff_dumps,
     diff_finals,
-    env,
     finish_run,
     new_namespace,
     produce_input,
@@ -23,6 +22,7 @@ from faults import (
 )
 from stream.contracts import Topics
 from wardstream.cli import app
+from wardstream.config import scoped_env
 
 runner = CliRunner()
 
@@ -175,7 +175,7 @@ def test_rebuild_db_restores_the_tables(stack, tmp_path_factory) -> None:
         expected = dump_tables(url)
         assert comparable_dump(url) == live.dump
     with scratch_database() as url:
-        with env(DATABASE_URL=url, SINK_DATABASE_URL=None):
+        with scoped_env(DATABASE_URL=url, SINK_DATABASE_URL=None):
             dry = runner.invoke(app, ["replay", "--namespace", live.namespace, "--rebuild-db", "--dry-run"])
             assert dry.exit_code == 0, dry.output
             assert "would re-sink" in _text(dry)

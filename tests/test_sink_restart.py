@@ -51,26 +51,15 @@ def test_postgres_restart_mid_run_loses_nothing(kafka_ns, sink_db) -> None:
 
 def _reference_dump(data) -> dict:
     """The rows the same messages give when written directly (no Kafka, no fault)."""
-    import uuid
-
     import psycopg2
 
-    from consumers.migrate import migrate
-
-    pg = LocalPostgres()
-    name = f"wardstream_t{uuid.uuid4().hex[:10]}"
-    pg.psql_admin(f"CREATE DATABASE {name} OWNER wardstream")
-    url = f"postgresql://wardstream:wardstream@127.0.0.1:5432/{name}"
-    try:
-        migrate(url)
+    with LocalPostgres().scratch_database(migrate=True) as url:
         batch = _batch_as_produced(data)
         conn = psycopg2.connect(url)
         with conn, conn.cursor() as cur:
             write_batch(cur, batch)
         conn.close()
         return dump_tables(url)
-    finally:
-        pg.psql_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def _batch_as_produced(data) -> Batch:

@@ -33,6 +33,7 @@ from stream.contracts import (
 from stream.domain.metrics import auc, recall_precision
 from stream.runner import StreamWorker, committed_offsets, group_id
 from stream_oracle import Oracle, RunOutputs, close, windows_holding
+from wardstream.config import scoped_env
 from wardstream.kafka_io import ensure_topics, make_producer
 
 pytestmark = pytest.mark.e2e
@@ -105,10 +106,7 @@ def run_once(ns: str, days: int, tmp: Path, *, stop_after: float | None = None) 
     hospital.adt is committed, and a new worker finishes the job.
     """
     tmp.mkdir(parents=True, exist_ok=True)
-    env = {"WARDSTREAM_NAMESPACE": ns, "WARDSTREAM_STATE_DIR": str(tmp / "state")}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with scoped_env(WARDSTREAM_NAMESPACE=ns, WARDSTREAM_STATE_DIR=str(tmp / "state")):
         sim = Simulation(SimConfig(seed=42, start=date(2025, 1, 1), days=days))
         valid, bad = produce(ns, sim)
         t0 = time.monotonic()
@@ -132,12 +130,6 @@ def run_once(ns: str, days: int, tmp: Path, *, stop_after: float | None = None) 
             w.wait_caught_up(timeout=1500)
         seconds = time.monotonic() - t0
         return Run(ns, sim, valid, bad, RunOutputs.read(ns), seconds, resumed_at)
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture(scope="module")

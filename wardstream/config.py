@@ -8,6 +8,8 @@ local stack that ``wardstream stack up`` starts on 127.0.0.1.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,3 +114,26 @@ def settings() -> Settings:
         sink_password=_env("WARDSTREAM_SINK_PASSWORD", "wardstream_sink") or "",
         reader_password=_env("WARDSTREAM_READER_PASSWORD", "wardstream_reader") or "",
     )
+
+
+@contextmanager
+def scoped_env(**values: str | None) -> Iterator[None]:
+    """Set (or unset, with None) environment variables for the block, then restore them.
+
+    Settings are read from the environment, so tests, benchmarks and drills switch namespace or
+    database this way (then :func:`settings` sees it) and leave the process as they found it.
+    """
+    old = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -11,6 +11,9 @@ import os
 import re
 import shutil
 import subprocess
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -84,6 +87,27 @@ class LocalPostgres:
         if not self.psql_admin(f"SELECT 1 FROM pg_database WHERE datname='{db}'").strip():
             self.psql_admin(f"CREATE DATABASE {db} OWNER {user}")
         return db
+
+    @contextmanager
+    def scratch_database(self, prefix: str = "wardstream_t", migrate: bool = False) -> Iterator[str]:
+        """A new empty database owned by DATABASE_URL's role, dropped after the block; yields its URL.
+
+        Tests, drills and benchmarks each get their own, so runs never see each other's rows.
+        ``migrate`` applies sql/migrations first.
+        """
+        base = settings().database_url
+        owner = urlsplit(base.replace("+psycopg2", "")).username or "wardstream"
+        name = f"{prefix}{uuid.uuid4().hex[:10]}"
+        self.psql_admin(f"CREATE DATABASE {name} OWNER {owner}")
+        url = f"{base.rsplit('/', 1)[0]}/{name}"
+        try:
+            if migrate:
+                from consumers.migrate import migrate as apply_migrations
+
+                apply_migrations(url)
+            yield url
+        finally:
+            self.psql_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
     def up(self, timeout: float = 60) -> str:
         if os.geteuid() != 0:
