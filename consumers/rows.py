@@ -36,6 +36,7 @@ from stream.contracts import (
     KpiValue,
     ProviderRef,
     ReadmissionLabel,
+    Topics,
     TransferEvent,
 )
 
@@ -85,11 +86,17 @@ def _cleaner(raw: bytes | None) -> Callable[[Any], Any]:
 
 
 class Batch:
-    """Rows of one database transaction, one per table key, merged in arrival (offset) order."""
+    """Rows of one database transaction, one per table key, merged in arrival (offset) order.
 
-    def __init__(self) -> None:
+    ``adt_topic`` is the topic the ADT events come from: dead letters naming it (and the ADT
+    coordinates in ``adt_coords``) tell :mod:`consumers.purge` which events the stream rejected.
+    """
+
+    def __init__(self, adt_topic: str = Topics().adt) -> None:
         self._rows: dict[str, dict[tuple, Row]] = {}
         self.messages = 0
+        self.adt_topic = adt_topic
+        self.adt_coords: list[tuple[int, int]] = []  # (partition, offset) of every ADT message
 
     # ------------------------------------------------------------------ generic merges
 
@@ -113,6 +120,7 @@ class Batch:
                 offset: int, raw: bytes | None = None) -> None:
         """``raw``: the message as received; stored as the payload when it needs no cleaning."""
         self.messages += 1
+        self.adt_coords.append((partition, offset))
         clean = _cleaner(raw)
         self._stubs(ev.facility_id, ev.department, ev.attending_provider_id, ev.patient_id, clean)
         payload = raw.decode() if raw is not None and clean is _same else _json(ev.model_dump(mode="json"))
@@ -269,6 +277,10 @@ class Batch:
         """The rows of ``table`` sorted by key (a fixed lock order: concurrent sinks cannot deadlock)."""
         items = self._rows.get(table, {})
         return [items[k] for k in sorted(items, key=_sort_key)]
+
+    def dead_letter_coords(self) -> list[tuple[int, int]]:
+        """(partition, offset) of this batch's dead letters about ``adt_topic`` messages."""
+        return [(p, o) for t, p, o in self._rows.get("dead_letters", {}) if t == self.adt_topic]
 
     def tables(self) -> list[str]:
         return [t for t, rows in self._rows.items() if rows]

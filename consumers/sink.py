@@ -8,6 +8,8 @@ after the database commit. A database outage makes the write retry with exponent
 crash between the two commits re-reads a few messages, which the upserts make harmless.
 A message the database refuses for good (a constraint) is isolated, logged and skipped rather
 than stalling the sink.
+An ADT event the stream dead-lettered (duplicate, orphan, out of order, far future) is taken
+back out in the same transaction, whichever of the two topics is read first (:mod:`consumers.purge`).
 
 Python API (the demo and tests)::
 
@@ -231,7 +233,7 @@ def run_sink(*, topics: Iterable[str] | None = None, group: str | None = None,
                     last_data = time.monotonic()
                     if once and end_offsets is None:
                         end_offsets = _end_offsets(consumer)
-                    batch = Batch()
+                    batch = Batch(Topics(ns).adt)
                     valid = _decode(records, adders, stats, batch)
                     settle()
                     pending.append((executor.submit(_write, batch, valid, adders, writer, stats),
@@ -303,7 +305,7 @@ def _write(batch: Batch, valid: list, adders: dict[str, Adder], writer: Database
         # the sink without committing, so nothing is skipped.)
         written = Counter()
         for r in valid:
-            single = Batch()
+            single = Batch(batch.adt_topic)
             adders[r.topic](single, r.value, r.partition, r.offset)
             try:
                 written.update(writer.write(single))

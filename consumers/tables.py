@@ -11,6 +11,9 @@ match :class:`consumers.rows.Batch`:
 * ``kpi``: last writer wins by source offset (hospital.kpis: the last message is the value);
 * encounters: current department / attending by (event time, offset), other columns set once;
 * ``first``: raw events, insert-only.
+
+After the upserts, :func:`write_batch` removes ADT events that ``dead_letters`` names (and
+re-derives what they touched): see :mod:`consumers.purge`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,12 @@ from dataclasses import dataclass
 
 from psycopg2.extras import execute_values
 
+from consumers.purge import (
+    drop_orphan_patients,
+    find_dead_lettered,
+    lock_adt_partitions,
+    remove_dead_lettered,
+)
 from consumers.rows import ENCOUNTER_SET_ONCE, Batch
 
 
@@ -138,7 +147,19 @@ TABLE_NAMES = tuple(t.name for t in TABLES)
 
 
 def write_batch(cur, batch: Batch, method: str = "copy") -> dict[str, int]:
-    """Upsert every row of ``batch`` in FK order (inside the caller's transaction); rows per table."""
+    """Upsert every row of ``batch`` in FK order, then take the ADT events the stream dead-lettered
+    back out (:mod:`consumers.purge`), all inside the caller's transaction; rows per table."""
+    lock_adt_partitions(cur, batch)
+    written = upsert_batch(cur, batch, method)
+    affected = find_dead_lettered(cur, batch)
+    if affected is not None:
+        upsert_batch(cur, remove_dead_lettered(cur, affected), method)
+        drop_orphan_patients(cur, affected.patients)
+    return written
+
+
+def upsert_batch(cur, batch: Batch, method: str = "copy") -> dict[str, int]:
+    """Upsert every row of ``batch`` in FK order (no dead-letter check); rows per table."""
     written: dict[str, int] = {}
     for table in TABLES:
         rows = batch.rows(table.name)

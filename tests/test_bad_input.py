@@ -347,9 +347,6 @@ def test_bad_input_e2e_produced_equals_processed_plus_dlq(kafka_ns, fresh_db, tm
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(strict=True, reason="consumers/sink.py stores every contract-valid ADT message in adt_events, "
-                   "also those the stream dead-letters for patient-level reasons (duplicate, orphan, out of "
-                   "order, far future), so an offset can be in both adt_events and dead_letters")
 def test_no_offset_is_both_an_adt_event_and_a_dead_letter(kafka_ns, fresh_db, tmp_path, monkeypatch) -> None:
     import psycopg2
 

@@ -131,8 +131,12 @@ def test_sink_role_writes_facts_only(sink_db) -> None:
         with conn.cursor() as cur:
             cur.execute("INSERT INTO facilities (facility_id) VALUES ('F9')")
             cur.execute("UPDATE facilities SET beds = 10 WHERE facility_id = 'F9'")
+            # V004: dead-lettered ADT events are taken back out of adt_events and what they derived
+            for table in ("adt_events", "encounters", "diagnoses", "procedures", "charges", "patients"):
+                cur.execute(f"DELETE FROM {table} WHERE false")
         conn.commit()
         for stmt in ("DELETE FROM facilities",
+                     "DELETE FROM dead_letters",
                      "INSERT INTO schema_migrations VALUES (999, 'x', 'x', 'x', now(), 0)",
                      "CREATE TABLE evil (id int)",
                      "TRUNCATE encounters"):
