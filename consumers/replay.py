@@ -274,11 +274,14 @@ class CopyResult:
 
 
 def copy_into_namespace(plan: ReplayPlan, target_namespace: str, *, s: Settings | None = None,
-                        progress: Progress | None = None, with_reference: bool = True) -> CopyResult:
+                        progress: Progress | None = None, with_reference: bool = True,
+                        resume: bool = False) -> CopyResult:
     """Copy the plan's messages into ``{target_namespace}hospital.adt`` (same keys, partitions, order).
 
     The target must be a fresh namespace: its ADT topic must not exist or be empty, so that the
     worker there starts from nothing. The target ADT topic gets the source's partition count.
+    ``resume=True`` appends to a target that an earlier copy of the preceding offsets filled (a
+    copy in stages: the fault drills produce the rest of the input after the fault).
     """
     s = s or settings()
     if target_namespace == plan.namespace:
@@ -293,7 +296,7 @@ def copy_into_namespace(plan: ReplayPlan, target_namespace: str, *, s: Settings 
         if existing:
             tps = [TopicPartition(target.adt, p) for p in existing]
             ends = consumer.end_offsets(tps)
-            if any(ends[tp] > 0 for tp in tps):
+            if any(ends[tp] > 0 for tp in tps) and not resume:
                 raise ReplayError(f"{target.adt} already holds messages: choose a fresh --into-namespace")
             if len(existing) != plan.partitions:
                 raise ReplayError(f"{target.adt} exists with {len(existing)} partitions, "

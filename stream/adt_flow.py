@@ -25,7 +25,7 @@ from __future__ import annotations
 import base64
 import logging
 from collections.abc import MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
@@ -47,6 +47,7 @@ from stream.domain.features import discharge_features
 from stream.domain.lace import lace_points
 from stream.domain.model import OnlineRiskModel
 from stream.domain.policy import ThresholdPolicy, alert_reasons
+from stream.staged import PartitionScope, Staged
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,9 @@ class Output:
 
     topic: str
     key: str | bytes | None
-    value: bytes
+    value: Any  # bytes (a kpis.Contribution inside the flow, until process() serializes it)
+
+
 
 
 def partition_key(partition: int) -> str:
@@ -101,57 +104,6 @@ class Brain:
         }
 
 
-_DELETED = object()
-
-
-class Staged(MutableMapping[str, Any]):
-    """Writes to a table, held back until :meth:`commit`.
-
-    The agent sends an event's outputs first and only then commits its state: a worker stopped
-    between the two re-processes the event (its outputs are re-sent, same ids), instead of
-    skipping it with its outputs lost (state written, sends cancelled).
-    """
-
-    def __init__(self, table: MutableMapping[str, Any]) -> None:
-        self.table = table
-        self.pending: dict[str, Any] = {}
-
-    def __getitem__(self, key: str) -> Any:
-        value = self.pending.get(key, None) if key in self.pending else self.table[key]
-        if value is _DELETED:
-            raise KeyError(key)
-        return value
-
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
-        if key in self.pending:
-            value = self.pending[key]
-            return default if value is _DELETED else value
-        return self.table.get(key, default)
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self.pending[key] = value
-
-    def __delitem__(self, key: str) -> None:
-        self.pending[key] = _DELETED
-
-    def __iter__(self):  # only what the flow never needs: iterate the committed table
-        return iter(self.table)
-
-    def __len__(self) -> int:
-        return len(self.table)
-
-    def commit(self) -> None:
-        for key, value in self.pending.items():
-            if value is _DELETED:
-                self.table.pop(key, None)
-            else:
-                self.table[key] = value
-        self.pending.clear()
-
-    def rollback(self) -> None:
-        self.pending.clear()
-
-
 class AdtFlow:
     """Apply ADT messages of any partition to the tables; return the messages to send."""
 
@@ -169,10 +121,10 @@ class AdtFlow:
         self.patients, self.partitions, self.due, self.models = self._staged
         self._brains: dict[int, Brain] = {}
 
-    def commit(self) -> None:
-        """Write the state of the last processed message(s) to the tables."""
+    def commit(self, scope: PartitionScope | None = None) -> None:
+        """Write the state of the processed message(s) to the tables (see :class:`Staged`)."""
         for t in self._staged:
-            t.commit()
+            t.commit(scope)
 
     def rollback(self) -> None:
         for t in self._staged:
@@ -194,6 +146,10 @@ class AdtFlow:
             self._brains[partition] = cached
         return cached
 
+    def applied_offset(self, partition: int) -> int:
+        """The offset of the last message applied on ``partition`` (-1 for none)."""
+        return int((self.partitions.get(partition_key(partition)) or {"offset": -1})["offset"])
+
     def _state(self, patient_id: str) -> patient.PatientState | None:
         d = self.patients.get(patient_id)
         return None if d is None else patient.PatientState.from_dict(d)
@@ -208,7 +164,11 @@ class AdtFlow:
         """Steps 1-5 of stream/README.md for one message of ``hospital.adt``.
 
         With ``commit=False`` the state changes wait for :meth:`commit` (send the outputs first).
+        Every KPI contribution carries its source ``[partition, offset, n]`` (its n-th output), so
+        the aggregator can drop one that a re-processed message sends again.
         """
+        for t in self._staged:
+            t.partition = partition
         try:
             out = self._process(raw, partition, offset, key)
         except BaseException:
@@ -216,7 +176,8 @@ class AdtFlow:
             raise
         if commit:
             self.commit()
-        return out
+        return [Output(CONTRIBUTIONS, o.key, _json(replace(o.value, source=(partition, offset, n)).to_dict()))
+                if o.topic == CONTRIBUTIONS else o for n, o in enumerate(out)]
 
     def _process(self, raw: bytes | None, partition: int, offset: int,
                  key: bytes | None) -> list[Output]:
@@ -371,7 +332,8 @@ class AdtFlow:
 
 
 def _contributions(items: Any) -> list[Output]:
-    return [Output(CONTRIBUTIONS, c.key, _json(c.to_dict())) for c in items]
+    """Contributions stay objects until :meth:`AdtFlow.process` stamps their source on them."""
+    return [Output(CONTRIBUTIONS, c.key, c) for c in items]
 
 
 def _json(value: Any) -> bytes:

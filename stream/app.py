@@ -21,14 +21,21 @@ import logging
 import os
 import ssl
 import time
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import faust
+from faust import streams as faust_streams
+from faust.types import EventT
 
-from stream import adt_flow
+from stream import adt_flow, faust_patches
+from stream.continuity import Continuity
 from stream.contracts import Topics
 from stream.kpi_aggregator import KpiAggregator
+from stream.staged import Staged
 from wardstream.config import Settings, settings
 
 log = logging.getLogger(__name__)
@@ -103,6 +110,7 @@ def create_app(s: Settings | None = None) -> faust.App:
     )
 
 
+faust_patches.apply()
 SETTINGS = settings()
 TOPICS = Topics(SETTINGS.topic_namespace)
 N = SETTINGS.adt_partitions
@@ -147,7 +155,8 @@ provider_capacity = app.GlobalTable(
 
 flow = adt_flow.AdtFlow(source_topic=TOPICS.adt, patients=patients, partitions=partition_state,
                         due=due, models=models)
-aggregator = KpiAggregator(days=kpi_days, meta=kpi_meta, capacity=provider_capacity,
+kpi_state = (Staged(kpi_days), Staged(kpi_meta))
+aggregator = KpiAggregator(days=kpi_state[0], meta=kpi_state[1], capacity=provider_capacity,
                            ready=lambda: app.tables.recovery.completed.is_set())
 
 
@@ -155,28 +164,110 @@ def _bytes(key: str | bytes | None) -> bytes | None:
     return key.encode() if isinstance(key, str) else key
 
 
+ADT_BATCH = int(os.environ.get("WARDSTREAM_ADT_BATCH", "500"))
+ADT_BATCH_WITHIN = float(os.environ.get("WARDSTREAM_ADT_BATCH_WITHIN", "0.05"))
+
+
+@contextmanager
+def _as_event(event: EventT) -> Iterator[None]:
+    """Make ``event`` Faust's current event: a table files reads and writes under its partition.
+
+    ``take_events`` hands the agent a batch, outside Faust's per-event context, so the agent
+    sets it itself (a private context variable of faust.streams, stable since Faust 1.0).
+    """
+    token = faust_streams._current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        faust_streams._current_event.reset(token)
+
+
+async def _in_line(events: list[EventT], continuity: Continuity,
+                   applied: Callable[[int], int]) -> list[EventT]:
+    """The events that continue each partition's state; seeks back where Faust skipped some.
+
+    After a hole in a partition, its later events of this batch are dropped too: the seek
+    fetches them again, in order. ``applied`` reads the state (committed, or staged by this
+    batch's earlier events).
+    """
+    out: list[EventT] = []
+    broken: set[int] = set()
+    done: dict[int, int] = {}  # partition -> last offset taken in this batch
+    for event in events:
+        msg = event.message
+        if msg.partition in broken:
+            continue
+        if msg.partition not in done:
+            with _as_event(event):
+                done[msg.partition] = applied(msg.partition)
+        seek = continuity.check(msg.partition, msg.offset, done[msg.partition])
+        if seek is not None:
+            log.warning("partition %s of %s: got offset %s after %s; seeking back to %s",
+                        msg.partition, msg.topic, msg.offset, done[msg.partition], seek)
+            broken.add(msg.partition)
+            await app.consumer.seek(msg.tp, seek)
+            continue
+        done[msg.partition] = max(done[msg.partition], msg.offset)
+        out.append(event)
+    return out
+
+
 @app.agent(adt_topic, concurrency=1)
 async def process_adt(stream: faust.StreamT) -> None:
-    """hospital.adt -> scores, alerts, labels, KPI contributions, DLQ (stream/README.md)."""
-    async for event in stream.events():
-        msg = event.message
-        outputs = flow.process(event.value, msg.partition, msg.offset, key=event.key, commit=False)
+    """hospital.adt -> scores, alerts, labels, KPI contributions, DLQ (stream/README.md).
+
+    A batch at a time: process every message (state staged in memory), send the outputs, wait
+    until Kafka acknowledged each of them, then write the state; Faust acks the batch's offsets
+    after that. A crash anywhere leaves the tables at the previous batch, whose outputs are all
+    in Kafka, so the offset guard never skips a message with lost outputs, and re-processing a
+    message sends the same outputs again (their consumers drop or upsert copies).
+    """
+    continuity = Continuity()
+    async for events in stream.take_events(ADT_BATCH, within=ADT_BATCH_WITHIN):
+        last: dict[int, EventT] = {}
         try:
-            for out in outputs:
-                await OUT[out.topic].send(key=_bytes(out.key), value=out.value)
-        except BaseException:  # stopped mid-sends: keep the state as before this event
+            sent = []
+            for event in await _in_line(events, continuity, flow.applied_offset):
+                msg = event.message
+                last[msg.partition] = event
+                with _as_event(event):
+                    outputs = flow.process(event.value, msg.partition, msg.offset, key=event.key,
+                                           commit=False)
+                for out in outputs:
+                    sent.append(await OUT[out.topic].send(key=_bytes(out.key), value=out.value))
+            await asyncio.gather(*sent)  # every output acknowledged (raises if one failed)
+        except BaseException:  # stopped or failed before the outputs were in: state as before
             flow.rollback()
             raise
-        flow.commit()  # state after the sends: a stop in between re-processes, never loses
-        await asyncio.sleep(0)  # a full buffer never suspends the loop: let the other agents run
+        flow.commit(lambda partition: _as_event(last[partition]))
 
 
 @app.agent(contributions_topic, concurrency=1)
 async def aggregate_kpis(stream: faust.StreamT) -> None:
-    """hospital.kpi-contributions -> day buckets (flushed to hospital.kpis by the timer)."""
-    async for event in stream.events():
-        msg = event.message
-        aggregator.add(event.value, msg.partition, msg.offset)
+    """hospital.kpi-contributions -> day buckets (flushed to hospital.kpis by the timer).
+
+    A batch at a time, its table writes staged and written once per key at the end (a bucket
+    changes many times in a batch); a crash before that re-delivers the batch, and the buckets'
+    source marks drop the contributions already added.
+    """
+    continuity = Continuity()
+    async for events in stream.take_events(ADT_BATCH, within=ADT_BATCH_WITHIN):
+        last: dict[int, EventT] = {}
+        try:
+            for event in await _in_line(events, continuity, aggregator.applied_offset):
+                msg = event.message
+                last[msg.partition] = event
+                for table in kpi_state:
+                    table.partition = msg.partition
+                with _as_event(event):
+                    aggregator.add(event.value, msg.partition, msg.offset)
+        except BaseException:
+            for table in kpi_state:
+                table.rollback()
+            aggregator.forget_cache()  # its in-memory buckets hold the rolled-back adds
+            raise
+        for table in kpi_state:
+            table.commit(lambda partition: _as_event(last[partition]))
         await asyncio.sleep(0)
 
 

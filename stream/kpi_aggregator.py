@@ -4,10 +4,14 @@ Formulas, buckets and windows come from :mod:`stream.domain.kpis`; this module o
 *which* windows to (re-)emit and keeps the bookkeeping that makes the last message per window
 equal to the value over all contributions, whatever the flush timing:
 
-* ``days[dimension|id|YYYY-MM-DD]`` (a Faust table) = the day bucket plus the contributions
-  partition and offset that last changed it.
+* ``days[dimension|id|YYYY-MM-DD]`` (a Faust table) = the day bucket, the contributions
+  partition and offset that last changed it, and per ADT partition the source of the last
+  contribution added (``s``). Bucket sums are not idempotent, so a contribution is added once:
+  the ADT worker re-sends a message's contributions when it re-processes the message after a
+  crash, and each ADT partition's contributions reach a bucket in source order, so one at or
+  before the bucket's mark is a copy. The mark is written with the bucket, in the same record.
 * ``meta[q{partition}]`` = offset of the last contribution applied (a re-delivered contribution is
-  skipped: bucket sums are not idempotent) and the offset up to which a flush has gone out.
+  skipped) and the offset up to which a flush has gone out.
   After a restart every bucket changed after that point is dirty again, so no window is lost
   between the last flush and a stop.
 * The flush runs on a wall-clock timer, outside any event, so it writes no table: the "flushed"
@@ -49,6 +53,8 @@ class KpiAggregator:
         self._loaded = False
         self._buckets: dict[Dim, dict[date, kpis.DayBucket]] = {}
         self._facility: dict[Dim, str] = {}
+        self._marks: dict[str, dict[str, list[int]]] = {}  # bucket key -> ADT partition -> [offset, n]
+        self._capacity_used: dict[Dim, Any] = {}  # provider -> the capacity its windows were sent with
         self._dirty: dict[Dim, dict[date, set[str]]] = defaultdict(lambda: defaultdict(set))
         self._seen: dict[int, int] = {}  # partition -> last offset added
         self._flushed: dict[int, int] = {}  # partition -> last offset covered by a flush
@@ -63,6 +69,8 @@ class KpiAggregator:
         """Rebuild the in-memory buckets from the table; re-dirty what no flush covered."""
         self._buckets.clear()
         self._facility.clear()
+        self._marks.clear()
+        self._capacity_used.clear()
         self._dirty.clear()
         flushed: dict[int, int] = {}
         for key, entry in list(self.meta.items()):
@@ -76,6 +84,9 @@ class KpiAggregator:
             dim, day = (dimension, dim_id), date.fromisoformat(day_s)
             bucket = self._buckets.setdefault(dim, {})[day] = kpis.DayBucket.from_dict(entry["b"])
             self._facility[dim] = entry["f"]
+            self._marks[key] = dict(entry.get("s") or {})
+            if dimension == "provider":
+                self._capacity_used[dim] = self.capacity.get(dim_id)
             if int(entry["o"]) > flushed.get(int(entry["q"]), -1):
                 # every input this bucket ever had (the same KPIs its adds made dirty)
                 self._dirty[dim][day] |= set(bucket.micro) | ({kpis.PATIENTS} if bucket.patients else set())
@@ -87,6 +98,10 @@ class KpiAggregator:
 
     # ------------------------------------------------------------------ inputs
 
+    def applied_offset(self, partition: int) -> int:
+        """The offset of the last contribution applied on ``partition`` (-1 for none)."""
+        return int((self.meta.get(f"q{partition}") or {"offset": -1})["offset"])
+
     def add(self, raw: bytes, partition: int, offset: int) -> None:
         """Apply one ``hospital.kpi-contributions`` message (called inside the agent)."""
         self._ensure_loaded()
@@ -95,19 +110,34 @@ class KpiAggregator:
         if offset <= int(m["offset"]):
             return
         c = kpis.Contribution.from_dict(orjson.loads(raw))
+        if self._is_copy(c):
+            log.debug("skip a re-sent contribution source=%s", c.source)
+        else:
+            self._apply(c, partition, offset)
+        self._seen[partition] = offset
+        self.meta[qkey] = {"offset": offset,
+                           "flushed": max(int(m["flushed"]), self._flushed.get(partition, -1))}
+
+    def _is_copy(self, c: kpis.Contribution) -> bool:
+        if c.source is None:
+            return False
+        mark = self._marks.get(c.bucket_key, {}).get(str(c.source[0]))
+        return mark is not None and (c.source[1], c.source[2]) <= (mark[0], mark[1])
+
+    def _apply(self, c: kpis.Contribution, partition: int, offset: int) -> None:
         dim = (c.dimension, c.dimension_id)
         bucket = self._buckets.setdefault(dim, {}).get(c.day)
         if bucket is None:
             bucket = self._buckets[dim][c.day] = kpis.DayBucket()
         changed = bucket.add(c)
         self._facility[dim] = c.facility_id
+        marks = self._marks.setdefault(c.bucket_key, {})
+        if c.source is not None:
+            marks[str(c.source[0])] = [c.source[1], c.source[2]]
+        self.days[c.bucket_key] = {"b": bucket.to_dict(), "f": c.facility_id, "q": partition, "o": offset,
+                                   "s": marks}
         if changed:
-            self.days[f"{c.bucket_key}"] = {"b": bucket.to_dict(), "f": c.facility_id,
-                                            "q": partition, "o": offset}
             self._dirty[dim][c.day] |= changed
-        self._seen[partition] = offset
-        self.meta[qkey] = {"offset": offset,
-                           "flushed": max(int(m["flushed"]), self._flushed.get(partition, -1))}
 
     def reference(self, raw: bytes) -> None:
         """Apply one ``hospital.reference`` record: a provider's capacity dirties its windows."""
@@ -118,13 +148,8 @@ class KpiAggregator:
             return
         if not isinstance(record, ProviderRef):
             return
-        if self.capacity.get(record.provider_id) == record.capacity:
-            return
-        self.capacity[record.provider_id] = record.capacity
-        if self._loaded:
-            dim = ("provider", record.provider_id)
-            for day in self._buckets.get(dim, {}):
-                self._dirty[dim][day].add(CAPACITY)
+        if self.capacity.get(record.provider_id) != record.capacity:
+            self.capacity[record.provider_id] = record.capacity  # the next flush re-emits its windows
 
     # ------------------------------------------------------------------ output
 
@@ -142,6 +167,7 @@ class KpiAggregator:
             if not self.ready():
                 return
             self._load()
+        self._dirty_changed_capacities()
         if not self._dirty:
             self._flushed.update(self._seen)
             return
@@ -151,6 +177,22 @@ class KpiAggregator:
             yield self._emit(dim, days)
         # only now (the caller has sent every batch) may the next contribution mark it flushed
         self._flushed.update(covered)
+
+    def _dirty_changed_capacities(self) -> None:
+        """A provider whose capacity changed since its windows went out has all of them re-sent.
+
+        Checked at each flush, not when the reference record arrives: with several workers the
+        capacity reaches the others through the global table's changelog, possibly after they
+        emitted windows without it.
+        """
+        for dim, days in self._buckets.items():
+            if dim[0] != "provider":
+                continue
+            capacity = self.capacity.get(dim[1])
+            if self._capacity_used.get(dim) != capacity:
+                self._capacity_used[dim] = capacity
+                for day in days:
+                    self._dirty[dim][day].add(CAPACITY)
 
     def covered(self) -> dict[int, int]:
         """Contributions partition -> last offset whose KPI windows a completed flush sent."""

@@ -204,12 +204,39 @@ def produce_input(namespace: str, **config: Any) -> int:
         return simulate_to_kafka(SimConfig(**config), progress=False).events
 
 
-def replay_copy(source: str, target: str) -> int:
-    """``wardstream replay --into-namespace`` of the whole source topic (the Python API)."""
-    from consumers.replay import copy_into_namespace, plan_replay
+def replay_copy(source: str, target: str, share: float = 1.0) -> int:
+    """``wardstream replay --into-namespace`` of the first ``share`` of each source partition.
+
+    A drill copies part of its input, faults the worker mid-stream, then copies the rest with
+    :func:`replay_rest`: the fault is then before the end of the input whatever the worker's speed.
+    """
+    from consumers.replay import copy_into_namespace
+
+    return copy_into_namespace(_split(source, share)[0], target).events
+
+
+def replay_rest(source: str, target: str, share: float) -> int:
+    """Append what ``replay_copy(source, target, share)`` left out (the rest of each partition)."""
+    from consumers.replay import copy_into_namespace
+
+    return copy_into_namespace(_split(source, share)[1], target, with_reference=False, resume=True).events
+
+
+def _split(source: str, share: float):
+    """The whole-topic replay plan of ``source``, cut into (head, rest) at ``share`` of each partition."""
+    from dataclasses import replace
+
+    from consumers.replay import plan_replay
 
     plan = plan_replay(source)
-    return copy_into_namespace(plan, target).events
+    head, rest = [], []
+    for r in plan.ranges:
+        k = round(r.events * share)
+        if k > 0:
+            head.append(replace(r, last=r.first + k - 1, events=k))
+        if k < r.events:
+            rest.append(replace(r, first=r.first + k, events=r.events - k))
+    return replace(plan, ranges=tuple(head)), replace(plan, ranges=tuple(rest))
 
 
 def finish_run(namespace: str, seconds: float, adt_messages: int) -> RunResult:
@@ -282,6 +309,22 @@ def wait_mid_stream(worker, fraction: float, timeout: float = 300) -> dict[str, 
         return p if p["adt_end"] and done >= fraction * p["adt_end"] else None
 
     return wait_until(far_enough, timeout, f"{fraction:.0%} of hospital.adt committed")
+
+
+def wait_scores(worker, count: int, timeout: float = 300) -> int:
+    """Block until the worker has sent ``count`` discharge scores: it is then mid-way through its
+    input whatever its commit cadence (a commit can cover the whole input at once)."""
+    from stream.runner import end_offsets
+
+    topic = Topics(worker.namespace).discharge_scores
+
+    def sent():
+        if not worker.alive():
+            raise RuntimeError("worker died before the fault")
+        n = sum(end_offsets([topic]).values())
+        return n if n >= count else None
+
+    return wait_until(sent, timeout, f"{count} discharge scores sent", poll=0.05)
 
 
 def applied_offsets(namespace: str) -> dict[int, int]:

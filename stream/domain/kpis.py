@@ -85,6 +85,8 @@ class Contribution:
     day: date
     fields: dict[str, float]
     patient_id: str | None = None
+    # (ADT partition, offset, n): the n-th output of that message; set on the wire by the flow
+    source: tuple[int, int, int] | None = None
 
     @property
     def key(self) -> str:
@@ -102,6 +104,7 @@ class Contribution:
             "day": self.day.isoformat(),
             "fields": dict(self.fields),
             "patient_id": self.patient_id,
+            **({"src": list(self.source)} if self.source else {}),
         }
 
     @classmethod
@@ -116,6 +119,7 @@ class Contribution:
             day=date.fromisoformat(d["day"]),
             fields={k: float(v) for k, v in d["fields"].items()},
             patient_id=d.get("patient_id"),
+            source=tuple(int(x) for x in d["src"]) if d.get("src") else None,  # type: ignore[arg-type]
         )
 
 

@@ -1,0 +1,44 @@
+"""Catch messages that Faust skipped: an agent's input must continue right after its state.
+
+Each agent's state records the last offset it applied per partition, so the next message it
+takes must be that offset + 1 (or a copy at or below it, which the offset guards skip). Around
+rebalances faust-streaming 0.15.3 can hand an agent a later message instead (records fetched
+before a seek and delivered after it; see :mod:`stream.faust_patches`), and counts the offsets
+in between as done. The agent then seeks the partition back to the offset after its state
+instead of processing the later message: nothing is skipped, even if the group's commit already
+went past, and a restart with the state kept resumes at the right place as well.
+
+A real gap (transaction markers, compaction) looks the same at first; after the seek the broker
+returns the same later message again, and :meth:`Continuity.check` accepts it.
+
+>>> c = Continuity()
+>>> c.check(0, offset=5, applied=4) is None   # next in line
+True
+>>> c.check(0, offset=9, applied=4)           # 5..8 skipped: seek back to 5
+5
+>>> c.check(0, offset=5, applied=4) is None   # the re-fetched message
+True
+>>> c.check(1, offset=7, applied=2), c.check(1, offset=7, applied=2)  # a real gap, accepted
+(3, None)
+"""
+
+from __future__ import annotations
+
+
+class Continuity:
+    """Per partition: is a message next in line after the state, or where to seek back to."""
+
+    def __init__(self) -> None:
+        self._probes: dict[int, tuple[int, int]] = {}  # partition -> (sought offset, message offset)
+
+    def check(self, partition: int, offset: int, applied: int) -> int | None:
+        """None to process the message (or skip it as a copy); else the offset to seek to."""
+        expected = applied + 1
+        if offset <= expected:
+            self._probes.pop(partition, None)
+            return None
+        if self._probes.get(partition) == (expected, offset):  # same answer after the seek
+            del self._probes[partition]
+            return None
+        self._probes[partition] = (expected, offset)
+        return expected

@@ -1,0 +1,87 @@
+"""Workarounds for faust-streaming 0.15.3 rebalance bugs that lose messages; applied by ``stream.app``.
+
+Both were seen in the scale-out drill (tests/test_faults.py: input arriving while a second
+worker joins, then that worker leaving). After a rebalance Faust suspends the flow, clears its
+queues, restores the tables and seeks each stream partition to its committed offset
+(``perform_seek`` -> ``seek_to_committed``), then resumes.
+
+1. **Partitions never committed are not sought.** aiokafka's ``seek_to_committed`` only seeks
+   when the committed offset is > 0, so such a partition keeps the fetch position it reached
+   before the queues were cleared: the messages fetched meanwhile are never processed (a new
+   worker began partition 1 at offset 288). The patch seeks them: to offset 0 if committed
+   there, else to the partition's beginning.
+2. **Records fetched before the seek are delivered after it.** A fetch in flight during the
+   rebalance returns pre-seek records once the flow resumes. Faust takes the first such record
+   as the partition's read offset (``_drain_messages``), counts the offsets in between as a
+   "gap" (acked without processing), and then drops the re-fetched messages below it
+   ("DROPPED MESSAGE ROFF"): messages lost, and the group's commits stuck at the one offset
+   neither processed nor in the gap. The patch drops the records of a partition sought while
+   the fetch was in flight and seeks it again to its target; a re-fetch can only repeat
+   messages, which Faust's read offset and the agents' offset guards drop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from faust.transport.consumer import ThreadDelegateConsumer
+from faust.types import TP
+
+log = logging.getLogger(__name__)
+
+_original_seek_to_committed = ThreadDelegateConsumer.seek_to_committed
+_original_getmany = ThreadDelegateConsumer._getmany
+
+
+class _Seeks:
+    """Per consumer: how many seeks so far, and each stream partition's last seek target."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+        self.targets: dict[TP, int] = {}
+
+
+def _seeks(consumer: ThreadDelegateConsumer) -> _Seeks:
+    seeks = consumer.__dict__.get("_wardstream_seeks")
+    if seeks is None:
+        seeks = consumer.__dict__["_wardstream_seeks"] = _Seeks()
+    return seeks
+
+
+async def _seek_to_committed(self: ThreadDelegateConsumer) -> Mapping[TP, int]:
+    committed = await _original_seek_to_committed(self)
+    changelogs = self.app.tables.changelog_topics  # positioned by the table recovery, not here
+    streams = {tp: offset for tp, offset in committed.items() if tp.topic not in changelogs}
+    unsought = [tp for tp, offset in streams.items() if not offset]  # None or 0
+    targets = dict(streams)
+    if unsought:
+        earliest = await self.earliest_offsets(*unsought)
+        targets.update({tp: streams[tp] if streams[tp] is not None else earliest[tp] for tp in unsought})
+        await self.seek_wait({tp: targets[tp] for tp in unsought})
+        log.info("sought %d partitions without a committed position", len(unsought))
+    seeks = _seeks(self)
+    seeks.epoch += 1
+    seeks.targets.update(targets)
+    return committed
+
+
+async def _getmany(self: ThreadDelegateConsumer, active_partitions: Any, timeout: float) -> Any:
+    seeks = _seeks(self)
+    epoch = seeks.epoch
+    records = await _original_getmany(self, active_partitions, timeout)
+    if records and seeks.epoch != epoch:
+        stale = [tp for tp in list(records) if tp in seeks.targets]
+        for tp in stale:
+            del records[tp]
+            self._thread.seek(tp, seeks.targets[tp])
+        if stale:
+            log.info("dropped a fetch that overlapped a seek (%d partitions); fetching again", len(stale))
+    return records
+
+
+def apply() -> None:
+    """Install the patches (idempotent)."""
+    ThreadDelegateConsumer.seek_to_committed = _seek_to_committed  # type: ignore[method-assign]
+    ThreadDelegateConsumer._getmany = _getmany  # type: ignore[method-assign]
