@@ -12,10 +12,12 @@ Why the pieces look the way they do:
   message again after a restart although its table writes were kept (#323/#517), and without the
   guard the re-delivery would count twice (or land in the DLQ as a duplicate event_id).
 * ``models[p{n}]`` holds the partition's river model (bytes, checksummed by the domain) and the
-  alert policy, with a revision number so the worker can keep the live objects in memory and
-  only re-read them when the table holds something newer (after a restart or a rebalance).
-* ``due[p{n}:YYYY-MM-DD]`` lists the patients whose pending discharge falls due that day, so the
-  watermark expires pending discharges without scanning every patient.
+  alert policy, with a revision number (bumped at each write).
+* ``due[p{n}:YYYY-MM-DD]`` lists ``[due time, patient_id]`` for the pending discharges falling due
+  that day, so the watermark expires them without scanning every patient; the flow keeps each
+  list's earliest due time in memory and reads the list only once something in it is due.
+* ``models[p{n}]`` is read once and then kept live in memory; a model that learned is written
+  back once per commit (a batch), not once per label.
 * ``failed_at`` of a dead letter is the partition watermark (event time), never the wall clock:
   a replay gives byte-identical DLQ records.
 """
@@ -120,30 +122,43 @@ class AdtFlow:
         self._staged = [Staged(t) for t in (patients, partitions, due, models)]
         self.patients, self.partitions, self.due, self.models = self._staged
         self._brains: dict[int, Brain] = {}
+        self._learned: set[int] = set()  # partitions whose model learned since the last commit
+        # (partition, day) -> earliest due time (epoch s) in that day's due list: the watermark
+        # only reads the list once something in it is due
+        self._due_floor: dict[tuple[int, date], float] = {}
 
     def commit(self, scope: PartitionScope | None = None) -> None:
-        """Write the state of the processed message(s) to the tables (see :class:`Staged`)."""
+        """Write the state of the processed message(s) to the tables (see :class:`Staged`).
+
+        A model that learned is serialized here, once per commit, not once per label.
+        """
+        for partition in sorted(self._learned):
+            brain = self._brains[partition]
+            brain.rev += 1
+            self.models.partition = partition
+            self.models[partition_key(partition)] = brain.to_entry()
+        self._learned.clear()
         for t in self._staged:
             t.commit(scope)
 
     def rollback(self) -> None:
         for t in self._staged:
             t.rollback()
-        self._brains.clear()  # the live models may have learned from what is rolled back
+        self.forget_cache()  # the live models may have learned from what is rolled back
 
     # ------------------------------------------------------------------ state access
 
     def forget_cache(self) -> None:
-        """Drop the in-memory models (call on rebalance: the tables are the truth)."""
+        """Drop what is cached from the tables (call on rebalance: the tables are the truth)."""
         self._brains.clear()
+        self._learned.clear()
+        self._due_floor.clear()
 
     def brain(self, partition: int) -> Brain:
-        entry = self.models.get(partition_key(partition))
-        rev = int(entry["rev"]) if entry else 0
+        """The partition's model and policy: read from the table once, then kept live in memory."""
         cached = self._brains.get(partition)
-        if cached is None or cached.rev != rev:
-            cached = Brain.from_entry(entry)
-            self._brains[partition] = cached
+        if cached is None:
+            cached = self._brains[partition] = Brain.from_entry(self.models.get(partition_key(partition)))
         return cached
 
     def applied_offset(self, partition: int) -> int:
@@ -232,8 +247,7 @@ class AdtFlow:
             self._save(state)
 
         if learned:
-            brain.rev += 1
-            self.models[pkey] = brain.to_entry()
+            self._learned.add(partition)
         self._done(pkey, watermark, offset)
         return out
 
@@ -251,22 +265,38 @@ class AdtFlow:
         if old is None:
             return False
         learned = False
+        now = new.timestamp()
         day = old.date()
         while day <= new.date():
-            key = due_key(partition, day)
-            ids = self.due.get(key)
-            if ids:
-                for pid in ids:
-                    state = self._state(pid)
-                    if state is None:
-                        continue
-                    state, outcomes = patient.expire(state, new)
-                    if outcomes:
-                        self._save(state)
-                        learned |= self._labels(outcomes, brain, out)
-                if day < new.date():  # every discharge due that day is now past due
-                    del self.due[key]
+            floor = self._due_floor.get((partition, day))
+            if floor is None or floor < now:
+                learned |= self._expire_day(partition, day, new, brain, out)
             day += timedelta(days=1)
+        return learned
+
+    def _expire_day(self, partition: int, day: date, new: datetime, brain: Brain,
+                    out: list[Output]) -> bool:
+        """Expire the entries of one day's due list that are past due at ``new``."""
+        key = due_key(partition, day)
+        entries = list(self.due.get(key) or ())  # [due time (epoch s), patient_id], in order added
+        now = new.timestamp()
+        past = [e for e in entries if e[0] < now]
+        learned = False
+        for _, pid in past:
+            state = self._state(pid)
+            if state is None:
+                continue
+            state, outcomes = patient.expire(state, new)
+            if outcomes:
+                self._save(state)
+                learned |= self._labels(outcomes, brain, out)
+        rest = [e for e in entries if e[0] >= now]
+        if past:
+            if rest:
+                self.due[key] = rest
+            else:
+                del self.due[key]
+        self._due_floor[(partition, day)] = min((e[0] for e in rest), default=float("inf"))
         return learned
 
     def _labels(self, outcomes: list[patient.LabelOutcome], brain: Brain, out: list[Output]) -> bool:
@@ -315,10 +345,15 @@ class AdtFlow:
                 features=x, score=score, lace=lace, threshold=threshold, high_risk=high_risk,
             )
             state = patient.add_pending(state, pending)
-            key = due_key(partition, pending.due_at.date())
-            ids = list(self.due.get(key) or [])
-            if dis.patient_id not in ids:
-                self.due[key] = [*ids, dis.patient_id]
+            day = pending.due_at.date()
+            key = due_key(partition, day)
+            entry = [pending.due_at.timestamp(), dis.patient_id]
+            entries = list(self.due.get(key) or ())  # [due time (epoch s), patient_id], in order added
+            if entry not in entries:
+                self.due[key] = [*entries, entry]
+                floor = self._due_floor.get((partition, day))
+                if floor is not None:
+                    self._due_floor[(partition, day)] = min(floor, entry[0])
         return state
 
     def _dead_letter(self, raw: bytes | None, key: bytes | None, reason: str, partition: int, offset: int,

@@ -60,10 +60,6 @@ HEAD = 0.5
 # The default guarantee (stream/README.md: Faust's exactly_once lost outputs on a clean stop here).
 GUARANTEES = ["at_least_once"]
 
-# Known bugs, open in issue 6. Intermittent (a run can come out right), so not strict: a pass shows
-# as XPASS, a failure as XFAIL; the drill still runs and reports what it saw.
-SCALE_OUT_BUG = ("with two workers the consumer group's commits stall (a worker's partitions are "
-                 "never processed, or commits stick at low offsets) after the rebalance")
 
 
 @pytest.mark.parametrize("guarantee,local_state", [("at_least_once", "kept")])
@@ -155,7 +151,6 @@ def test_postgres_restart_mid_sink(base) -> None:
     assert not diff_dumps(base.dump, dump), diff_dumps(base.dump, dump)
 
 
-@pytest.mark.xfail(strict=False, reason=SCALE_OUT_BUG)
 @pytest.mark.parametrize("guarantee", GUARANTEES)
 def test_two_workers_share_partitions_and_one_leaves(base, tmp_path, guarantee) -> None:
     ns = new_namespace("scale")
