@@ -29,6 +29,7 @@ from typing import Any
 
 import faust
 from faust import streams as faust_streams
+from faust.exceptions import NotReady, ProducerSendError
 from faust.types import EventT
 
 from stream import adt_flow, faust_patches
@@ -212,6 +213,14 @@ async def _in_line(events: list[EventT], continuity: Continuity,
     return out
 
 
+def _stopping(exc: BaseException) -> bool:
+    """A send cut off by the worker's own stop (the batch is re-processed after the restart)."""
+    if isinstance(exc, (NotReady, ProducerSendError)) and app.should_stop:
+        log.info("batch cut short by the stop; it is re-processed at the next start")
+        return True
+    return False
+
+
 @app.agent(adt_topic, concurrency=1)
 async def process_adt(stream: faust.StreamT) -> None:
     """hospital.adt -> scores, alerts, labels, KPI contributions, DLQ (stream/README.md).
@@ -236,8 +245,11 @@ async def process_adt(stream: faust.StreamT) -> None:
                 for out in outputs:
                     sent.append(await OUT[out.topic].send(key=_bytes(out.key), value=out.value))
             await asyncio.gather(*sent)  # every output acknowledged (raises if one failed)
-        except BaseException:  # stopped or failed before the outputs were in: state as before
+        except BaseException as exc:  # stopped or failed before the outputs were in: state as before
             flow.rollback()
+            faust_patches.hold(events)
+            if _stopping(exc):
+                return
             raise
         flow.commit(lambda partition: _as_event(last[partition]))
 
@@ -265,6 +277,7 @@ async def aggregate_kpis(stream: faust.StreamT) -> None:
             for table in kpi_state:
                 table.rollback()
             aggregator.forget_cache()  # its in-memory buckets hold the rolled-back adds
+            faust_patches.hold(events)
             raise
         for table in kpi_state:
             table.commit(lambda partition: _as_event(last[partition]))
@@ -293,10 +306,15 @@ async def flush_kpis() -> None:
     started = time.monotonic()
     if started < _next_flush:
         return
-    for batch in aggregator.flush_batches():
-        for key, value in batch:
-            await kpis_topic.send(key=key.encode(), value=value)
-        await asyncio.sleep(0)  # one dimension at a time: the agents keep running meanwhile
+    try:
+        for batch in aggregator.flush_batches():
+            for key, value in batch:
+                await kpis_topic.send(key=key.encode(), value=value)
+            await asyncio.sleep(0)  # one dimension at a time: the agents keep running meanwhile
+    except (NotReady, ProducerSendError) as exc:
+        if not _stopping(exc):  # the windows not sent are re-sent by the next worker
+            raise
+        return
     took = time.monotonic() - started
     _next_flush = started + took / FLUSH_DUTY
     _write_status({"covered": aggregator.covered()})

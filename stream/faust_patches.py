@@ -18,6 +18,11 @@ queues, restores the tables and seeks each stream partition to its committed off
    neither processed nor in the gap. The patch drops the records of a partition sought while
    the fetch was in flight and seeks it again to its target; a re-fetch can only repeat
    messages, which Faust's read offset and the agents' offset guards drop.
+
+And one for ``Stream.take_events``, which the agents use: it acks every event of a batch when
+the agent moves on, also when the agent's batch failed or was cancelled by a stop (its state
+rolled back), so the restart would skip those events. :func:`hold` marks such events: their
+ack is dropped, and Kafka delivers them again.
 """
 
 from __future__ import annotations
@@ -26,13 +31,28 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from faust.streams import Stream
 from faust.transport.consumer import ThreadDelegateConsumer
-from faust.types import TP
+from faust.types import TP, EventT
 
 log = logging.getLogger(__name__)
 
 _original_seek_to_committed = ThreadDelegateConsumer.seek_to_committed
 _original_getmany = ThreadDelegateConsumer._getmany
+_original_ack = Stream.ack
+_held: set[Any] = set()  # messages whose next ack is dropped (their batch was rolled back)
+
+
+def hold(events: list[EventT]) -> None:
+    """Never ack these events (an agent rolled back their batch): they are delivered again."""
+    _held.update(event.message for event in events)
+
+
+async def _ack(self: Stream, event: EventT) -> bool:
+    if event.message in _held:
+        _held.discard(event.message)
+        return False
+    return await _original_ack(self, event)
 
 
 class _Seeks:
@@ -85,3 +105,4 @@ def apply() -> None:
     """Install the patches (idempotent)."""
     ThreadDelegateConsumer.seek_to_committed = _seek_to_committed  # type: ignore[method-assign]
     ThreadDelegateConsumer._getmany = _getmany  # type: ignore[method-assign]
+    Stream.ack = _ack  # type: ignore[method-assign]

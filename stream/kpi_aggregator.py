@@ -24,6 +24,7 @@ equal to the value over all contributions, whatever the flush timing:
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable, Iterator, MutableMapping
 from datetime import date, timedelta
@@ -55,6 +56,9 @@ class KpiAggregator:
         self._facility: dict[Dim, str] = {}
         self._marks: dict[str, dict[str, list[int]]] = {}  # bucket key -> ADT partition -> [offset, n]
         self._capacity_used: dict[Dim, Any] = {}  # provider -> the capacity its windows were sent with
+        # dimension -> (old, new) last known day, since the last flush: windows ending in
+        # (old + 1, new + 1] are no longer future windows and go out at the next flush
+        self._advance: dict[Dim, tuple[date, date]] = {}
         self._dirty: dict[Dim, dict[date, set[str]]] = defaultdict(lambda: defaultdict(set))
         self._seen: dict[int, int] = {}  # partition -> last offset added
         self._flushed: dict[int, int] = {}  # partition -> last offset covered by a flush
@@ -71,6 +75,7 @@ class KpiAggregator:
         self._facility.clear()
         self._marks.clear()
         self._capacity_used.clear()
+        self._advance.clear()
         self._dirty.clear()
         flushed: dict[int, int] = {}
         for key, entry in list(self.meta.items()):
@@ -90,6 +95,10 @@ class KpiAggregator:
             if int(entry["o"]) > flushed.get(int(entry["q"]), -1):
                 # every input this bucket ever had (the same KPIs its adds made dirty)
                 self._dirty[dim][day] |= set(bucket.micro) | ({kpis.PATIENTS} if bucket.patients else set())
+        for dim, days in self._dirty.items():  # its last day moved after the last flush, maybe
+            last = max(self._buckets[dim])
+            if last in days:
+                self._advance[dim] = (last - timedelta(days=max(kpis.WINDOWS.values()) + 1), last)
         self._loaded = True
 
     def _ensure_loaded(self) -> None:
@@ -126,9 +135,14 @@ class KpiAggregator:
 
     def _apply(self, c: kpis.Contribution, partition: int, offset: int) -> None:
         dim = (c.dimension, c.dimension_id)
-        bucket = self._buckets.setdefault(dim, {}).get(c.day)
+        days = self._buckets.setdefault(dim, {})
+        bucket = days.get(c.day)
         if bucket is None:
-            bucket = self._buckets[dim][c.day] = kpis.DayBucket()
+            last = max(days) if days else None
+            if last is not None and c.day > last:
+                old = self._advance.get(dim, (last, last))[0]
+                self._advance[dim] = (old, c.day)
+            bucket = days[c.day] = kpis.DayBucket()
         changed = bucket.add(c)
         self._facility[dim] = c.facility_id
         marks = self._marks.setdefault(c.bucket_key, {})
@@ -168,13 +182,14 @@ class KpiAggregator:
                 return
             self._load()
         self._dirty_changed_capacities()
-        if not self._dirty:
+        if not self._dirty and not self._advance:
             self._flushed.update(self._seen)
             return
         dirty, self._dirty = self._dirty, defaultdict(lambda: defaultdict(set))
+        advance, self._advance = self._advance, {}
         covered = dict(self._seen)
-        for dim, days in dirty.items():
-            yield self._emit(dim, days)
+        for dim in {**dirty, **advance}:
+            yield self._emit(dim, dirty.get(dim, {}), advance.get(dim))
         # only now (the caller has sent every batch) may the next contribution mark it flushed
         self._flushed.update(covered)
 
@@ -198,23 +213,42 @@ class KpiAggregator:
         """Contributions partition -> last offset whose KPI windows a completed flush sent."""
         return dict(self._flushed)
 
-    def _emit(self, dim: Dim, dirty_days: dict[date, set[str]]) -> list[tuple[str, bytes]]:
+    def _emit(self, dim: Dim, dirty_days: dict[date, set[str]],
+              advance: tuple[date, date] | None = None) -> list[tuple[str, bytes]]:
+        """The KPI messages of ``dim``'s windows that hold a dirty day or newly closed in.
+
+        Future windows (ending after the dimension's last known day + 1) are not sent: the
+        current window holds the last day, and a later window goes out once the dimension has
+        data on a later day (``advance``). So new events re-send 3 windows per day, not 38.
+        """
         dimension, dim_id = dim
         buckets = self._buckets.get(dim, {})
         known = sorted(buckets)
+        if not known:
+            return []
+        limit = known[-1] + _ONE_DAY
         # window -> changed inputs
         windows: dict[tuple[str, date, date], set[str]] = defaultdict(set)
         census_from: date | None = None
         for day, changed in dirty_days.items():
             for w in kpis.day_windows(day):
-                windows[w] |= changed
+                if w[2] <= limit:
+                    windows[w] |= changed
             if changed & (CENSUS_INPUTS | {CAPACITY}):
                 census_from = day if census_from is None else min(census_from, day)
         if census_from is not None:
             for day in known:
                 if day > census_from:
                     for w in kpis.day_windows(day):
-                        windows[w] |= CENSUS_INPUTS
+                        if w[2] <= limit:
+                            windows[w] |= CENSUS_INPUTS
+        if advance is not None:
+            for end in kpis.window_days(advance[0] + 2 * _ONE_DAY, min(advance[1], known[-1]) + 2 * _ONE_DAY):
+                for name, n in kpis.WINDOWS.items():
+                    start = end - timedelta(days=n)
+                    i = bisect_left(known, start)
+                    if i < len(known) and known[i] < end:  # the window holds a known day
+                        windows[(name, start, end)] |= _inputs(buckets, known, start, end)
         if not windows:
             return []
         # census at the end of every day from the first known day to the last window end
@@ -254,3 +288,16 @@ class KpiAggregator:
 
 
 _ONE_DAY = timedelta(days=1)
+
+
+def _inputs(buckets: dict[date, kpis.DayBucket], known: list[date], start: date, end: date) -> set[str]:
+    """Every input a window's KPIs have: its buckets' fields, and the census once any day up to
+    its end moved it (the same KPIs that the flushes of its days' changes would have sent)."""
+    out: set[str] = set()
+    for day in known[bisect_left(known, start):bisect_left(known, end)]:
+        b = buckets[day]
+        out |= set(b.micro) | ({kpis.PATIENTS} if b.patients else set())
+    if "census_delta" not in out and any("census_delta" in buckets[d].micro
+                                          for d in known[:bisect_left(known, end)]):
+        out |= CENSUS_INPUTS
+    return out
