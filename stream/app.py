@@ -33,7 +33,7 @@ from faust.exceptions import NotReady, ProducerSendError
 from faust.types import EventT
 
 from stream import adt_flow, faust_patches
-from stream.continuity import Continuity
+from stream.continuity import DROP, Continuity
 from stream.contracts import Topics
 from stream.kpi_aggregator import KpiAggregator
 from stream.staged import Staged
@@ -202,11 +202,14 @@ async def _in_line(events: list[EventT], continuity: Continuity,
             with _as_event(event):
                 done[msg.partition] = applied(msg.partition)
         seek = continuity.check(msg.partition, msg.offset, done[msg.partition])
+        if seek == DROP:
+            broken.add(msg.partition)
+            continue
         if seek is not None:
             log.warning("partition %s of %s: got offset %s after %s; seeking back to %s",
                         msg.partition, msg.topic, msg.offset, done[msg.partition], seek)
             broken.add(msg.partition)
-            await app.consumer.seek(msg.tp, seek)
+            await app.consumer.seek_wait({msg.tp: seek})  # in the consumer's thread
             continue
         done[msg.partition] = max(done[msg.partition], msg.offset)
         out.append(event)
@@ -292,6 +295,7 @@ async def load_reference(stream: faust.StreamT) -> None:
 
 
 FLUSH_DUTY = 0.25  # at most this share of the worker's time goes to KPI flushes
+FLUSH_YIELD_EVERY = 100  # KPI messages sent between two yields to the event loop
 _next_flush = 0.0
 
 
@@ -308,9 +312,11 @@ async def flush_kpis() -> None:
         return
     try:
         for batch in aggregator.flush_batches():
-            for key, value in batch:
+            for n, (key, value) in enumerate(batch, start=1):
                 await kpis_topic.send(key=key.encode(), value=value)
-            await asyncio.sleep(0)  # one dimension at a time: the agents keep running meanwhile
+                if n % FLUSH_YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # the agents (and alerts) keep running meanwhile
+            await asyncio.sleep(0)  # and between dimensions
     except (NotReady, ProducerSendError) as exc:
         if not _stopping(exc):  # the windows not sent are re-sent by the next worker
             raise

@@ -8,21 +8,27 @@ in between as done. The agent then seeks the partition back to the offset after 
 instead of processing the later message: nothing is skipped, even if the group's commit already
 went past, and a restart with the state kept resumes at the right place as well.
 
-A real gap (transaction markers, compaction) looks the same at first; after the seek the broker
-returns the same later message again, and :meth:`Continuity.check` accepts it.
+A real gap (transaction markers, compaction) looks the same at first: after the seek the broker
+returns a message past the expected offset again, and :meth:`Continuity.check` takes it. While a
+seek is pending, later messages already queued (fetched before it) are dropped; the seek
+fetches them again.
 
 >>> c = Continuity()
 >>> c.check(0, offset=5, applied=4) is None   # next in line
 True
 >>> c.check(0, offset=9, applied=4)           # 5..8 skipped: seek back to 5
 5
+>>> c.check(0, offset=10, applied=4) == DROP  # queued before the seek: fetched again
+True
 >>> c.check(0, offset=5, applied=4) is None   # the re-fetched message
 True
->>> c.check(1, offset=7, applied=2), c.check(1, offset=7, applied=2)  # a real gap, accepted
+>>> c.check(1, offset=7, applied=2), c.check(1, offset=7, applied=2)  # a real gap, taken
 (3, None)
 """
 
 from __future__ import annotations
+
+DROP = -1  # check(): leave the message, a pending seek fetches it again
 
 
 class Continuity:
@@ -32,13 +38,13 @@ class Continuity:
         self._probes: dict[int, tuple[int, int]] = {}  # partition -> (sought offset, message offset)
 
     def check(self, partition: int, offset: int, applied: int) -> int | None:
-        """None to process the message (or skip it as a copy); else the offset to seek to."""
+        """None to process the message (or skip it as a copy), :data:`DROP`, or the offset to seek to."""
         expected = applied + 1
-        if offset <= expected:
-            self._probes.pop(partition, None)
+        probe = self._probes.get(partition)
+        if offset <= expected or (probe is not None and probe[0] == expected and offset <= probe[1]):
+            self._probes.pop(partition, None)  # in line, or the first message after the seek
             return None
-        if self._probes.get(partition) == (expected, offset):  # same answer after the seek
-            del self._probes[partition]
-            return None
+        if probe is not None and probe[0] == expected:
+            return DROP
         self._probes[partition] = (expected, offset)
         return expected

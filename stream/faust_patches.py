@@ -92,11 +92,11 @@ async def _getmany(self: ThreadDelegateConsumer, active_partitions: Any, timeout
     epoch = seeks.epoch
     records = await _original_getmany(self, active_partitions, timeout)
     if records and seeks.epoch != epoch:
-        stale = [tp for tp in list(records) if tp in seeks.targets]
+        stale = {tp: seeks.targets[tp] for tp in list(records) if tp in seeks.targets}
         for tp in stale:
             del records[tp]
-            self._thread.seek(tp, seeks.targets[tp])
         if stale:
+            await self.seek_wait(stale)  # in the consumer's thread
             log.info("dropped a fetch that overlapped a seek (%d partitions); fetching again", len(stale))
     return records
 
