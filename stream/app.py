@@ -149,15 +149,13 @@ partition_state = _table("partition_state", "p{partition}: event-time watermark,
 due = _table("due", "p{partition}:{day}: patients with a pending discharge due that day")
 models = _table("models", "p{partition}: the partition's river model (bytes) and alert policy")
 kpi_days = _table("kpi_days", "dimension|id|day: the day bucket of KPI inputs")
-kpi_meta = _table("kpi_meta", "q{partition}: last contribution offset, last flushed offset")
-provider_capacity = app.GlobalTable(
-    "provider_capacity", default=None, partitions=1, schema=JSON,
-    help="provider_id -> capacity (reference data)")
+kpi_meta = _table("kpi_meta", "q{partition}: last contribution offset, last flushed offset; "
+                              "cap|{provider_id}: capacity")
 
 flow = adt_flow.AdtFlow(source_topic=TOPICS.adt, patients=patients, partitions=partition_state,
                         due=due, models=models)
 kpi_state = (Staged(kpi_days), Staged(kpi_meta))
-aggregator = KpiAggregator(days=kpi_state[0], meta=kpi_state[1], capacity=provider_capacity,
+aggregator = KpiAggregator(days=kpi_state[0], meta=kpi_state[1], capacity={},
                            ready=lambda: app.tables.recovery.completed.is_set())
 
 
@@ -289,9 +287,12 @@ async def aggregate_kpis(stream: faust.StreamT) -> None:
 
 @app.agent(reference_topic, concurrency=1)
 async def load_reference(stream: faust.StreamT) -> None:
-    """hospital.reference -> provider capacity (provider_utilization's denominator)."""
+    """hospital.reference -> provider capacity (provider_utilization's denominator), forwarded to
+    the KPI aggregator partition that holds the provider (``KpiAggregator.capacity_record``)."""
     async for event in stream.events():
-        aggregator.reference(event.value)
+        forward = KpiAggregator.capacity_record(event.value)
+        if forward is not None:
+            await contributions_topic.send(key=forward[0].encode(), value=forward[1])
 
 
 FLUSH_DUTY = 0.25  # at most this share of the worker's time goes to KPI flushes

@@ -17,6 +17,8 @@ equal to the value over all contributions, whatever the flush timing:
 * The flush runs on a wall-clock timer, outside any event, so it writes no table: the "flushed"
   mark is written by the next contribution of that partition (a flush that was never marked is
   simply repeated; the values are the same).
+* Provider capacity (``hospital.reference``) arrives on this topic too, keyed like the provider's
+  contributions (:meth:`KpiAggregator.capacity_record`), and is kept in ``meta[cap|{provider}]``.
 * A census change on day d moves the census at the end of every later day too, so it dirties
   the census KPIs of every window holding a known day >= d.
 """
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 Dim = tuple[str, str]  # (dimension, dimension_id)
 CENSUS_INPUTS = {"census_delta"}
 CAPACITY = "capacity"  # pseudo-input: the provider's capacity changed
+CAPACITY_KEY = "cap|"  # meta[cap|{provider_id}] = {capacity, q, o}: from hospital.reference
 
 
 def kpi_key(kpi: str, dimension: str, dimension_id: str, window: str, window_start: date) -> str:
@@ -55,7 +58,6 @@ class KpiAggregator:
         self._buckets: dict[Dim, dict[date, kpis.DayBucket]] = {}
         self._facility: dict[Dim, str] = {}
         self._marks: dict[str, dict[str, list[int]]] = {}  # bucket key -> ADT partition -> [offset, n]
-        self._capacity_used: dict[Dim, Any] = {}  # provider -> the capacity its windows were sent with
         # dimension -> (old, new) last known day, since the last flush: windows ending in
         # (old + 1, new + 1] are no longer future windows and go out at the next flush
         self._advance: dict[Dim, tuple[date, date]] = {}
@@ -74,27 +76,30 @@ class KpiAggregator:
         self._buckets.clear()
         self._facility.clear()
         self._marks.clear()
-        self._capacity_used.clear()
         self._advance.clear()
         self._dirty.clear()
         flushed: dict[int, int] = {}
-        for key, entry in list(self.meta.items()):
-            if entry:
+        meta = [(k, e) for k, e in list(self.meta.items()) if e]
+        for key, entry in meta:
+            if key.startswith("q"):
                 flushed[int(key[1:])] = int(entry.get("flushed", -1))
         self._flushed = dict(flushed)
-        self._seen = {q: int(e.get("offset", -1)) for q, e in
-                      ((int(k[1:]), e) for k, e in list(self.meta.items()) if e)}
+        self._seen = {int(k[1:]): int(e.get("offset", -1)) for k, e in meta if k.startswith("q")}
         for key, entry in list(self.days.items()):
             dimension, dim_id, day_s = key.rsplit("|", 2)
             dim, day = (dimension, dim_id), date.fromisoformat(day_s)
             bucket = self._buckets.setdefault(dim, {})[day] = kpis.DayBucket.from_dict(entry["b"])
             self._facility[dim] = entry["f"]
             self._marks[key] = dict(entry.get("s") or {})
-            if dimension == "provider":
-                self._capacity_used[dim] = self.capacity.get(dim_id)
             if int(entry["o"]) > flushed.get(int(entry["q"]), -1):
                 # every input this bucket ever had (the same KPIs its adds made dirty)
                 self._dirty[dim][day] |= set(bucket.micro) | ({kpis.PATIENTS} if bucket.patients else set())
+        for key, entry in meta:
+            if key.startswith(CAPACITY_KEY):
+                provider = key[len(CAPACITY_KEY):]
+                self.capacity[provider] = entry["capacity"]
+                if int(entry["o"]) > flushed.get(int(entry["q"]), -1):
+                    self._dirty_capacity(provider)
         for dim, days in self._dirty.items():  # its last day moved after the last flush, maybe
             last = max(self._buckets[dim])
             if last in days:
@@ -118,11 +123,15 @@ class KpiAggregator:
         m = self.meta.get(qkey) or {"offset": -1, "flushed": -1}
         if offset <= int(m["offset"]):
             return
-        c = kpis.Contribution.from_dict(orjson.loads(raw))
-        if self._is_copy(c):
-            log.debug("skip a re-sent contribution source=%s", c.source)
+        record = orjson.loads(raw)
+        if "capacity" in record:  # a provider's capacity (see capacity_record)
+            self._set_capacity(record["provider_id"], record["capacity"], partition, offset)
         else:
-            self._apply(c, partition, offset)
+            c = kpis.Contribution.from_dict(record)
+            if self._is_copy(c):
+                log.debug("skip a re-sent contribution source=%s", c.source)
+            else:
+                self._apply(c, partition, offset)
         self._seen[partition] = offset
         self.meta[qkey] = {"offset": offset,
                            "flushed": max(int(m["flushed"]), self._flushed.get(partition, -1))}
@@ -153,17 +162,36 @@ class KpiAggregator:
         if changed:
             self._dirty[dim][c.day] |= changed
 
-    def reference(self, raw: bytes) -> None:
-        """Apply one ``hospital.reference`` record: a provider's capacity dirties its windows."""
+    @staticmethod
+    def capacity_record(raw: bytes) -> tuple[str, bytes] | None:
+        """A ``hospital.reference`` record as (key, value) for ``hospital.kpi-contributions``.
+
+        Provider capacity travels the contributions topic, keyed like the provider's
+        contributions, so it reaches the aggregator partition holding that provider's buckets,
+        in order with them, on whichever worker owns it (a global table reached another worker
+        late, and windows went out without their denominator). None if not a provider record.
+        """
         try:
             record = parse_reference(raw)
         except ValueError:
             log.warning("ignoring an invalid reference record")
-            return
+            return None
         if not isinstance(record, ProviderRef):
+            return None
+        key = f"provider|{record.provider_id}"
+        return key, orjson.dumps({"provider_id": record.provider_id, "capacity": record.capacity})
+
+    def _set_capacity(self, provider: str, capacity: Any, partition: int, offset: int) -> None:
+        if self.capacity.get(provider) == capacity:
             return
-        if self.capacity.get(record.provider_id) != record.capacity:
-            self.capacity[record.provider_id] = record.capacity  # the next flush re-emits its windows
+        self.capacity[provider] = capacity
+        self.meta[f"{CAPACITY_KEY}{provider}"] = {"capacity": capacity, "q": partition, "o": offset}
+        self._dirty_capacity(provider)
+
+    def _dirty_capacity(self, provider: str) -> None:
+        dim = ("provider", provider)
+        for day in self._buckets.get(dim, {}):
+            self._dirty[dim][day].add(CAPACITY)
 
     # ------------------------------------------------------------------ output
 
@@ -181,7 +209,6 @@ class KpiAggregator:
             if not self.ready():
                 return
             self._load()
-        self._dirty_changed_capacities()
         if not self._dirty and not self._advance:
             self._flushed.update(self._seen)
             return
@@ -192,22 +219,6 @@ class KpiAggregator:
             yield self._emit(dim, dirty.get(dim, {}), advance.get(dim))
         # only now (the caller has sent every batch) may the next contribution mark it flushed
         self._flushed.update(covered)
-
-    def _dirty_changed_capacities(self) -> None:
-        """A provider whose capacity changed since its windows went out has all of them re-sent.
-
-        Checked at each flush, not when the reference record arrives: with several workers the
-        capacity reaches the others through the global table's changelog, possibly after they
-        emitted windows without it.
-        """
-        for dim, days in self._buckets.items():
-            if dim[0] != "provider":
-                continue
-            capacity = self.capacity.get(dim[1])
-            if self._capacity_used.get(dim) != capacity:
-                self._capacity_used[dim] = capacity
-                for day in days:
-                    self._dirty[dim][day].add(CAPACITY)
 
     def covered(self) -> dict[int, int]:
         """Contributions partition -> last offset whose KPI windows a completed flush sent."""

@@ -160,24 +160,36 @@ def test_kpi_aggregator_drops_re_sent_contributions(messages) -> None:
 
 
 def test_a_capacity_arriving_late_re_sends_the_utilization_windows(messages) -> None:
-    """With two workers, a provider's capacity reaches one of them through the global table's
-    changelog, possibly after it flushed that provider's windows without it."""
+    """Capacity comes from hospital.reference through the contributions topic, possibly after the
+    provider's windows went out without it; a restart after that re-sends them too."""
+    from producers.simulator import Simulation
+    from stream.contracts import dump
+
     contribs = _contributions(messages[:400])
     provider = next(orjson.loads(raw)["dimension_id"] for raw in contribs
                     if orjson.loads(raw)["dimension"] == "provider")
-    reference = KpiAggregator(days={}, meta={}, capacity={provider: 12})
-    capacity: dict[str, int] = {}
-    late = KpiAggregator(days={}, meta={}, capacity=capacity)
-    for i, raw in enumerate(contribs):
+    ref = next(p for p in Simulation(SimConfig(seed=7, start=date(2025, 1, 1), days=60)).reference.providers
+               if p.provider_id == provider)
+    key, record = KpiAggregator.capacity_record(dump(ref))
+    assert key == f"provider|{provider}"
+    reference = KpiAggregator(days={}, meta={}, capacity={})
+    reference.add(record, 0, 0)
+    days, meta = {}, {}
+    late = KpiAggregator(days=days, meta=meta, capacity={})
+    for i, raw in enumerate(contribs, start=1):
         reference.add(raw, 0, i)
         late.add(raw, 0, i)
     emitted = late.flush()
     assert any(k.startswith(f"provider_utilization|provider|{provider}|") and
                orjson.loads(v)["denominator"] == 0 for k, v in emitted)
-    capacity[provider] = 12  # written by the changelog, not by late.reference()
-    resent = late.flush()
+    late.add(record, 0, len(contribs) + 1)
+    restarted = KpiAggregator(days=json.loads(json.dumps(days)), meta=json.loads(json.dumps(meta)),
+                              capacity={})  # stopped before the next flush
+    resent = restarted.flush()
     assert resent and all(f"|provider|{provider}|" in k for k, _ in resent)  # that provider only
-    assert _final(emitted + resent) == _final(reference.flush())
+    expected = _final(reference.flush())
+    assert _final(emitted + resent) == expected
+    assert _final(emitted + late.flush()) == expected
 
 
 def test_bad_input_goes_to_the_dlq_with_its_source(messages) -> None:
