@@ -125,6 +125,11 @@ class StreamWorker:
         last = last_data_offsets(topics.kpi_contributions)
         return all(covered.get(tp.partition, -1) >= off for tp, off in last.items() if off >= 0)
 
+    def kpis_caught_up(self, progress: dict[str, int] | None = None) -> bool:
+        """Every KPI contribution so far is applied and covered by a completed KPI flush."""
+        p = progress or self.progress()
+        return p["contribution_partitions_behind"] == 0 and self._kpis_flushed(Topics(self.namespace))
+
     def wait_caught_up(self, timeout: float = 600, settle: float | None = None,
                        poll: float = 1.0) -> dict[str, int]:
         """Block until every input is processed and the last KPI flush is out (see module doc)."""
@@ -141,8 +146,7 @@ class StreamWorker:
                 raise TimeoutError(f"worker not caught up after {timeout}s (log: {self.log_path})")
             try:
                 p = self.progress()
-                done = (p["adt_lag"] == 0 and p["contribution_partitions_behind"] == 0
-                        and self._kpis_flushed(topics))
+                done = p["adt_lag"] == 0 and self.kpis_caught_up(p)
                 snapshot = (sorted(end_offsets(topics.outputs() + [topics.kpi_contributions]).items()),
                             sorted(committed_offsets(group_id(self.namespace)).items())) if done else None
             except KafkaError:  # the broker restarting (fault tests): ask again

@@ -238,8 +238,10 @@ def run_demo(days: int = 60, seed: int = 42, beds: int = 300, speed: float = 0.0
                 live.update(_view(snap, rate, phase, len(receiver.received) if receiver else 0))
                 if not worker.alive():
                     raise RuntimeError(f"the worker stopped; see {logs / 'demo-worker.log'}")
-                # Done: everything produced, the worker caught up, and the sink/notifier quiet.
-                if sim_done.is_set() and snap.worker_lag == 0 and snap.rows == last_rows:
+                # Done: everything produced, the worker caught up (its KPI windows too: a flush
+                # can come seconds after the last event), and the sink/notifier quiet.
+                if (sim_done.is_set() and snap.worker_lag == 0 and snap.rows == last_rows
+                        and worker.kpis_caught_up()):
                     quiet_since = quiet_since or now
                     if now - quiet_since >= max(8.0, 3 * float(os.environ.get("KPI_FLUSH_SECONDS", 2))):
                         break
