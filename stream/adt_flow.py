@@ -12,7 +12,7 @@ Why the pieces look the way they do:
   message again after a restart although its table writes were kept (#323/#517), and without the
   guard the re-delivery would count twice (or land in the DLQ as a duplicate event_id).
 * ``models[p{n}]`` holds the partition's river model (bytes, checksummed by the domain) and the
-  alert policy, with a revision number (bumped at each write).
+  alert policy.
 * ``due[p{n}:YYYY-MM-DD]`` lists ``[due time, patient_id]`` for the pending discharges falling due
   that day, so the watermark expires them without scanning every patient; the flow keeps each
   list's earliest due time in memory and reads the list only once something in it is due.
@@ -69,8 +69,6 @@ class Output:
     value: Any  # bytes (a kpis.Contribution inside the flow, until process() serializes it)
 
 
-
-
 def partition_key(partition: int) -> str:
     return f"p{partition}"
 
@@ -85,21 +83,20 @@ def alert_id(encounter_id: str) -> str:
 
 
 class Brain:
-    """A partition's online model and alert policy, plus the revision stored with them."""
+    """A partition's online model and alert policy."""
 
-    def __init__(self, model: OnlineRiskModel, policy: ThresholdPolicy, rev: int = 0) -> None:
-        self.model, self.policy, self.rev = model, policy, rev
+    def __init__(self, model: OnlineRiskModel, policy: ThresholdPolicy) -> None:
+        self.model, self.policy = model, policy
 
     @classmethod
     def from_entry(cls, entry: dict[str, Any] | None) -> "Brain":
         if not entry:
-            return cls(OnlineRiskModel(), ThresholdPolicy(), 0)
+            return cls(OnlineRiskModel(), ThresholdPolicy())
         model = OnlineRiskModel.from_bytes(base64.b64decode(entry["model"]))
-        return cls(model, ThresholdPolicy.from_dict(entry["policy"]), int(entry["rev"]))
+        return cls(model, ThresholdPolicy.from_dict(entry["policy"]))
 
     def to_entry(self) -> dict[str, Any]:
         return {
-            "rev": self.rev,
             "n_learned": self.model.n_learned,
             "model": base64.b64encode(self.model.to_bytes()).decode("ascii"),
             "policy": self.policy.to_dict(),
@@ -133,10 +130,8 @@ class AdtFlow:
         A model that learned is serialized here, once per commit, not once per label.
         """
         for partition in sorted(self._learned):
-            brain = self._brains[partition]
-            brain.rev += 1
             self.models.partition = partition
-            self.models[partition_key(partition)] = brain.to_entry()
+            self.models[partition_key(partition)] = self._brains[partition].to_entry()
         self._learned.clear()
         for t in self._staged:
             t.commit(scope)
@@ -278,7 +273,7 @@ class AdtFlow:
                     out: list[Output]) -> bool:
         """Expire the entries of one day's due list that are past due at ``new``."""
         key = due_key(partition, day)
-        entries = list(self.due.get(key) or ())  # [due time (epoch s), patient_id], in order added
+        entries = self._due_entries(key)
         now = new.timestamp()
         past = [e for e in entries if e[0] < now]
         learned = False
@@ -298,6 +293,10 @@ class AdtFlow:
                 del self.due[key]
         self._due_floor[(partition, day)] = min((e[0] for e in rest), default=float("inf"))
         return learned
+
+    def _due_entries(self, key: str) -> list[list[Any]]:
+        """A day's due list: ``[due time (epoch s), patient_id]`` in the order they were added."""
+        return list(self.due.get(key) or ())
 
     def _labels(self, outcomes: list[patient.LabelOutcome], brain: Brain, out: list[Output]) -> bool:
         for o in outcomes:
@@ -348,7 +347,7 @@ class AdtFlow:
             day = pending.due_at.date()
             key = due_key(partition, day)
             entry = [pending.due_at.timestamp(), dis.patient_id]
-            entries = list(self.due.get(key) or ())  # [due time (epoch s), patient_id], in order added
+            entries = self._due_entries(key)
             if entry not in entries:
                 self.due[key] = [*entries, entry]
                 floor = self._due_floor.get((partition, day))
