@@ -9,8 +9,10 @@ smallest hospital the simulator allows (64 beds) so that ten years fit in the be
 
 Target: memory grows with patients, not with events. The simulator's patients/events ratio is
 nearly constant over time (new patients keep arriving), so the two are told apart through what
-is kept per patient: the figures give RSS above the idle baseline per patient and per event,
-and the on-disk size of the worker's state (RocksDB tables) per patient.
+is kept per patient: the figures give RSS above the idle baseline per patient, the growth over
+the second half of the period per patient of that half (the fixed costs, caches and buffers,
+are paid by then; patients arrive at a near-constant rate, so half the events is about half the
+patients), and the on-disk size of the worker's state (RocksDB tables) per patient.
 """
 
 from __future__ import annotations
@@ -77,9 +79,11 @@ def measure(cfg: SimConfig, logs: Path, label: str) -> dict[str, object]:
             t0 = time.perf_counter()
             produced = produce_simulation(cfg)
             deadline = time.monotonic() + 1500
+            curve: list[tuple[float, int]] = []  # (share of the events applied, RSS so far)
             while (p := w.progress())["adt_lag"] > 0:  # every ADT event applied: patient state complete
                 if not w.alive() or time.monotonic() > deadline:
                     raise RuntimeError(f"worker died or too slow: {p}; see its log")
+                curve.append((1 - p["adt_lag"] / max(1, produced.events), rss.peak))
                 time.sleep(1)
             seconds = time.perf_counter() - t0
             time.sleep(10)  # a few more RSS samples after the last event
@@ -88,6 +92,8 @@ def measure(cfg: SimConfig, logs: Path, label: str) -> dict[str, object]:
             kpi_behind = w.progress()["contribution_partitions_behind"]
         state = _dir_size(Path(os.environ["WARDSTREAM_STATE_DIR"]))
     grown = max(0, rss.peak - baseline)
+    # peak RSS once half of the events were applied, for the growth over the second half
+    half = next((r for share, r in curve if share >= 0.5), rss.peak)
     return {
         f"{label}_years": round(cfg.days / 365, 1),
         f"{label}_events": produced.events,
@@ -97,6 +103,8 @@ def measure(cfg: SimConfig, logs: Path, label: str) -> dict[str, object]:
         f"{label}_final_rss_mib": mib(final),
         f"{label}_growth_mib": mib(grown),
         f"{label}_growth_kib_per_patient": round(grown / 1024 / produced.patients, 2),
+        f"{label}_peak_rss_at_half_mib": mib(half),
+        f"{label}_second_half_kib_per_patient": round((rss.peak - half) / 1024 / (produced.patients / 2), 2),
         f"{label}_state_on_disk_mib": mib(state),
         f"{label}_state_bytes_per_patient": round(state / produced.patients),
         f"{label}_worker_s": round(seconds, 1),

@@ -22,7 +22,7 @@ import os
 import ssl
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from typing import Any
 import faust
 from faust import streams as faust_streams
 from faust.exceptions import NotReady, ProducerSendError
-from faust.types import EventT
+from faust.types import EventT, ProducerT
 
 from stream import adt_flow, faust_patches
 from stream.continuity import DROP, Continuity
@@ -80,6 +80,19 @@ def broker_credentials(s: Settings) -> Any:
     if proto == "SSL":
         return faust.SSLCredentials(context)
     raise ValueError(f"unknown KAFKA_SECURITY_PROTOCOL {k.security_protocol!r}")
+
+
+# Faust opens one RocksDB per table partition with 64 MiB x 3 write buffers and a 2 GiB block
+# cache each: memtables then hold every overwritten version up to those sizes, so the worker's
+# memory grew with the number of writes (events). Our tables are small (under 1 KB per patient
+# on disk, bench/README.md "Worker memory"); these caps keep RSS flat as the writes pile up.
+# (Given per table: in faust-streaming 0.15.3 the app-level ``rocksdb_options`` reaches no store.)
+ROCKSDB_OPTIONS = {
+    "write_buffer_size": int(os.environ.get("WARDSTREAM_ROCKSDB_WRITE_BUFFER_KB", "2048")) << 10,
+    "max_write_buffer_number": 2,
+    "target_file_size_base": 8 << 20,
+    "block_cache_size": int(os.environ.get("WARDSTREAM_ROCKSDB_BLOCK_CACHE_KB", "4096")) << 10,
+}
 
 
 def create_app(s: Settings | None = None) -> faust.App:
@@ -141,7 +154,9 @@ JSON = faust.Schema(key_type=str, key_serializer="json", value_serializer="json"
 
 
 def _table(name: str, help: str, partitions: int = N) -> faust.Table:
-    return app.Table(name, default=None, partitions=partitions, schema=JSON, help=help)
+    # a copy each: Faust's RocksDB store pops keys from the options it is given
+    return app.Table(name, default=None, partitions=partitions, schema=JSON, help=help,
+                     options=dict(ROCKSDB_OPTIONS))
 
 
 patients = _table("patients", "PatientState by patient_id")
@@ -214,6 +229,16 @@ async def _in_line(events: list[EventT], continuity: Continuity,
     return out
 
 
+async def _send(producer: ProducerT, topic: faust.TopicT, key: bytes | None, value: bytes) -> Awaitable[Any]:
+    """Hand one output to the producer; returns the future of its acknowledgement.
+
+    The same call ``Topic.send`` ends in (the app's producer, or the transaction manager under
+    exactly_once), without the layers our bytes do not need (codecs, a FutureMessage and the
+    sensors per message: 10-17% of the worker in bench/README.md's profile).
+    """
+    return await producer.send(topic.get_topic_name(), key, value, None, None, None)
+
+
 def _stopping(exc: BaseException) -> bool:
     """A send cut off by the worker's own stop (the batch is re-processed after the restart)."""
     if isinstance(exc, (NotReady, ProducerSendError)) and app.should_stop:
@@ -237,6 +262,7 @@ async def process_adt(stream: faust.StreamT) -> None:
         last: dict[int, EventT] = {}
         try:
             sent = []
+            producer = await app.maybe_start_producer()
             for event in await _in_line(events, continuity, flow.applied_offset):
                 msg = event.message
                 last[msg.partition] = event
@@ -244,7 +270,7 @@ async def process_adt(stream: faust.StreamT) -> None:
                     outputs = flow.process(event.value, msg.partition, msg.offset, key=event.key,
                                            commit=False)
                 for out in outputs:
-                    sent.append(await OUT[out.topic].send(key=_bytes(out.key), value=out.value))
+                    sent.append(await _send(producer, OUT[out.topic], _bytes(out.key), out.value))
             await asyncio.gather(*sent)  # every output acknowledged (raises if one failed)
         except BaseException as exc:  # stopped or failed before the outputs were in: state as before
             flow.rollback()
@@ -282,6 +308,8 @@ async def aggregate_kpis(stream: faust.StreamT) -> None:
             raise
         for table in kpi_state:
             table.commit(lambda partition: _as_event(last[partition]))
+        if aggregator.pending_days() > FLUSH_PENDING_DAYS:
+            await _flush()
         await asyncio.sleep(0)
 
 
@@ -295,9 +323,14 @@ async def load_reference(stream: faust.StreamT) -> None:
             await contributions_topic.send(key=forward[0].encode(), value=forward[1])
 
 
-FLUSH_DUTY = 0.25  # at most this share of the worker's time goes to KPI flushes
+FLUSH_DUTY = 0.25  # at most this share of the worker's time goes to timed KPI flushes
 FLUSH_YIELD_EVERY = 100  # KPI messages sent between two yields to the event loop
+# dirty (dimension, day) pairs after which the agent flushes at once: in a backlog (a replay, a
+# catch-up) simulated months pass between two timer ticks, and their buckets could not leave
+# memory before their windows went out (bench/README.md "Worker memory")
+FLUSH_PENDING_DAYS = int(os.environ.get("WARDSTREAM_KPI_FLUSH_PENDING_DAYS", "2000"))
 _next_flush = 0.0
+_flush_lock = asyncio.Lock()  # one flush at a time: each marks what it covered when it is done
 
 
 @app.timer(interval=kpi_flush_seconds())
@@ -311,20 +344,29 @@ async def flush_kpis() -> None:
     started = time.monotonic()
     if started < _next_flush:
         return
-    try:
-        for batch in aggregator.flush_batches():
-            for n, (key, value) in enumerate(batch, start=1):
-                await kpis_topic.send(key=key.encode(), value=value)
-                if n % FLUSH_YIELD_EVERY == 0:
-                    await asyncio.sleep(0)  # the agents (and alerts) keep running meanwhile
-            await asyncio.sleep(0)  # and between dimensions
-    except (NotReady, ProducerSendError) as exc:
-        if not _stopping(exc):  # the windows not sent are re-sent by the next worker
-            raise
-        return
-    took = time.monotonic() - started
-    _next_flush = started + took / FLUSH_DUTY
-    _write_status({"covered": aggregator.covered()})
+    await _flush()
+    _next_flush = started + (time.monotonic() - started) / FLUSH_DUTY
+
+
+async def _flush() -> None:
+    async with _flush_lock:
+        try:
+            producer = await app.maybe_start_producer()
+            sent = []
+            for batch in aggregator.flush_batches():
+                if app.should_stop:  # not marked covered: the next worker sends these windows
+                    return
+                for n, (key, value) in enumerate(batch, start=1):
+                    sent.append(await _send(producer, kpis_topic, key.encode(), value))
+                    if n % FLUSH_YIELD_EVERY == 0:
+                        await asyncio.sleep(0)  # the agents (and alerts) keep running meanwhile
+                await asyncio.sleep(0)  # and between dimensions
+            await asyncio.gather(*sent)  # a window Kafka refused crashes the worker, not lost silently
+        except (NotReady, ProducerSendError) as exc:
+            if not _stopping(exc):  # the windows not sent are re-sent by the next worker
+                raise
+            return
+        _write_status({"covered": aggregator.covered()})
 
 
 STATUS_PATH = Path(app.conf.datadir) / "kpi-flush.json"

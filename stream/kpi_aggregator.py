@@ -21,6 +21,11 @@ equal to the value over all contributions, whatever the flush timing:
   contributions (:meth:`KpiAggregator.capacity_record`), and is kept in ``meta[cap|{provider}]``.
 * A census change on day d moves the census at the end of every later day too, so it dirties
   the census KPIs of every window holding a known day >= d.
+* Memory is bounded by time, not by history: after each flush a dimension's day buckets older
+  than ``keep_days`` behind its last day leave memory (they stay in the table) and their census
+  deltas are folded into one number (``_base``). A contribution for an older day first brings
+  the days its windows need back from the table (``_recall``). A capacity change re-sends only
+  the windows of the days still in memory.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ Dim = tuple[str, str]  # (dimension, dimension_id)
 CENSUS_INPUTS = {"census_delta"}
 CAPACITY = "capacity"  # pseudo-input: the provider's capacity changed
 CAPACITY_KEY = "cap|"  # meta[cap|{provider_id}] = {capacity, q, o}: from hospital.reference
+MAX_WINDOW = timedelta(days=max(kpis.WINDOWS.values()))
+KEEP_DAYS = 120  # days of buckets kept in memory behind a dimension's last day (labels come <= 31 days late)
 
 
 def kpi_key(kpi: str, dimension: str, dimension_id: str, window: str, window_start: date) -> str:
@@ -52,8 +59,12 @@ def kpi_key(kpi: str, dimension: str, dimension_id: str, window: str, window_sta
 
 class KpiAggregator:
     def __init__(self, *, days: MutableMapping[str, Any], meta: MutableMapping[str, Any],
-                 capacity: MutableMapping[str, Any], ready: Callable[[], bool] = lambda: True) -> None:
+                 capacity: MutableMapping[str, Any], ready: Callable[[], bool] = lambda: True,
+                 keep_days: int = KEEP_DAYS) -> None:
+        if timedelta(days=keep_days) < 2 * MAX_WINDOW:
+            raise ValueError(f"keep_days must be at least {2 * MAX_WINDOW.days} (two of the longest window)")
         self.days, self.meta, self.capacity, self.ready = days, meta, capacity, ready
+        self.keep = timedelta(days=keep_days)
         self._loaded = False
         self._buckets: dict[Dim, dict[date, kpis.DayBucket]] = {}
         self._facility: dict[Dim, str] = {}
@@ -63,6 +74,10 @@ class KpiAggregator:
         self._advance: dict[Dim, tuple[date, date]] = {}
         self._dirty: dict[Dim, dict[date, set[str]]] = defaultdict(lambda: defaultdict(set))
         self._seen: dict[int, int] = {}  # partition -> last offset added
+        # days before _floor[dim] are in the table only; _base[dim] = their census_delta sum (micro)
+        self._floor: dict[Dim, date] = {}
+        self._base: dict[Dim, int] = {}
+        self._base_census: set[Dim] = set()  # dims whose pruned days moved the census at all
         self._flushed: dict[int, int] = {}  # partition -> last offset covered by a flush
 
     # ------------------------------------------------------------------ state
@@ -78,6 +93,9 @@ class KpiAggregator:
         self._marks.clear()
         self._advance.clear()
         self._dirty.clear()
+        self._floor.clear()
+        self._base.clear()
+        self._base_census.clear()
         flushed: dict[int, int] = {}
         meta = [(k, e) for k, e in list(self.meta.items()) if e]
         for key, entry in meta:
@@ -103,8 +121,55 @@ class KpiAggregator:
         for dim, days in self._dirty.items():  # its last day moved after the last flush, maybe
             last = max(self._buckets[dim])
             if last in days:
-                self._advance[dim] = (last - timedelta(days=max(kpis.WINDOWS.values()) + 1), last)
+                self._advance[dim] = (last - MAX_WINDOW - _ONE_DAY, last)
+        for dim in list(self._buckets):
+            self._prune(dim)
         self._loaded = True
+
+    def _prune(self, dim: Dim) -> None:
+        """Move ``dim``'s day buckets older than the horizon out of memory (not out of the table).
+
+        Kept: ``keep_days`` behind the last day, and every day a pending window may need (the
+        longest window before a dirty day or a pending advance).
+        """
+        buckets = self._buckets.get(dim)
+        if not buckets:
+            return
+        floor = max(buckets) - self.keep
+        dirty = self._dirty.get(dim)
+        if dirty:
+            floor = min(floor, min(dirty) - MAX_WINDOW)
+        if dim in self._advance:
+            floor = min(floor, self._advance[dim][0] - MAX_WINDOW)
+        if floor <= self._floor.get(dim, date.min):
+            return
+        old = [day for day in buckets if day < floor]
+        dimension, dim_id = dim
+        for day in old:
+            delta = buckets.pop(day).micro.get("census_delta", 0)
+            if delta:
+                self._base[dim] = self._base.get(dim, 0) + delta
+                self._base_census.add(dim)
+            self._marks.pop(f"{dimension}|{dim_id}|{day.isoformat()}", None)
+        self._floor[dim] = floor
+
+    def _recall(self, dim: Dim, day: date) -> None:
+        """Before a contribution for ``day``: bring back from the table the pruned days its
+        windows hold (from the longest window before it), with their marks."""
+        floor = self._floor.get(dim)
+        start = day - MAX_WINDOW
+        if floor is None or start >= floor:
+            return
+        dimension, dim_id = dim
+        buckets = self._buckets.setdefault(dim, {})
+        for d in kpis.window_days(start, floor):
+            key = f"{dimension}|{dim_id}|{d.isoformat()}"
+            entry = self.days.get(key)
+            if entry:
+                bucket = buckets[d] = kpis.DayBucket.from_dict(entry["b"])
+                self._marks[key] = dict(entry.get("s") or {})
+                self._base[dim] = self._base.get(dim, 0) - bucket.micro.get("census_delta", 0)
+        self._floor[dim] = start
 
     def _ensure_loaded(self) -> None:
         if not self._loaded:
@@ -128,6 +193,7 @@ class KpiAggregator:
             self._set_capacity(record["provider_id"], record["capacity"], partition, offset)
         else:
             c = kpis.Contribution.from_dict(record)
+            self._recall((c.dimension, c.dimension_id), c.day)
             if self._is_copy(c):
                 log.debug("skip a re-sent contribution source=%s", c.source)
             else:
@@ -217,8 +283,13 @@ class KpiAggregator:
         covered = dict(self._seen)
         for dim in {**dirty, **advance}:
             yield self._emit(dim, dirty.get(dim, {}), advance.get(dim))
+            self._prune(dim)
         # only now (the caller has sent every batch) may the next contribution mark it flushed
         self._flushed.update(covered)
+
+    def pending_days(self) -> int:
+        """How many (dimension, day) pairs wait for the next flush (each pins its buckets)."""
+        return sum(len(days) for days in self._dirty.values())
 
     def covered(self) -> dict[int, int]:
         """Contributions partition -> last offset whose KPI windows a completed flush sent."""
@@ -259,14 +330,15 @@ class KpiAggregator:
                     start = end - timedelta(days=n)
                     i = bisect_left(known, start)
                     if i < len(known) and known[i] < end:  # the window holds a known day
-                        windows[(name, start, end)] |= _inputs(buckets, known, start, end)
+                        windows[(name, start, end)] |= _inputs(buckets, known, start, end,
+                                                               dim in self._base_census)
         if not windows:
             return []
-        # census at the end of every day from the first known day to the last window end
-        first = known[0]
+        # census at the end of every day from the first day in memory to the last window end
+        first = min(known[0], self._floor.get(dim, known[0]))
         last_end = max(end for _, _, end in windows)
         census_at: dict[date, float] = {}
-        total = 0.0
+        total = self._base.get(dim, 0) / kpis.SCALE
         for day in kpis.window_days(first, max(last_end, known[-1] + _ONE_DAY)):
             b = buckets.get(day)
             if b is not None:
@@ -301,14 +373,16 @@ class KpiAggregator:
 _ONE_DAY = timedelta(days=1)
 
 
-def _inputs(buckets: dict[date, kpis.DayBucket], known: list[date], start: date, end: date) -> set[str]:
+def _inputs(buckets: dict[date, kpis.DayBucket], known: list[date], start: date, end: date,
+            census_before: bool = False) -> set[str]:
     """Every input a window's KPIs have: its buckets' fields, and the census once any day up to
-    its end moved it (the same KPIs that the flushes of its days' changes would have sent)."""
+    its end moved it, pruned days included (the same KPIs that the flushes of its days' changes
+    would have sent)."""
     out: set[str] = set()
     for day in known[bisect_left(known, start):bisect_left(known, end)]:
         b = buckets[day]
         out |= set(b.micro) | ({kpis.PATIENTS} if b.patients else set())
-    if "census_delta" not in out and any("census_delta" in buckets[d].micro
-                                          for d in known[:bisect_left(known, end)]):
+    if "census_delta" not in out and (census_before or any("census_delta" in buckets[d].micro
+                                                           for d in known[:bisect_left(known, end)])):
         out |= CENSUS_INPUTS
     return out

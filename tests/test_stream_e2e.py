@@ -54,6 +54,7 @@ class Run:
     out: RunOutputs
     seconds: float
     resumed_at: dict[int, int]  # ADT partition -> first offset left to the restarted worker
+    state_dir: Path | None = None  # the worker's WARDSTREAM_STATE_DIR
 
 
 def _bad_messages(events: list[dict]) -> list[tuple[bytes, bytes, str]]:
@@ -129,7 +130,7 @@ def run_once(ns: str, days: int, tmp: Path, *, stop_after: float | None = None) 
         with StreamWorker(log_path=tmp / f"{ns}worker-2.log", flush_seconds=FLUSH_SECONDS) as w:
             w.wait_caught_up(timeout=1500)
         seconds = time.monotonic() - t0
-        return Run(ns, sim, valid, bad, RunOutputs.read(ns), seconds, resumed_at)
+        return Run(ns, sim, valid, bad, RunOutputs.read(ns), seconds, resumed_at, tmp / "state")
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +143,20 @@ def year(stack, tmp_path_factory) -> Run:
 
 
 # --------------------------------------------------------------------------- outputs
+
+
+def test_every_table_store_has_the_memory_caps(year: Run) -> None:
+    """Faust's RocksDB defaults (64 MiB x 3 write buffers per store) are replaced in every store
+    the worker opened (stream.app.ROCKSDB_OPTIONS; the block cache size is not in the file)."""
+    from stream.app import ROCKSDB_OPTIONS
+
+    stores = sorted({p.parent for p in year.state_dir.rglob("OPTIONS-*")})
+    assert len(stores) >= 6 * 4  # the tables x 4 partitions
+    for store in stores:
+        latest = max(store.glob("OPTIONS-*"), key=lambda p: int(p.name.split("-")[1]))
+        text = latest.read_text()
+        assert f"write_buffer_size={ROCKSDB_OPTIONS['write_buffer_size']}\n" in text, store
+        assert f"max_write_buffer_number={ROCKSDB_OPTIONS['max_write_buffer_number']}\n" in text, store
 
 
 def test_every_message_is_accounted_for(year: Run) -> None:

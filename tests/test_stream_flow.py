@@ -256,3 +256,61 @@ def test_kpi_restart_re_emits_what_no_flush_covered(messages) -> None:
     for i, raw in enumerate(contribs):
         reference.add(raw, 0, i)
     assert _final(emitted) == _final(reference.flush())
+
+
+@pytest.fixture(scope="module")
+def long_contributions() -> list[bytes]:
+    """150 days of one small hospital's contributions: enough for day buckets to be pruned."""
+    sim = Simulation(SimConfig(seed=11, start=date(2025, 1, 1), days=150, beds=64))
+    offsets, msgs = [0] * N, []
+    for e in sim.stream():
+        p = _partition(e.key)
+        msgs.append((p, offsets[p], e.key.encode(), orjson.dumps(e.event)))
+        offsets[p] += 1
+    return _contributions(msgs)
+
+
+def test_kpi_day_buckets_leave_memory_but_not_the_values(long_contributions) -> None:
+    """Buckets older than keep_days behind a dimension's last day are pruned from memory; the
+    values, a restart from the tables, and late contributions for a pruned day are unchanged."""
+    contribs = long_contributions
+    reference = KpiAggregator(days={}, meta={}, capacity={"F01-D001": 10}, keep_days=10_000)
+    for i, raw in enumerate(contribs):
+        reference.add(raw, 0, i)
+
+    days, meta = {}, {}
+    pruned = KpiAggregator(days=days, meta=meta, capacity={"F01-D001": 10}, keep_days=60)
+    rng = random.Random(5)
+    emitted: list[tuple[str, bytes]] = []
+    half = len(contribs) // 2
+    for i, raw in enumerate(contribs[:half]):
+        pruned.add(raw, 0, i)
+        if rng.random() < 0.01:
+            emitted.extend(pruned.flush())
+    emitted.extend(pruned.flush())
+    # a restart from the tables prunes too
+    pruned = KpiAggregator(days=json.loads(json.dumps(days)), meta=json.loads(json.dumps(meta)),
+                           capacity={"F01-D001": 10}, keep_days=60)
+    for i, raw in enumerate(contribs[half:], start=half):
+        pruned.add(raw, 0, i)
+        if rng.random() < 0.01:
+            emitted.extend(pruned.flush())
+    emitted.extend(pruned.flush())
+    facility = ("facility", "F01")
+    assert len(pruned._buckets[facility]) <= 61 < len(reference._buckets[facility])
+
+    # a late contribution for the first day (a new source), then the same one again (a copy)
+    first = orjson.loads(contribs[0])
+    late = orjson.dumps({**first, "src": [first["src"][0], 10**9, 0]})
+    for i, raw in enumerate([late, late], start=len(contribs)):
+        reference.add(raw, 0, i)
+        pruned.add(raw, 0, i)
+    emitted.extend(pruned.flush())
+    expected = _final(reference.flush())
+    assert _final(emitted) == expected
+    assert any(k.endswith(f"|{first['day']}T00:00:00Z") for k in expected)  # the early windows went out again
+
+
+def test_kpi_keep_days_must_hold_two_windows() -> None:
+    with pytest.raises(ValueError, match="keep_days"):
+        KpiAggregator(days={}, meta={}, capacity={}, keep_days=30)

@@ -1,0 +1,84 @@
+"""The stream worker alone: how fast it drains a backlog of ``hospital.adt``, per setting.
+
+No sink and no database: this isolates the worker from the rest of the pipeline (``bench_e2e``
+has the whole of it). For each variant (extra worker environment) in turn, one simulated period
+(the same seed) is produced into a fresh namespace; then a worker with fresh state starts on it,
+and the clock runs until its group has committed every ``hospital.adt`` offset (``adt``)
+and its KPI aggregator has applied every contribution and a flush has covered them (``kpis``).
+Rates are events per second after the first commit, so Faust's start-up is left out. The
+variants share one run, so their ratios hold even on this noisy machine; the variant order
+alternates over two rounds to spread the drift.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from bench.bench_e2e import RESULTS, RssSampler, mib, namespace, produce_simulation
+from producers.simulator import SimConfig
+
+# (label, extra worker env): the defaults, then settings the profile points at
+VARIANTS: list[tuple[str, dict[str, str]]] = [
+    ("default", {}),
+    ("linger0", {"WARDSTREAM_PRODUCER_LINGER": "0"}),
+    ("batch2000", {"WARDSTREAM_ADT_BATCH": "2000", "WARDSTREAM_ADT_BATCH_WITHIN": "0.2"}),
+]
+
+
+def drain(produced_events: int, logs: Path, label: str, env: dict[str, str], timeout: float = 600) -> dict:
+    """One worker on the current namespace until caught up; rates after its first commit."""
+    from stream.runner import StreamWorker
+
+    t0 = time.perf_counter()
+    first = adt_done = None
+    with StreamWorker(env=env, log_path=logs / f"{label}.log", loglevel="warning") as w:
+        rss = RssSampler(w.proc.pid)
+        rss.start()
+        deadline = time.monotonic() + timeout
+        while True:
+            p = w.progress()
+            now = time.perf_counter() - t0
+            if first is None and p["adt_lag"] < p["adt_end"]:
+                first = now
+            if adt_done is None and p["adt_lag"] == 0:
+                adt_done = now
+            if adt_done is not None and w.kpis_caught_up(p):
+                break
+            if not w.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"worker {label} died or too slow: {p}")
+            time.sleep(0.25)
+        done = time.perf_counter() - t0
+        rss.stop()
+    return {
+        f"{label}_first_commit_s": round(first or 0, 1),
+        f"{label}_adt_events_per_s": round(produced_events / max(1e-9, adt_done - (first or 0))),
+        f"{label}_with_kpis_events_per_s": round(produced_events / max(1e-9, done - (first or 0))),
+        f"{label}_peak_rss_mib": mib(rss.peak),
+    }
+
+
+def run(quick: bool = False, variants: list[str] | None = None) -> dict:
+    days = 14 if quick else 60
+    logs = RESULTS / "logs" / "worker"
+    logs.mkdir(parents=True, exist_ok=True)
+    chosen = [(k, e) for k, e in VARIANTS if not variants or k in variants]
+    out: dict[str, object] = {"sim_days": days}
+    rounds: dict[str, list[dict]] = {}
+    for r, order in enumerate((chosen, chosen[::-1])):
+        for key, env in order:
+            with namespace(f"bwork{key}"):
+                produced = produce_simulation(SimConfig(seed=7, days=days))
+                out["events"] = produced.events
+                rounds.setdefault(key, []).append(drain(produced.events, logs, f"{key}-r{r}", env))
+    for key, results in rounds.items():  # the better of the two rounds (the machine is shared)
+        best = max(results, key=lambda d: next(v for k, v in d.items() if k.endswith("adt_events_per_s")))
+        out.update({k.replace(k.split("_", 1)[0], key, 1): v for k, v in best.items()})
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(quick="--quick" in sys.argv, variants=[a for a in sys.argv[1:] if not a.startswith("-")]),
+                     indent=2))
