@@ -20,6 +20,8 @@ from datetime import datetime, timezone
 from typing import Annotated, Literal, Union
 from uuid import UUID
 
+import orjson
+
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -288,6 +290,31 @@ class KpiValue(_Model):
     value: float | None
     numerator: float
     denominator: float
+
+
+def kpi_value_json(kpi: str, dimension: str, dimension_id: str, facility_id: str, window: str,
+                   window_start: str, window_end: str, value: float | None, numerator: float,
+                   denominator: float) -> bytes:
+    """``dump(KpiValue(...))`` for values the aggregator computed itself, without the model.
+
+    A flush sends hundreds of thousands of these, and building and serializing a model each was
+    a quarter of its time. Same bytes (the tests compare both on every message of a run);
+    ``window_start``/``window_end`` come already formatted (``format_ts``).
+
+    >>> from datetime import datetime, timezone
+    >>> t0, t1 = datetime(2025, 1, 1, tzinfo=timezone.utc), datetime(2025, 1, 2, tzinfo=timezone.utc)
+    >>> fast = kpi_value_json("census", "facility", "F01", "F01", "1d", format_ts(t0), format_ts(t1),
+    ...                       12.5, 12.5, 1.0)
+    >>> fast == dump(KpiValue(kpi="census", dimension="facility", dimension_id="F01", facility_id="F01",
+    ...                       window="1d", window_start=t0, window_end=t1, value=12.5, numerator=12.5,
+    ...                       denominator=1.0))
+    True
+    """
+    return orjson.dumps({
+        "schema_version": 1, "kpi": kpi, "dimension": dimension, "dimension_id": dimension_id,
+        "facility_id": facility_id, "window": window, "window_start": window_start,
+        "window_end": window_end, "value": value, "numerator": numerator, "denominator": denominator,
+    })
 
 
 class DeadLetter(_Model):

@@ -39,7 +39,7 @@ from typing import Any
 
 import orjson
 
-from stream.contracts import KpiValue, ProviderRef, dump, format_ts, parse_reference
+from stream.contracts import ProviderRef, format_ts, kpi_value_json, parse_reference
 from stream.domain import kpis
 
 log = logging.getLogger(__name__)
@@ -52,9 +52,9 @@ MAX_WINDOW = timedelta(days=max(kpis.WINDOWS.values()))
 KEEP_DAYS = 120  # days of buckets kept in memory behind a dimension's last day (labels come <= 31 days late)
 
 
-def kpi_key(kpi: str, dimension: str, dimension_id: str, window: str, window_start: date) -> str:
-    """The ``hospital.kpis`` message key (the sink upserts by it)."""
-    return f"{kpi}|{dimension}|{dimension_id}|{window}|{format_ts(kpis.day_start(window_start))}"
+def kpi_key(kpi: str, dimension: str, dimension_id: str, window: str, window_start: str) -> str:
+    """The ``hospital.kpis`` message key (the sink upserts by it); ``window_start`` formatted."""
+    return f"{kpi}|{dimension}|{dimension_id}|{window}|{window_start}"
 
 
 class KpiAggregator:
@@ -339,14 +339,18 @@ class KpiAggregator:
         last_end = max(end for _, _, end in windows)
         census_at: dict[date, float] = {}
         total = self._base.get(dim, 0) / kpis.SCALE
+        # running sums of the buckets from ``first``: a window's totals are two lookups
+        running: dict[str, int] = {}
+        sums: list[dict[str, int]] = [{}]  # sums[i] = the days before first + i
         for day in kpis.window_days(first, max(last_end, known[-1] + _ONE_DAY)):
             b = buckets.get(day)
             if b is not None:
                 total += b.micro.get("census_delta", 0) / kpis.SCALE
+                running = {**running, **{k: running.get(k, 0) + v for k, v in b.micro.items()}}
             census_at[day] = total
+            sums.append(running)
         capacity = self.capacity.get(dim_id) if dimension == "provider" else None
         facility_id = self._facility.get(dim, "")
-        empty = kpis.DayBucket()
         out: list[tuple[str, bytes]] = []
         for (window, start, end), changed in sorted(windows.items()):
             names = kpis.affected_kpis(changed | ({"census_delta"} if CAPACITY in changed else set()),
@@ -354,19 +358,20 @@ class KpiAggregator:
             if not names:
                 continue
             wdays = kpis.window_days(start, end)
+            before, upto = sums[max(0, (start - first).days)], sums[(end - first).days]
             values = kpis.window_values(
-                [buckets.get(d, empty) for d in wdays],
+                [b for d in wdays if (b := buckets.get(d)) is not None],
                 [census_at.get(d, 0.0) for d in wdays],
                 float(capacity) if capacity else None,
                 dimension,
+                totals={k: v - before.get(k, 0) for k, v in upto.items()},
             )
+            ws, we = format_ts(kpis.day_start(start)), format_ts(kpis.day_start(end))
             for name in names:
                 value, num, den = values[name]
-                kv = KpiValue(kpi=name, dimension=dimension, dimension_id=dim_id,
-                              facility_id=facility_id, window=window,
-                              window_start=kpis.day_start(start), window_end=kpis.day_start(end),
-                              value=value, numerator=num, denominator=den)
-                out.append((kpi_key(name, dimension, dim_id, window, start), dump(kv)))
+                out.append((kpi_key(name, dimension, dim_id, window, ws),
+                            kpi_value_json(name, dimension, dim_id, facility_id, window, ws, we,
+                                           value, num, den)))
         return out
 
 

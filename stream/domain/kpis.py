@@ -270,16 +270,28 @@ def _ratio(num: float, den: float, scale: float = 1.0) -> tuple[float | None, fl
     return (scale * num / den if den else None), num, den
 
 
+def sum_micro(buckets: list[DayBucket]) -> dict[str, int]:
+    """The buckets' ``micro`` fields added up (exact integers)."""
+    tot: dict[str, int] = {}
+    for b in buckets:
+        for k, v in b.micro.items():
+            tot[k] = tot.get(k, 0) + v
+    return tot
+
+
 def window_values(
     buckets: list[DayBucket],
     daily_census: list[float],
     capacity: float | None,
     dimension: str,
+    totals: dict[str, int] | None = None,
 ) -> dict[str, tuple[float | None, float, float]]:
     """kpi -> (value, numerator, denominator) for a window made of these day buckets.
 
     ``daily_census`` is the census at the end of each day of the window (its last item is the
-    census at ``window_end``); ``capacity`` is the provider's (None when unknown).
+    census at ``window_end``); ``capacity`` is the provider's (None when unknown). ``totals``,
+    the buckets' summed ``micro`` fields, may be given when the caller has them already (the
+    aggregator takes them from running sums instead of adding up to 30 buckets per window).
 
     >>> b = DayBucket({"discharges": 2, "los_sum": 7.0, "cost_sum": 3000.0}, {"P1", "P2"})
     >>> v = window_values([b, DayBucket({"discharges": 1, "los_sum": 2.0, "cost_sum": 900.0}, {"P1"})],
@@ -287,10 +299,7 @@ def window_values(
     >>> v["avg_length_of_stay"], v["cost_per_patient"], v["census"], v["readmission_rate"]
     ((3.0, 9.0, 3.0), (1950.0, 3900.0, 2.0), (4.0, 4.0, 1.0), (None, 0.0, 0.0))
     """
-    tot: dict[str, int] = {}
-    for b in buckets:
-        for k, v in b.micro.items():
-            tot[k] = tot.get(k, 0) + v
+    tot = totals if totals is not None else sum_micro(buckets)
     f = {k: tot.get(k, 0) / SCALE for k in FIELDS}
     patients: set[str] = set().union(*(b.patients for b in buckets)) if buckets else set()
     census = float(daily_census[-1]) if daily_census else 0.0
