@@ -26,6 +26,7 @@ VARIANTS: list[tuple[str, dict[str, str]]] = [
     ("default", {}),
     ("linger0", {"WARDSTREAM_PRODUCER_LINGER": "0"}),
     ("batch2000", {"WARDSTREAM_ADT_BATCH": "2000", "WARDSTREAM_ADT_BATCH_WITHIN": "0.2"}),
+    ("flush10s", {"KPI_FLUSH_SECONDS": "10"}),
 ]
 
 

@@ -113,7 +113,10 @@ def run_once(ns: str, days: int, tmp: Path, *, stop_after: float | None = None) 
         t0 = time.monotonic()
         resumed_at: dict[int, int] = {}
         if stop_after is not None:
-            with StreamWorker(log_path=tmp / f"{ns}worker-1.log", flush_seconds=FLUSH_SECONDS) as w:
+            # frequent commits: the worker drains this input in seconds, and the stop must come
+            # while some of it is left (Faust's default commit interval is 2.8 s)
+            with StreamWorker(env={"BROKER_COMMIT_INTERVAL": "0.2"}, log_path=tmp / f"{ns}worker-1.log",
+                              flush_seconds=FLUSH_SECONDS) as w:
                 deadline = time.monotonic() + 900
                 while time.monotonic() < deadline:
                     try:
@@ -124,7 +127,7 @@ def run_once(ns: str, days: int, tmp: Path, *, stop_after: float | None = None) 
                     if p["adt_end"] - p["adt_lag"] >= stop_after * p["adt_end"]:
                         break
                     assert w.alive(), "worker died"
-                    time.sleep(0.5)
+                    time.sleep(0.1)
             resumed_at = {tp.partition: off for tp, off in committed_offsets(group_id(ns)).items()
                           if tp.topic == Topics(ns).adt}
         with StreamWorker(log_path=tmp / f"{ns}worker-2.log", flush_seconds=FLUSH_SECONDS) as w:
