@@ -2,7 +2,8 @@
 
 A running pipeline (``wardstream worker`` + ``wardstream sink`` + ``wardstream notify`` posting to a
 local ``http.server``, fresh namespace and database) first learns on a warm-up period (so the
-alert policy has labels), then a paced producer sends the following events at a steady rate.
+alert policy has labels) until the worker has caught up (KPI windows included), then a paced
+producer sends the following events at a steady rate.
 For every discharge the bench keeps the wall time its ``send()`` returned; it then observes:
 
 * ``alerts`` rows by polling PostgreSQL every ``POLL_S`` (the sink's commit time, +- the poll
@@ -124,7 +125,8 @@ def configs(quick: bool) -> list[tuple[str, dict[str, str], list[tuple[int, int]
         low, high = (50, 20), (1000, 10)
     return [
         ("default", {}, [low, high]),
-        ("exactly_once", {"WARDSTREAM_PROCESSING_GUARANTEE": "exactly_once"}, [low]),
+        # no exactly_once: its KPI flush status never catches up, so the warm-up wait cannot end
+        # (bench/README.md, session 3, item 4)
         ("commit100ms_linger5ms", {"BROKER_COMMIT_INTERVAL": "0.1", "PRODUCER_LINGER": "0.005"}, [low]),
     ]
 
@@ -178,6 +180,9 @@ def measure(label: str, env: dict[str, str], phases: list[tuple[int, int]], sim:
                     producer.send(t.adt, key=key, value=value)
                 producer.flush()
                 _wait_scores(conn, worker, sum(1 for it in items[:n_warm] if it[2]), 900)
+                # and the warm-up's KPI windows out: the paced phase measures a steady worker, not
+                # one still flushing 45 days of backlog
+                worker.wait_caught_up(timeout=900)
                 pos = n_warm
                 for rate, seconds in phases:
                     batch = items[pos:pos + int(rate * seconds)]

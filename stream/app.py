@@ -359,6 +359,7 @@ async def flush_kpis() -> None:
 
 
 async def _flush() -> None:
+    """Send the changed KPI windows; once Kafka has them all, record the offsets they cover."""
     async with _flush_lock:
         try:
             producer = await app.maybe_start_producer()

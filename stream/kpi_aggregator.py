@@ -144,13 +144,12 @@ class KpiAggregator:
         if floor <= self._floor.get(dim, date.min):
             return
         old = [day for day in buckets if day < floor]
-        dimension, dim_id = dim
         for day in old:
             delta = buckets.pop(day).micro.get("census_delta", 0)
             if delta:
                 self._base[dim] = self._base.get(dim, 0) + delta
                 self._base_census.add(dim)
-            self._marks.pop(f"{dimension}|{dim_id}|{day.isoformat()}", None)
+            self._marks.pop(_bucket_key(dim, day), None)
         self._floor[dim] = floor
 
     def _recall(self, dim: Dim, day: date) -> None:
@@ -160,10 +159,9 @@ class KpiAggregator:
         start = day - MAX_WINDOW
         if floor is None or start >= floor:
             return
-        dimension, dim_id = dim
         buckets = self._buckets.setdefault(dim, {})
         for d in kpis.window_days(start, floor):
-            key = f"{dimension}|{dim_id}|{d.isoformat()}"
+            key = _bucket_key(dim, d)
             entry = self.days.get(key)
             if entry:
                 bucket = buckets[d] = kpis.DayBucket.from_dict(entry["b"])
@@ -376,6 +374,11 @@ class KpiAggregator:
 
 
 _ONE_DAY = timedelta(days=1)
+
+
+def _bucket_key(dim: Dim, day: date) -> str:
+    """The ``kpi_days`` key of a dimension's day (= ``Contribution.bucket_key``)."""
+    return f"{dim[0]}|{dim[1]}|{day.isoformat()}"
 
 
 def _inputs(buckets: dict[date, kpis.DayBucket], known: list[date], start: date, end: date,
