@@ -27,6 +27,7 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
+from stream.domain.kpis import KPI_INPUTS, needs_labels
 from wardstream.config import REPO_ROOT, settings
 
 DEMO_DATABASE = "wardstream_demo"
@@ -81,16 +82,23 @@ def _db_snapshot(snap: Snapshot) -> None:
                 snap.rows[table] = cur.fetchone()[0]
             cur.execute("SELECT count(*) FROM alert_deliveries WHERE status = 'delivered'")
             snap.deliveries = cur.fetchone()[0]
+            labelled = [k for k in HEADLINE if k in KPI_INPUTS and needs_labels(k)]
             cur.execute(
-                # The trailing window that ends at the next day boundary after the latest event:
-                # later windows exist too (a day belongs to the 30 windows ending after it).
+                # The trailing window that ends at the next day boundary after the latest event
+                # (later windows exist too: a day belongs to the 30 windows ending after it); for
+                # outcome KPIs the one ending 30 days earlier, whose labels are all known (in the
+                # last 30 days only the readmissions are known yet, so the rate would read ~1).
                 """SELECT DISTINCT ON (kpi) kpi, value, window_end FROM kpi_windows
                    WHERE dimension = 'facility' AND "window" = '30d'
                      AND window_end <= (SELECT date_trunc('day', max(occurred_at)) + interval '1 day'
                                         FROM adt_events)
-                   ORDER BY kpi, window_end DESC"""
+                                       - CASE WHEN kpi = ANY(%s) THEN interval '30 days'
+                                              ELSE interval '0 days' END
+                   ORDER BY kpi, window_end DESC""",
+                (labelled,),
             )
-            snap.kpis = {k: (v, str(end)[:10]) for k, v, end in cur.fetchall()}
+            snap.kpis = {k: (v, str(end)[:10] + (" (labels complete)" if k in labelled else ""))
+                         for k, v, end in cur.fetchall()}
             # Utilization is a provider KPI (census / capacity): show the providers' mean.
             cur.execute(
                 """SELECT avg(value), max(window_end) FROM kpi_windows

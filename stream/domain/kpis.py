@@ -165,17 +165,32 @@ def for_discharge(dis: DischargeEvent, high_risk: bool) -> list[Contribution]:
     }, patient_id=dis.patient_id)
 
 
+LABEL_FIELDS = frozenset({"index_known", "readmitted", "good_outcomes", "tp", "fp", "fn"})
+
+
+def needs_labels(kpi: str) -> bool:
+    """Whether a KPI counts 30-day outcomes: its window is complete only 30 days after it ends
+    (a readmission is known at once, a non-readmission only at discharge + 30 days).
+
+    >>> needs_labels("readmission_rate"), needs_labels("census")
+    (True, False)
+    """
+    return bool(KPI_INPUTS[kpi] & LABEL_FIELDS)
+
+
 def for_label(outcome: LabelOutcome) -> list[Contribution]:
     """A known label, on its discharge day: outcome counts and the alert's confusion cell."""
     p, y = outcome.pending, outcome.readmitted
-    return _each(p.facility_id, p.department, p.attending_provider_id, utc_day(p.discharged_at), {
+    fields = {
         "index_known": 1.0,
         "readmitted": 1.0 if y else 0.0,
         "good_outcomes": 0.0 if y else 1.0,
         "tp": 1.0 if p.high_risk and y else 0.0,
         "fp": 1.0 if p.high_risk and not y else 0.0,
         "fn": 1.0 if not p.high_risk and y else 0.0,
-    })
+    }
+    assert fields.keys() == LABEL_FIELDS
+    return _each(p.facility_id, p.department, p.attending_provider_id, utc_day(p.discharged_at), fields)
 
 
 # --------------------------------------------------------------------------- day buckets
