@@ -149,7 +149,7 @@ class KpiAggregator:
             if delta:
                 self._base[dim] = self._base.get(dim, 0) + delta
                 self._base_census.add(dim)
-            self._marks.pop(_bucket_key(dim, day), None)
+            self._marks.pop(kpis.bucket_key(*dim, day), None)
         self._floor[dim] = floor
 
     def _recall(self, dim: Dim, day: date) -> None:
@@ -161,7 +161,7 @@ class KpiAggregator:
             return
         buckets = self._buckets.setdefault(dim, {})
         for d in kpis.window_days(start, floor):
-            key = _bucket_key(dim, d)
+            key = kpis.bucket_key(*dim, d)
             entry = self.days.get(key)
             if entry:
                 bucket = buckets[d] = kpis.DayBucket.from_dict(entry["b"])
@@ -374,11 +374,6 @@ class KpiAggregator:
 
 
 _ONE_DAY = timedelta(days=1)
-
-
-def _bucket_key(dim: Dim, day: date) -> str:
-    """The ``kpi_days`` key of a dimension's day (= ``Contribution.bucket_key``)."""
-    return f"{dim[0]}|{dim[1]}|{day.isoformat()}"
 
 
 def _inputs(buckets: dict[date, kpis.DayBucket], known: list[date], start: date, end: date,

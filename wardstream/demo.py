@@ -27,7 +27,7 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from stream.domain.kpis import KPI_INPUTS, needs_labels
+from stream.domain.kpis import needs_labels
 from wardstream.config import REPO_ROOT, settings
 
 DEMO_DATABASE = "wardstream_demo"
@@ -82,7 +82,7 @@ def _db_snapshot(snap: Snapshot) -> None:
                 snap.rows[table] = cur.fetchone()[0]
             cur.execute("SELECT count(*) FROM alert_deliveries WHERE status = 'delivered'")
             snap.deliveries = cur.fetchone()[0]
-            labelled = [k for k in HEADLINE if k in KPI_INPUTS and needs_labels(k)]
+            labelled = [k for k in HEADLINE if needs_labels(k)]
             cur.execute(
                 # The trailing window that ends at the next day boundary after the latest event
                 # (later windows exist too: a day belongs to the 30 windows ending after it); for

@@ -94,7 +94,7 @@ class Contribution:
 
     @property
     def bucket_key(self) -> str:
-        return f"{self.key}|{self.day.isoformat()}"
+        return bucket_key(self.dimension, self.dimension_id, self.day)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -121,6 +121,11 @@ class Contribution:
             patient_id=d.get("patient_id"),
             source=tuple(int(x) for x in d["src"]) if d.get("src") else None,  # type: ignore[arg-type]
         )
+
+
+def bucket_key(dimension: str, dimension_id: str, day: date) -> str:
+    """The key of a dimension's day bucket (``kpi_days``): ``dimension|id|YYYY-MM-DD``."""
+    return f"{dimension}|{dimension_id}|{day.isoformat()}"
 
 
 def _dims(facility_id: str, department: str, provider: str) -> list[tuple[str, str]]:
