@@ -11,6 +11,16 @@ Why the pieces look the way they do:
   message applied. A message at or below that offset is skipped: Faust 0.15.3 can deliver a
   message again after a restart although its table writes were kept (#323/#517), and without the
   guard the re-delivery would count twice (or land in the DLQ as a duplicate event_id).
+* A batch's writes land in four tables, key by key: a worker killed half-way through them left
+  some patients a batch ahead of the partition's offset, and the re-processed batch went to the
+  DLQ as duplicates (the SIGKILL drill, tests/test_faults.py). So ``partition_state[p{n}]`` also
+  carries the batch's other writes (``redo``) and is written first, in one put; the first time a
+  partition is touched after a (re)start or rebalance, its ``redo`` is written again. The
+  partition's state is then the state after its last journaled batch, whatever the kill cut.
+  The worker writes the other tables only once Kafka has the journal's changelog record
+  (:meth:`AdtFlow.commit_journal`, then :meth:`AdtFlow.commit_state`): changelog topics are
+  delivered independently, and a new host restoring from them must not find a patient written
+  by a batch whose journal never arrived.
 * ``models[p{n}]`` holds the partition's river model (bytes, checksummed by the domain) and the
   alert policy.
 * ``due[p{n}:YYYY-MM-DD]`` lists ``[due time, patient_id]`` for the pending discharges falling due
@@ -26,11 +36,13 @@ from __future__ import annotations
 
 import base64
 import logging
+import zlib
 from collections.abc import MutableMapping
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 from stream.contracts import (
@@ -77,6 +89,16 @@ def due_key(partition: int, day: date) -> str:
     return f"p{partition}:{day.isoformat()}"
 
 
+def _pack(writes: dict[str, Any]) -> str:
+    """A batch journal as the table stores it: JSON, deflated (a 500-event batch of a partition
+    is ~200 KB of JSON, ~30 KB packed: well under Kafka's 1 MB record limit), base64."""
+    return base64.b64encode(zlib.compress(orjson.dumps(writes, option=orjson.OPT_NON_STR_KEYS), 1)).decode("ascii")
+
+
+def _unpack(packed: str | None) -> dict[str, Any]:
+    return orjson.loads(zlib.decompress(base64.b64decode(packed))) if packed else {}
+
+
 def alert_id(encounter_id: str) -> str:
     """Alert ids derive from the encounter: a replay or a duplicate upserts the same alert."""
     return f"alert-{encounter_id}"
@@ -118,6 +140,9 @@ class AdtFlow:
         self.source_topic = source_topic
         self._staged = [Staged(t) for t in (patients, partitions, due, models)]
         self.patients, self.partitions, self.due, self.models = self._staged
+        # the tables a batch's journal (``redo``) covers, by the name it files them under
+        self._journaled = {"patients": self.patients, "due": self.due, "models": self.models}
+        self._resumed: set[int] = set()  # partitions whose last journal was re-applied
         self._brains: dict[int, Brain] = {}
         self._learned: set[int] = set()  # partitions whose model learned since the last commit
         # (partition, day) -> earliest due time (epoch s) in that day's due list: the watermark
@@ -125,16 +150,46 @@ class AdtFlow:
         self._due_floor: dict[tuple[int, date], float] = {}
 
     def commit(self, scope: PartitionScope | None = None) -> None:
-        """Write the state of the processed message(s) to the tables (see :class:`Staged`).
+        """Write the state of the processed message(s) to the tables (see :class:`Staged`)."""
+        self.commit_journal(scope)
+        self.commit_state(scope)
 
+    def commit_journal(self, scope: PartitionScope | None = None) -> None:
+        """First half of :meth:`commit`: each partition's offset, watermark and journal (``redo``:
+        the batch's writes to the other tables), one write per partition.
+
+        The worker waits until Kafka has these changelog records before :meth:`commit_state`,
+        so a state restored from the changelogs never holds a write newer than its journal.
         A model that learned is serialized here, once per commit, not once per label.
         """
         for partition in sorted(self._learned):
             self.models.partition = partition
             self.models[partition_key(partition)] = self._brains[partition].to_entry()
         self._learned.clear()
-        for t in self._staged:
+        redo: dict[int, dict[str, dict[str, Any]]] = {}
+        for name, t in self._journaled.items():
+            for key, (partition, value) in t.pending.items():
+                redo.setdefault(partition, {}).setdefault(name, {})[key] = Staged.plain(value)
+        for partition, writes in redo.items():  # every written partition processed a message
+            pkey = partition_key(partition)
+            self.partitions.partition = partition
+            self.partitions[pkey] = {**self.partitions[pkey], "redo": _pack(writes)}
+        self.partitions.commit(scope)
+
+    def commit_state(self, scope: PartitionScope | None = None) -> None:
+        """Second half of :meth:`commit`: the journaled writes themselves."""
+        for t in self._journaled.values():
             t.commit(scope)
+
+    def _resume(self, partition: int) -> None:
+        """Write the partition's last journaled batch again (once after a start or rebalance):
+        a kill may have cut its writes short."""
+        if partition in self._resumed:
+            return
+        self._resumed.add(partition)
+        entry = self.partitions.table.get(partition_key(partition)) or {}
+        for name, writes in _unpack(entry.get("redo")).items():
+            Staged.write(self._journaled[name].table, writes.items())
 
     def rollback(self) -> None:
         for t in self._staged:
@@ -148,6 +203,7 @@ class AdtFlow:
         self._brains.clear()
         self._learned.clear()
         self._due_floor.clear()
+        self._resumed.clear()
 
     def brain(self, partition: int) -> Brain:
         """The partition's model and policy: read from the table once, then kept live in memory."""
@@ -158,6 +214,7 @@ class AdtFlow:
 
     def applied_offset(self, partition: int) -> int:
         """The offset of the last message applied on ``partition`` (-1 for none)."""
+        self._resume(partition)
         return int((self.partitions.get(partition_key(partition)) or {"offset": -1})["offset"])
 
     def _state(self, patient_id: str) -> patient.PatientState | None:
@@ -192,7 +249,8 @@ class AdtFlow:
     def _process(self, raw: bytes | None, partition: int, offset: int,
                  key: bytes | None) -> list[Output]:
         pkey = partition_key(partition)
-        pstate = dict(self.partitions.get(pkey) or {"watermark": None, "offset": -1})
+        self._resume(partition)
+        pstate = self.partitions.get(pkey) or {"watermark": None, "offset": -1}
         if offset <= int(pstate["offset"]):
             log.info("skip already applied message partition=%s offset=%s", partition, offset)
             return []
@@ -252,7 +310,7 @@ class AdtFlow:
         self.partitions[pkey] = {
             "watermark": None if watermark is None else watermark.isoformat(),
             "offset": offset,
-        }
+        }  # (the commit adds the batch's journal)
 
     def _expire(self, partition: int, old: datetime | None, new: datetime, brain: Brain,
                 out: list[Output]) -> bool:

@@ -167,6 +167,22 @@ kpi_days = _table("kpi_days", "dimension|id|day: the day bucket of KPI inputs")
 kpi_meta = _table("kpi_meta", "q{partition}: last contribution offset, last flushed offset; "
                               "cap|{provider_id}: capacity")
 
+def _record_sends(table: faust.Table) -> list[asyncio.Future[Any]]:
+    """The changelog futures of ``table``'s writes, appended as Faust sends them (the table's own
+    ``send_changelog`` drops them; the ADT agent waits on the journal's)."""
+    sends: list[asyncio.Future[Any]] = []
+    send_changelog = table.send_changelog
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        fut = send_changelog(*args, **kwargs)
+        sends.append(fut)
+        return fut
+
+    table.send_changelog = recording  # type: ignore[method-assign]
+    return sends
+
+
+_journal_sends = _record_sends(partition_state)  # only the ADT flow's commit writes this table
 flow = adt_flow.AdtFlow(source_topic=TOPICS.adt, patients=patients, partitions=partition_state,
                         due=due, models=models)
 kpi_state = (Staged(kpi_days), Staged(kpi_meta))
@@ -288,7 +304,18 @@ async def process_adt(stream: faust.StreamT) -> None:
             if _stopping(exc):
                 return
             raise
-        flow.commit(lambda partition: _as_event(last[partition]))
+        scope = lambda partition: _as_event(last[partition])  # noqa: E731
+        flow.commit_journal(scope)  # the batch is decided: a restart re-applies its journal
+        try:
+            await _acked(_journal_sends)  # in Kafka before any write it journals (adt_flow.py)
+        except BaseException as exc:
+            flow.rollback()
+            if _stopping(exc):
+                return
+            raise
+        finally:
+            _journal_sends.clear()
+        flow.commit_state(scope)
 
 
 @app.agent(contributions_topic, concurrency=1)

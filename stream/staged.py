@@ -10,7 +10,7 @@ same ids and sources, which their consumers upsert or drop.
 
 from __future__ import annotations
 
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -75,12 +75,22 @@ class Staged(MutableMapping[str, Any]):
             by_partition.setdefault(partition, []).append((key, value))
         for partition, writes in by_partition.items():
             with scope(partition) if scope else nullcontext():
-                for key, value in writes:
-                    if value is _DELETED:
-                        self.table.pop(key, None)
-                    else:
-                        self.table[key] = value
+                self.write(self.table, ((key, self.plain(value)) for key, value in writes))
         self.pending.clear()
+
+    @staticmethod
+    def plain(value: Any) -> Any:
+        """A pending value as a journal holds it: ``None`` for a deletion (no table stores None)."""
+        return None if value is _DELETED else value
+
+    @staticmethod
+    def write(table: MutableMapping[str, Any], items: Iterable[tuple[str, Any]]) -> None:
+        """Write ``(key, plain value)`` pairs to ``table`` (``None`` deletes the key)."""
+        for key, value in items:
+            if value is None:
+                table.pop(key, None)
+            else:
+                table[key] = value
 
     def rollback(self) -> None:
         self.pending.clear()

@@ -62,7 +62,7 @@ GUARANTEES = ["at_least_once"]
 
 
 
-@pytest.mark.parametrize("guarantee,local_state", [("at_least_once", "kept")])
+@pytest.mark.parametrize("guarantee,local_state", [("at_least_once", "kept"), ("at_least_once", "lost")])
 def test_worker_sigkill_mid_stream_then_restart(base, tmp_path, guarantee, local_state) -> None:
     """SIGKILL, then a new worker: on the same host (RocksDB kept) or a new one (state from changelogs)."""
     ns = new_namespace("kill")
@@ -151,11 +151,12 @@ def test_postgres_restart_mid_sink(base) -> None:
     assert not diff_dumps(base.dump, dump), diff_dumps(base.dump, dump)
 
 
-# Faust's rebalance has bitten this drill three ways (stream/faust_patches.py, the capacity route);
-# each found cause is fixed and it passed in every run since, but a rebalance bug not yet found
-# must not fail the whole suite: not strict, so a pass shows as XPASS and a failure as XFAIL.
-@pytest.mark.xfail(strict=False, reason="guard against faust-streaming rebalance races not yet found; "
-                   "it passed in every run since the last fix")
+# Faust's rebalance has bitten this drill three ways (stream/faust_patches.py, the capacity route),
+# each fixed; it failed once more in one of four fresh-clone runs of session 3, cause not found.
+# A rebalance bug not yet found must not fail the whole suite: not strict, so a pass shows as
+# XPASS and a failure as XFAIL.
+@pytest.mark.xfail(strict=False, reason="faust-streaming rebalance races not yet found "
+                   "(failed in 1 of 4 fresh-clone runs of session 3)")
 @pytest.mark.parametrize("guarantee", GUARANTEES)
 def test_two_workers_share_partitions_and_one_leaves(base, tmp_path, guarantee) -> None:
     ns = new_namespace("scale")
