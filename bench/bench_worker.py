@@ -13,8 +13,8 @@ alternates over two rounds to spread the drift.
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -83,5 +83,12 @@ def run(quick: bool = False, variants: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(run(quick="--quick" in sys.argv, variants=[a for a in sys.argv[1:] if not a.startswith("-")]),
-                     indent=2))
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_worker", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    names = [k for k, _ in VARIANTS]
+    parser.add_argument("variants", nargs="*", help=f"variants to run, of {', '.join(names)} (default: all)")
+    parser.add_argument("--quick", action="store_true", help="30 simulated days instead of 180")
+    args = parser.parse_args()
+    if unknown := set(args.variants) - set(names):
+        parser.error(f"unknown variant(s) {', '.join(sorted(unknown))}; choose from {', '.join(names)}")
+    print(json.dumps(run(quick=args.quick, variants=args.variants), indent=2))
