@@ -20,7 +20,7 @@ from wardstream.config import settings
 pytestmark = pytest.mark.e2e
 
 START = date(2025, 1, 1)
-DAYS = 50  # > 30 days: discharges get "not readmitted" labels too, so AUC and alerts exist
+DAYS = 80  # > 30 days: labels complete (v_model_labelled) for the first 50, alerts among them
 BEDS = 64  # the simulator's smallest hospital keeps the run short (~1,100 events)
 
 

@@ -211,9 +211,43 @@ def test_diabetes_and_pareto_equal_pandas(loaded) -> None:
     assert _close(pareto.cumulative_cost_pct.iloc[-1], 100.0)
 
 
+def test_model_health_leaves_out_discharges_whose_label_window_is_open(loaded) -> None:
+    """A readmission is known at once, a non-readmission 30 days after discharge: a flagged,
+    readmitted discharge after the latest non-readmission label must not count (it would make
+    precision read ~1 over the last 30 days). Inserted in a transaction that is rolled back."""
+    url, _, _ = loaded
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            metrics = "SELECT labelled, positives, recall, precision FROM model_metrics_overall"
+            cur.execute(metrics)
+            before = cur.fetchone()
+            cur.execute("SELECT max(discharged_at) FROM readmissions WHERE NOT readmitted")
+            cutoff = cur.fetchone()[0]
+            for at, tag in ((cutoff + timedelta(days=1), "open"), (cutoff, "closed")):
+                cur.execute(
+                    """INSERT INTO discharge_scores
+                       SELECT %(id)s, patient_id, facility_id, department, attending_provider_id, %(at)s,
+                              0.99, lace, threshold, true, model_version, top_factors, 0, 0
+                       FROM discharge_scores LIMIT 1""", {"id": f"E-{tag}", "at": at})
+                cur.execute(
+                    """INSERT INTO readmissions
+                       VALUES (%(id)s, 'P-x', %(at)s, true, 'E-next', %(at)s, 0, 0)""", {"id": f"E-{tag}", "at": at})
+            cur.execute(metrics)
+            after = cur.fetchone()
+        assert after[:2] == (before[0] + 1, before[1] + 1)  # the one at the cutoff counts, not the other
+    finally:
+        conn.rollback()
+        conn.close()
+
+
 def test_model_health_equals_pandas(loaded) -> None:
     url, _, f = loaded
     lab = f["scores"].merge(f["labels"][["encounter_id", "readmitted"]], on="encounter_id")
+    # labels of the last 30 days are readmissions only (a non-readmission is known at discharge +
+    # 30 days): model health counts the discharges up to the last non-readmission label
+    cutoff = pd.to_datetime(f["labels"][~f["labels"].readmitted.astype(bool)].discharged_at, utc=True).max()
+    lab = lab[lab.discharged_at <= cutoff]
     y = lab.readmitted.astype(bool)
     got = _sql(url, "SELECT * FROM model_metrics_overall").iloc[0]
     assert got.labelled == len(lab) and got.positives == y.sum()
