@@ -307,10 +307,11 @@ class AdtFlow:
     # ------------------------------------------------------------------ steps
 
     def _done(self, pkey: str, watermark: datetime | None, offset: int) -> None:
-        self.partitions[pkey] = {
-            "watermark": None if watermark is None else watermark.isoformat(),
-            "offset": offset,
-        }  # (the commit adds the batch's journal)
+        entry = {"watermark": None if watermark is None else watermark.isoformat(), "offset": offset}
+        # the journal stays that of the last batch that wrote keys, until the commit has a newer one
+        if redo := (self.partitions.get(pkey) or {}).get("redo"):
+            entry["redo"] = redo
+        self.partitions[pkey] = entry
 
     def _expire(self, partition: int, old: datetime | None, new: datetime, brain: Brain,
                 out: list[Output]) -> bool:

@@ -391,7 +391,9 @@ FLUSH_YIELD_EVERY = 100  # KPI messages sent between two yields to the event loo
 # catch-up) simulated months pass between two timer ticks, and their buckets could not leave
 # memory before their windows went out (bench/README.md "Worker memory")
 FLUSH_PENDING_DAYS = int(os.environ.get("WARDSTREAM_KPI_FLUSH_PENDING_DAYS", "2000"))
+FLUSH_MAX_SKIP = 10.0  # seconds the timer skips its flush at most while the ADT side has input waiting
 _next_flush = 0.0
+_last_timed_flush = 0.0
 _flush_lock = asyncio.Lock()  # one flush at a time: each marks what it covered when it is done
 
 
@@ -402,10 +404,11 @@ async def flush_kpis() -> None:
     While a backlog is replayed every flush re-emits the same current windows; skipping ticks
     after a long flush (duty cycle) cuts that volume without changing any final value.
     """
-    global _next_flush
+    global _next_flush, _last_timed_flush
     started = time.monotonic()
-    if started < _next_flush or _adt_waiting():
+    if started < _next_flush or (_adt_waiting() and started - _last_timed_flush < FLUSH_MAX_SKIP):
         return
+    _last_timed_flush = started
     await _flush()
     _next_flush = started + (time.monotonic() - started) / FLUSH_DUTY
 

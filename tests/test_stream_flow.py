@@ -143,6 +143,20 @@ def test_a_kill_half_way_through_a_commit_loses_nothing(messages, survive) -> No
     assert head + batch + _run(restarted, messages[800:]) == _run(_flow(_tables()), messages)
 
 
+def test_a_batch_that_writes_no_key_keeps_the_last_journal(messages) -> None:
+    """A batch of dead letters writes only the partition's offset: the journal it keeps is the
+    last batch that wrote keys, whose key writes may still be in flight to the changelogs."""
+    tables = _tables()
+    flow = _flow(tables)
+    _run(flow, messages[:300])
+    p = messages[299][0]
+    journal = tables["partitions"][f"p{p}"]["redo"]
+    offset = max(off for q, off, *_ in messages[:300] if q == p) + 1
+    assert [o.topic for o in flow.process(b"not json", p, offset, key=b"x")] == [DLQ]
+    assert tables["partitions"][f"p{p}"]["offset"] == offset
+    assert tables["partitions"][f"p{p}"]["redo"] == journal
+
+
 def test_commit_files_each_write_under_its_partition(messages) -> None:
     """The agent commits a batch of several partitions; Faust needs each write's own partition."""
     tables = _tables()
