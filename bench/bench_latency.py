@@ -128,8 +128,6 @@ def configs(quick: bool) -> list[tuple[str, dict[str, str], list[tuple[int, int]
         # no exactly_once: its KPI flush status never catches up, so the warm-up wait cannot end
         # (bench/README.md, session 3, item 4)
         ("commit100ms_linger5ms", {"BROKER_COMMIT_INTERVAL": "0.1", "PRODUCER_LINGER": "0.005"}, [low]),
-        # before session 4: the KPI side interleaved with the alert path instead of waiting for it
-        ("kpi_not_deferred", {"WARDSTREAM_KPI_MAX_DEFER": "0", "WARDSTREAM_KPI_BATCH": "500"}, [low, high]),
     ]
 
 

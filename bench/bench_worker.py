@@ -27,8 +27,6 @@ VARIANTS: list[tuple[str, dict[str, str]]] = [
     ("linger0", {"WARDSTREAM_PRODUCER_LINGER": "0"}),
     ("batch2000", {"WARDSTREAM_ADT_BATCH": "2000", "WARDSTREAM_ADT_BATCH_WITHIN": "0.2"}),
     ("flush10s", {"KPI_FLUSH_SECONDS": "10"}),
-    # before session 4: the KPI side interleaved with the ADT side instead of waiting for it
-    ("kpi_not_deferred", {"WARDSTREAM_KPI_MAX_DEFER": "0", "WARDSTREAM_KPI_BATCH": "500"}),
 ]
 
 

@@ -273,29 +273,6 @@ def _stopping(exc: BaseException) -> bool:
     return False
 
 
-# The alert path first. Per ADT event the KPI side costs more than the ADT side (3.6
-# contributions, and the window flushes: bench/README.md), in the same event loop; so while
-# process_adt has messages waiting, the KPI agent and the timed flush wait (a KPI batch at most
-# every KPI_MAX_DEFER s). A burst above what the worker sustains then delays KPI windows, not
-# alerts; the KPI side catches up once the burst is over.
-KPI_BATCH = int(os.environ.get("WARDSTREAM_KPI_BATCH", "200"))
-KPI_MAX_DEFER = float(os.environ.get("WARDSTREAM_KPI_MAX_DEFER", "1.0"))
-_adt_input: list[Any] = []  # process_adt's input queue, once the agent runs
-
-
-def _adt_waiting() -> bool:
-    """Messages are waiting for process_adt (fetched, not yet taken into a batch); never with
-    KPI_MAX_DEFER = 0 (no priority: the KPI side interleaves with the ADT side)."""
-    return KPI_MAX_DEFER > 0 and bool(_adt_input) and _adt_input[0].qsize() > 0
-
-
-async def _adt_first() -> None:
-    """Until process_adt has nothing waiting, or KPI_MAX_DEFER seconds."""
-    deadline = time.monotonic() + KPI_MAX_DEFER
-    while _adt_waiting() and time.monotonic() < deadline:
-        await asyncio.sleep(0.002)
-
-
 @app.agent(adt_topic, concurrency=1)
 async def process_adt(stream: faust.StreamT) -> None:
     """hospital.adt -> scores, alerts, labels, KPI contributions, DLQ (stream/README.md).
@@ -307,7 +284,6 @@ async def process_adt(stream: faust.StreamT) -> None:
     message sends the same outputs again (their consumers drop or upsert copies).
     """
     continuity = Continuity()
-    _adt_input[:] = [stream.channel.queue]
     async for events in stream.take_events(ADT_BATCH, within=ADT_BATCH_WITHIN):
         last: dict[int, EventT] = {}
         try:
@@ -351,8 +327,7 @@ async def aggregate_kpis(stream: faust.StreamT) -> None:
     source marks drop the contributions already added.
     """
     continuity = Continuity()
-    async for events in stream.take_events(KPI_BATCH, within=ADT_BATCH_WITHIN):
-        await _adt_first()
+    async for events in stream.take_events(ADT_BATCH, within=ADT_BATCH_WITHIN):
         last: dict[int, EventT] = {}
         try:
             for event in await _in_line(events, continuity, aggregator.applied_offset):
@@ -391,9 +366,7 @@ FLUSH_YIELD_EVERY = 100  # KPI messages sent between two yields to the event loo
 # catch-up) simulated months pass between two timer ticks, and their buckets could not leave
 # memory before their windows went out (bench/README.md "Worker memory")
 FLUSH_PENDING_DAYS = int(os.environ.get("WARDSTREAM_KPI_FLUSH_PENDING_DAYS", "2000"))
-FLUSH_MAX_SKIP = 10.0  # seconds the timer skips its flush at most while the ADT side has input waiting
 _next_flush = 0.0
-_last_timed_flush = 0.0
 _flush_lock = asyncio.Lock()  # one flush at a time: each marks what it covered when it is done
 
 
@@ -404,11 +377,10 @@ async def flush_kpis() -> None:
     While a backlog is replayed every flush re-emits the same current windows; skipping ticks
     after a long flush (duty cycle) cuts that volume without changing any final value.
     """
-    global _next_flush, _last_timed_flush
+    global _next_flush
     started = time.monotonic()
-    if started < _next_flush or (_adt_waiting() and started - _last_timed_flush < FLUSH_MAX_SKIP):
+    if started < _next_flush:
         return
-    _last_timed_flush = started
     await _flush()
     _next_flush = started + (time.monotonic() - started) / FLUSH_DUTY
 
