@@ -62,7 +62,7 @@ GUARANTEES = ["at_least_once"]
 
 
 
-# New host: the ADT state is consistent (batch journal), but in 3 of 14 runs (session 4) the new
+# New host: the ADT state is consistent (batch journal), but in 3 of 15 runs (session 4) the new
 # worker's KPI agent began the contributions at the log end of the killed worker (got offset 184
 # after its restored state's 115, every partition), the seek back did not re-deliver, and the KPI
 # status never caught up (README, Known gaps). Run, reported as XFAIL when it fails.
