@@ -430,8 +430,6 @@ def _contributions(items: Any) -> list[Output]:
 
 
 def _json(value: Any) -> bytes:
-    import orjson
-
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 

@@ -59,6 +59,7 @@ def test_discharge_and_label_contributions() -> None:
         assert lc.day == date(2025, 2, 4)  # the discharge day, not known_at
         assert lc.fields == {"index_known": 1.0, "readmitted": float(y), "good_outcomes": float(not y),
                              "tp": tp, "fp": fp, "fn": 0.0}
+        assert lc.fields.keys() == kpis.LABEL_FIELDS  # what needs_labels() reads a label KPI by
     low = PendingDischarge("E1", "P1", "F01", "Surgery", "D4", dis.occurred_at, {}, 0.1, 3, 0.3, False)
     assert by_dim(kpis.for_label(LabelOutcome(low, True, "E2", dis.occurred_at)))[("facility", "F01")].fields["fn"] == 1.0
 

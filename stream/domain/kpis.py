@@ -193,8 +193,7 @@ def for_label(outcome: LabelOutcome) -> list[Contribution]:
         "tp": 1.0 if p.high_risk and y else 0.0,
         "fp": 1.0 if p.high_risk and not y else 0.0,
         "fn": 1.0 if not p.high_risk and y else 0.0,
-    }
-    assert fields.keys() == LABEL_FIELDS
+    }  # exactly LABEL_FIELDS (tests/test_domain_kpis.py)
     return _each(p.facility_id, p.department, p.attending_provider_id, utc_day(p.discharged_at), fields)
 
 
