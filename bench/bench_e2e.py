@@ -211,6 +211,50 @@ class RssSampler(threading.Thread):
         self.join(5)
 
 
+class CpuMeter:
+    """CPU time of the pipeline's processes over a phase: which one the two cores went to.
+
+    ``roots`` names process trees by pid (None: skipped; this process counts alone, without the
+    services it started); ``postgres`` adds every PostgreSQL server process. :meth:`cores` = CPU
+    seconds per component / wall seconds since the start.
+    """
+
+    def __init__(self, roots: Mapping[str, int | None], postgres: bool = True) -> None:
+        self.roots = {name: pid for name, pid in roots.items() if pid}
+        self.postgres = postgres
+        self.start()
+
+    def _cpu(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, pid in self.roots.items():
+            try:
+                root = psutil.Process(pid)
+                procs = [root] if pid == os.getpid() else [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                continue
+            out[name] = sum(_cpu_seconds(p) for p in procs)
+        if self.postgres:
+            out["postgres"] = sum(_cpu_seconds(p) for p in psutil.process_iter(["name"])
+                                  if p.info["name"] and p.info["name"].startswith("postgres"))
+        return out
+
+    def start(self) -> None:
+        self._t0, self._cpu0 = time.monotonic(), self._cpu()
+
+    def cores(self) -> dict[str, float]:
+        wall = max(1e-9, time.monotonic() - self._t0)
+        now = self._cpu()
+        return {name: round((now[name] - self._cpu0.get(name, 0.0)) / wall, 2) for name in now}
+
+
+def _cpu_seconds(p: psutil.Process) -> float:
+    try:
+        t = p.cpu_times()
+    except psutil.NoSuchProcess:
+        return 0.0
+    return t.user + t.system
+
+
 def mib(n: int) -> float:
     return round(n / 2**20, 1)
 
@@ -318,7 +362,9 @@ def run_pipeline(produced: Produced, url: str, workers: int, logs: Path, timeout
 VARIANTS: list[tuple[str, int, dict[str, str]]] = [
     ("1w", 1, {}),
     ("2w", 2, {}),
-    ("1w_linger50ms", 1, {"PRODUCER_LINGER": "0.05"}),
+    ("1w_linger50ms", 1, {"WARDSTREAM_PRODUCER_LINGER": "0.05"}),
+    # session 4's output path: Faust's producer, a message per KPI contribution
+    ("1w_session4", 1, {"WARDSTREAM_OUTPUT_PRODUCER": "faust", "WARDSTREAM_CONTRIBUTION_BUNDLE": "1"}),
     ("2w_exactly_once", 2, {"WARDSTREAM_PROCESSING_GUARANTEE": "exactly_once"}),
 ]
 

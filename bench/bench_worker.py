@@ -27,6 +27,10 @@ VARIANTS: list[tuple[str, dict[str, str]]] = [
     ("linger0", {"WARDSTREAM_PRODUCER_LINGER": "0"}),
     ("batch2000", {"WARDSTREAM_ADT_BATCH": "2000", "WARDSTREAM_ADT_BATCH_WITHIN": "0.2"}),
     ("flush10s", {"KPI_FLUSH_SECONDS": "10"}),
+    ("unbundled", {"WARDSTREAM_CONTRIBUTION_BUNDLE": "1"}),  # a message per KPI contribution
+    ("faust_producer", {"WARDSTREAM_OUTPUT_PRODUCER": "faust"}),  # outputs through aiokafka
+    # session 4's output path: both of the above
+    ("session4", {"WARDSTREAM_OUTPUT_PRODUCER": "faust", "WARDSTREAM_CONTRIBUTION_BUNDLE": "1"}),
 ]
 
 

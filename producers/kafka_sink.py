@@ -34,7 +34,7 @@ from producers.runner import Summary, drive, write_truth
 from producers.simulator import Emitted, SimConfig, Simulation
 from stream.contracts import Topics, dump
 from wardstream.config import Settings, settings
-from wardstream.kafka_io import ensure_topics, make_producer
+from wardstream.kafka_io import confluent_config, ensure_topics, make_producer
 
 
 class DeliveryError(RuntimeError):
@@ -63,27 +63,6 @@ def have_confluent() -> bool:
     except ImportError:
         return False
     return True
-
-
-def confluent_config(s: Settings) -> dict[str, object]:
-    """librdkafka settings equivalent to :func:`wardstream.kafka_io.make_producer`'s."""
-    k = s.kafka
-    conf: dict[str, object] = {
-        "bootstrap.servers": k.bootstrap_servers,
-        "security.protocol": k.security_protocol.lower(),
-        "enable.idempotence": True,
-        "acks": "all",
-        "linger.ms": 20,
-        "partitioner": "murmur2_random",  # the Java / kafka-python partition of a key
-        "queue.buffering.max.messages": 500_000,
-        "delivery.report.only.error": True,
-    }
-    if k.sasl_mechanism:
-        conf.update({"sasl.mechanism": k.sasl_mechanism, "sasl.username": k.sasl_username,
-                     "sasl.password": k.sasl_password})
-    if k.ssl_cafile:
-        conf["ssl.ca.location"] = k.ssl_cafile
-    return conf
 
 
 class _Sender:

@@ -22,7 +22,7 @@ import os
 import ssl
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,12 +30,14 @@ from typing import Any
 import faust
 from faust import streams as faust_streams
 from faust.exceptions import NotReady, ProducerSendError
-from faust.types import EventT, ProducerT
+from faust.types import EventT
+from faust.types.enums import ProcessingGuarantee
 
 from stream import adt_flow, faust_patches
 from stream.continuity import DROP, Continuity
 from stream.contracts import Topics
 from stream.kpi_aggregator import KpiAggregator
+from stream.outputs import Batch, OutputProducer
 from stream.staged import Staged
 from wardstream.config import Settings, settings
 
@@ -140,14 +142,16 @@ def _topic(name: str, partitions: int | None = N) -> faust.TopicT:
 adt_topic = _topic(TOPICS.adt)
 contributions_topic = _topic(TOPICS.kpi_contributions)
 reference_topic = _topic(TOPICS.reference, partitions=1)
+# the output topics by name (sent as bytes, stream/outputs.py); the topics are created by
+# wardstream.kafka_io.ensure_topics before the worker starts (stream/cli.py)
 OUT = {
-    adt_flow.SCORES: _topic(TOPICS.discharge_scores),
-    adt_flow.ALERTS: _topic(TOPICS.alerts),
-    adt_flow.LABELS: _topic(TOPICS.readmission_labels),
-    adt_flow.CONTRIBUTIONS: contributions_topic,
-    adt_flow.DLQ: _topic(TOPICS.dlq, partitions=1),
+    adt_flow.SCORES: TOPICS.discharge_scores,
+    adt_flow.ALERTS: TOPICS.alerts,
+    adt_flow.LABELS: TOPICS.readmission_labels,
+    adt_flow.CONTRIBUTIONS: TOPICS.kpi_contributions,
+    adt_flow.DLQ: TOPICS.dlq,
 }
-kpis_topic = _topic(TOPICS.kpis)
+KPIS = TOPICS.kpis
 
 
 JSON = faust.Schema(key_type=str, key_serializer="json", value_serializer="json")
@@ -196,6 +200,14 @@ def _bytes(key: str | bytes | None) -> bytes | None:
 
 ADT_BATCH = int(os.environ.get("WARDSTREAM_ADT_BATCH", "500"))
 ADT_BATCH_WITHIN = float(os.environ.get("WARDSTREAM_ADT_BATCH_WITHIN", "0.05"))
+# KPI contributions per hospital.kpi-contributions message (adt_flow.bundle); 1 sends each alone
+CONTRIBUTION_BUNDLE = max(1, int(os.environ.get("WARDSTREAM_CONTRIBUTION_BUNDLE", "200")))
+# "librdkafka" (stream/outputs.py) or "faust" (Faust's producer, as under exactly_once): the
+# outputs' producer under at_least_once; the benches compare the two in one run
+OUTPUT_PRODUCERS = ("librdkafka", "faust")
+OUTPUT_PRODUCER = os.environ.get("WARDSTREAM_OUTPUT_PRODUCER", "librdkafka") or "librdkafka"
+if OUTPUT_PRODUCER not in OUTPUT_PRODUCERS:
+    raise ValueError(f"WARDSTREAM_OUTPUT_PRODUCER must be one of {OUTPUT_PRODUCERS}, got {OUTPUT_PRODUCER!r}")
 
 
 @contextmanager
@@ -238,21 +250,54 @@ async def _in_line(events: list[EventT], continuity: Continuity,
             log.warning("partition %s of %s: got offset %s after %s; seeking back to %s",
                         msg.partition, msg.topic, msg.offset, done[msg.partition], seek)
             broken.add(msg.partition)
+            faust_patches.rewind(app.consumer, msg.tp, seek)  # else Faust drops the re-fetch
             await app.consumer.seek_wait({msg.tp: seek})  # in the consumer's thread
             continue
+        faust_patches.settle(app.consumer, msg.tp)
         done[msg.partition] = max(done[msg.partition], msg.offset)
         out.append(event)
     return out
 
 
-async def _send(producer: ProducerT, topic: faust.TopicT, key: bytes | None, value: bytes) -> Awaitable[Any]:
-    """Hand one output to the producer; returns the future of its acknowledgement.
+class _FaustBatch:
+    """Outputs sent through Faust's producer (the transaction manager under exactly_once).
 
-    The same call ``Topic.send`` ends in (the app's producer, or the transaction manager under
-    exactly_once), without the layers our bytes do not need (codecs, a FutureMessage and the
-    sensors per message: 10-17% of the worker in bench/README.md's profile).
+    The same call ``Topic.send`` ends in, without the layers our bytes do not need (codecs, a
+    FutureMessage and the sensors per message: 10-17% of the worker in bench/README.md's
+    profile). The interface of :class:`stream.outputs.Batch`.
     """
-    return await producer.send(topic.get_topic_name(), key, value, None, None, None)
+
+    def __init__(self) -> None:
+        self.sent: list[asyncio.Future[Any]] = []
+
+    async def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+        producer = await app.maybe_start_producer()
+        self.sent.append(await producer.send(topic, key, value, None, None, None))
+
+    async def acked(self) -> None:
+        await _acked(self.sent)
+
+
+_output_producer: OutputProducer | None = None
+
+
+def _outputs() -> Batch | _FaustBatch:
+    """A batch of outputs: librdkafka's producer under at_least_once (stream/outputs.py),
+    Faust's under exactly_once (its transactions must hold them)."""
+    global _output_producer
+    if app.conf.processing_guarantee != ProcessingGuarantee.AT_LEAST_ONCE or OUTPUT_PRODUCER == "faust":
+        return _FaustBatch()
+    if _output_producer is None:
+        _output_producer = OutputProducer(SETTINGS, linger_s=app.conf.producer_linger)
+    return _output_producer.batch()
+
+
+@app.on_before_shutdown.connect
+async def _close_outputs(app: faust.App, **kwargs: Any) -> None:
+    if _output_producer is not None:  # anything left is re-sent by the batch's re-processing
+        left = _output_producer.close(timeout=5)
+        if left:
+            log.warning("%s outputs not delivered at the stop; their batch is re-processed", left)
 
 
 async def _acked(sent: list[asyncio.Future[Any]]) -> None:
@@ -287,8 +332,8 @@ async def process_adt(stream: faust.StreamT) -> None:
     async for events in stream.take_events(ADT_BATCH, within=ADT_BATCH_WITHIN):
         last: dict[int, EventT] = {}
         try:
-            sent = []
-            producer = await app.maybe_start_producer()
+            batch = _outputs()
+            contributions: list[adt_flow.Output] = []  # sent bundled, after the batch
             for event in await _in_line(events, continuity, flow.applied_offset):
                 msg = event.message
                 last[msg.partition] = event
@@ -296,8 +341,13 @@ async def process_adt(stream: faust.StreamT) -> None:
                     outputs = flow.process(event.value, msg.partition, msg.offset, key=event.key,
                                            commit=False)
                 for out in outputs:
-                    sent.append(await _send(producer, OUT[out.topic], _bytes(out.key), out.value))
-            await _acked(sent)  # every output acknowledged (raises if one failed)
+                    if out.topic == adt_flow.CONTRIBUTIONS:
+                        contributions.append(out)
+                    else:  # scores, alerts, labels, dead letters go out at once
+                        await batch.send(OUT[out.topic], _bytes(out.key), out.value)
+            for out in adt_flow.bundle(contributions, CONTRIBUTION_BUNDLE):
+                await batch.send(OUT[out.topic], _bytes(out.key), out.value)
+            await batch.acked()  # every output acknowledged (raises if one failed)
         except BaseException as exc:  # stopped or failed before the outputs were in: state as before
             flow.rollback()
             faust_patches.hold(events)
@@ -389,21 +439,21 @@ async def _flush() -> None:
     """Send the changed KPI windows; once Kafka has them all, record the offsets they cover."""
     async with _flush_lock:
         try:
-            producer = await app.maybe_start_producer()
-            sent = []
+            sent = _outputs()
             for batch in aggregator.flush_batches():
                 if app.should_stop:  # not marked covered: the next worker sends these windows
                     return
                 for n, (key, value) in enumerate(batch, start=1):
-                    sent.append(await _send(producer, kpis_topic, key.encode(), value))
+                    await sent.send(KPIS, key.encode(), value)
                     if n % FLUSH_YIELD_EVERY == 0:
                         await asyncio.sleep(0)  # the agents (and alerts) keep running meanwhile
                 await asyncio.sleep(0)  # and between dimensions
-            await _acked(sent)  # a window Kafka refused crashes the worker, not lost silently
+            await sent.acked()  # a window Kafka refused crashes the worker, not lost silently
         except (NotReady, ProducerSendError) as exc:
             if not _stopping(exc):  # the windows not sent are re-sent by the next worker
                 raise
             return
+        aggregator.delivered()
         _write_status({"covered": aggregator.covered()})
 
 

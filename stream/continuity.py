@@ -11,7 +11,8 @@ went past, and a restart with the state kept resumes at the right place as well.
 A real gap (transaction markers, compaction) looks the same at first: after the seek the broker
 returns a message past the expected offset again, and :meth:`Continuity.check` takes it. While a
 seek is pending, later messages already queued (fetched before it) are dropped; the seek
-fetches them again.
+fetches them again (the agent rewinds Faust's read offset with the seek, else Faust would drop
+the re-fetched messages: :func:`stream.faust_patches.rewind`).
 
 >>> c = Continuity()
 >>> c.check(0, offset=5, applied=4) is None   # next in line

@@ -1,9 +1,9 @@
-"""Workarounds for faust-streaming 0.15.3 rebalance bugs that lose messages; applied by ``stream.app``.
+"""Workarounds for faust-streaming 0.15.3 bugs that lose or stall messages; applied by ``stream.app``.
 
-Both were seen in the scale-out drill (tests/test_faults.py: input arriving while a second
-worker joins, then that worker leaving). After a rebalance Faust suspends the flow, clears its
-queues, restores the tables and seeks each stream partition to its committed offset
-(``perform_seek`` -> ``seek_to_committed``), then resumes.
+1 and 2 were seen in the scale-out drill (tests/test_faults.py: input arriving while a second
+worker joins, then that worker leaving), 3 in the SIGKILL drill's new host. After a
+rebalance Faust suspends the flow, clears its queues, restores the tables and seeks each stream
+partition to its committed offset (``perform_seek`` -> ``seek_to_committed``), then resumes.
 
 1. **Partitions never committed are not sought.** aiokafka's ``seek_to_committed`` only seeks
    when the committed offset is > 0, so such a partition keeps the fetch position it reached
@@ -18,6 +18,17 @@ queues, restores the tables and seeks each stream partition to its committed off
    neither processed nor in the gap. The patch drops the records of a partition sought while
    the fetch was in flight and seeks it again to its target; a re-fetch can only repeat
    messages, which Faust's read offset and the agents' offset guards drop.
+
+3. **A seek back is answered with nothing.** Faust drops every fetched message below the
+   partition's read offset (the last one it handed to the stream, ``_drain_messages``), and the
+   consumer's ``seek_wait`` leaves that offset as it is. So when an agent finds messages
+   skipped and seeks back (:mod:`stream.continuity`), the messages fetched again are all
+   dropped: the drill of a SIGKILL followed by a new host stalled this way (got offset 361
+   after 263, sought 264, nothing more for six minutes). :func:`rewind` sets the read offset
+   back to the seek target and holds it there until the target itself comes through, so the
+   records fetched before the seek (which the agent drops while its seek is pending) cannot
+   raise it again; :func:`settle` lets it go once the agent takes a message of that partition
+   (a real gap: the target offset never comes).
 
 One for speed: aiokafka hashes every message key with a pure-Python murmur2 to pick its
 partition (3% of the worker under a backlog, most of it for KPI windows whose keys recur at every
@@ -38,11 +49,12 @@ from typing import Any
 
 from aiokafka import partitioner as aiokafka_partitioner
 from faust.streams import Stream
-from faust.transport.consumer import ThreadDelegateConsumer
+from faust.transport.consumer import Consumer, ThreadDelegateConsumer
 from faust.types import TP, EventT
 
 log = logging.getLogger(__name__)
 
+_original_consumer_init = Consumer.__init__
 _original_seek_to_committed = ThreadDelegateConsumer.seek_to_committed
 _original_getmany = ThreadDelegateConsumer._getmany
 _original_ack = Stream.ack
@@ -74,6 +86,59 @@ def _seeks(consumer: ThreadDelegateConsumer) -> _Seeks:
     if seeks is None:
         seeks = consumer.__dict__["_wardstream_seeks"] = _Seeks()
     return seeks
+
+
+class _ReadOffsets(dict):  # type: ignore[type-arg]
+    """``Consumer._read_offset`` (TP -> offset or None), whose offset an agent can rewind (3.).
+
+    While a partition is rewound to ``target``, Faust's writes of later offsets are ignored;
+    the write of ``target`` (the message fetched again) ends it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rewound: dict[TP, int] = {}
+
+    def __missing__(self, tp: TP) -> None:  # Faust's defaultdict(lambda: None)
+        return None
+
+    def __setitem__(self, tp: TP, offset: int | None) -> None:
+        target = self.rewound.get(tp)
+        if target is not None:
+            if offset != target:
+                return  # a record fetched before the seek back
+            del self.rewound[tp]
+        super().__setitem__(tp, offset)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:  # a rebalance seeks every partition
+        for tp in dict(*args, **kwargs):
+            self.rewound.pop(tp, None)
+        super().update(*args, **kwargs)
+
+    def pop(self, tp: TP, *default: Any) -> Any:  # a revoked partition
+        self.rewound.pop(tp, None)
+        return super().pop(tp, *default)
+
+
+def rewind(consumer: Consumer, tp: TP, offset: int) -> None:
+    """Before ``seek_wait({tp: offset})``: let the messages fetched again from ``offset`` through
+    (set first, so that no re-fetched record can reach Faust's drainer before it)."""
+    read = consumer._read_offset
+    if isinstance(read, _ReadOffsets):
+        dict.__setitem__(read, tp, offset)
+        read.rewound[tp] = offset
+
+
+def settle(consumer: Consumer, tp: TP) -> None:
+    """The agent took a message of ``tp``: a rewind still pending there was a real gap."""
+    read = consumer._read_offset
+    if isinstance(read, _ReadOffsets) and read.rewound:
+        read.rewound.pop(tp, None)
+
+
+def _consumer_init(self: Consumer, *args: Any, **kwargs: Any) -> None:
+    _original_consumer_init(self, *args, **kwargs)
+    self._read_offset = _ReadOffsets()
 
 
 async def _seek_to_committed(self: ThreadDelegateConsumer) -> Mapping[TP, int]:
@@ -115,6 +180,8 @@ def _cache_murmur2() -> None:
 def apply() -> None:
     """Install the patches (idempotent)."""
     _cache_murmur2()
+    if Consumer.__init__ is not _consumer_init:
+        Consumer.__init__ = _consumer_init  # type: ignore[method-assign]
     ThreadDelegateConsumer.seek_to_committed = _seek_to_committed  # type: ignore[method-assign]
     ThreadDelegateConsumer._getmany = _getmany  # type: ignore[method-assign]
     Stream.ack = _ack  # type: ignore[method-assign]

@@ -14,9 +14,12 @@ equal to the value over all contributions, whatever the flush timing:
   skipped) and the offset up to which a flush has gone out.
   After a restart every bucket changed after that point is dirty again, so no window is lost
   between the last flush and a stop.
-* The flush runs on a wall-clock timer, outside any event, so it writes no table: the "flushed"
-  mark is written by the next contribution of that partition (a flush that was never marked is
-  simply repeated; the values are the same).
+* The flush runs on a wall-clock timer, outside any event, so it writes no table: once Kafka has
+  acknowledged all its windows (:meth:`KpiAggregator.delivered`), the next contribution of each
+  partition writes the "flushed" mark (a flush that was never marked is simply repeated; the
+  values are the same). After a restart, a dimension whose days changed since then also
+  re-sends the windows that were still future windows at that flush (after its last unchanged
+  day), so a gap in a dimension's data loses none.
 * Provider capacity (``hospital.reference``) arrives on this topic too, keyed like the provider's
   contributions (:meth:`KpiAggregator.capacity_record`), and is kept in ``meta[cap|{provider}]``.
 * A census change on day d moves the census at the end of every later day too, so it dirties
@@ -79,6 +82,7 @@ class KpiAggregator:
         self._base: dict[Dim, int] = {}
         self._base_census: set[Dim] = set()  # dims whose pruned days moved the census at all
         self._flushed: dict[int, int] = {}  # partition -> last offset covered by a flush
+        self._covering: dict[int, int] = {}  # the same for the flush not yet delivered
 
     # ------------------------------------------------------------------ state
 
@@ -103,6 +107,7 @@ class KpiAggregator:
                 flushed[int(key[1:])] = int(entry.get("flushed", -1))
         self._flushed = dict(flushed)
         self._seen = {int(k[1:]): int(e.get("offset", -1)) for k, e in meta if k.startswith("q")}
+        clean_last: dict[Dim, date] = {}  # per dimension, the last day no change after a flush
         for key, entry in list(self.days.items()):
             dimension, dim_id, day_s = key.rsplit("|", 2)
             dim, day = (dimension, dim_id), date.fromisoformat(day_s)
@@ -112,16 +117,21 @@ class KpiAggregator:
             if int(entry["o"]) > flushed.get(int(entry["q"]), -1):
                 # every input this bucket ever had (the same KPIs its adds made dirty)
                 self._dirty[dim][day] |= set(bucket.micro) | ({kpis.PATIENTS} if bucket.patients else set())
+            elif day > clean_last.get(dim, date.min):
+                clean_last[dim] = day
         for key, entry in meta:
             if key.startswith(CAPACITY_KEY):
                 provider = key[len(CAPACITY_KEY):]
                 self.capacity[provider] = entry["capacity"]
                 if int(entry["o"]) > flushed.get(int(entry["q"]), -1):
                     self._dirty_capacity(provider)
-        for dim, days in self._dirty.items():  # its last day moved after the last flush, maybe
-            last = max(self._buckets[dim])
-            if last in days:
-                self._advance[dim] = (last - MAX_WINDOW - _ONE_DAY, last)
+        for dim in self._dirty:
+            # The last flush knew the dimension up to clean_last at least, so it sent every window
+            # ending by the day after; later ones were future windows then. (Those holding a dirty
+            # day go out anyway; this brings the ones holding only older days, e.g. after a gap.)
+            last, old = max(self._buckets[dim]), clean_last.get(dim)
+            if old is not None and last > old:
+                self._advance[dim] = (old, last)
         for dim in list(self._buckets):
             self._prune(dim)
         self._loaded = True
@@ -180,22 +190,30 @@ class KpiAggregator:
         return int((self.meta.get(f"q{partition}") or {"offset": -1})["offset"])
 
     def add(self, raw: bytes, partition: int, offset: int) -> None:
-        """Apply one ``hospital.kpi-contributions`` message (called inside the agent)."""
+        """Apply one ``hospital.kpi-contributions`` message (called inside the agent): a bundle
+        of contributions (a JSON array, ``adt_flow.bundle``), one contribution, or a capacity."""
         self._ensure_loaded()
         qkey = f"q{partition}"
         m = self.meta.get(qkey) or {"offset": -1, "flushed": -1}
         if offset <= int(m["offset"]):
             return
         record = orjson.loads(raw)
-        if "capacity" in record:  # a provider's capacity (see capacity_record)
+        if isinstance(record, dict) and "capacity" in record:  # see capacity_record
             self._set_capacity(record["provider_id"], record["capacity"], partition, offset)
         else:
-            c = kpis.Contribution.from_dict(record)
-            self._recall((c.dimension, c.dimension_id), c.day)
-            if self._is_copy(c):
-                log.debug("skip a re-sent contribution source=%s", c.source)
-            else:
-                self._apply(c, partition, offset)
+            touched: dict[str, kpis.Contribution] = {}
+            for item in record if isinstance(record, list) else [record]:
+                c = kpis.Contribution.from_dict(item)
+                self._recall((c.dimension, c.dimension_id), c.day)
+                if self._is_copy(c):
+                    log.debug("skip a re-sent contribution source=%s", c.source)
+                else:
+                    self._apply(c)
+                    touched[c.bucket_key] = c
+            for key, c in touched.items():  # each bucket written once, with its marks
+                bucket = self._buckets[(c.dimension, c.dimension_id)][c.day]
+                self.days[key] = {"b": bucket.to_dict(), "f": c.facility_id, "q": partition, "o": offset,
+                                  "s": self._marks[key]}
         self._seen[partition] = offset
         self.meta[qkey] = {"offset": offset,
                            "flushed": max(int(m["flushed"]), self._flushed.get(partition, -1))}
@@ -206,7 +224,9 @@ class KpiAggregator:
         mark = self._marks.get(c.bucket_key, {}).get(str(c.source[0]))
         return mark is not None and (c.source[1], c.source[2]) <= (mark[0], mark[1])
 
-    def _apply(self, c: kpis.Contribution, partition: int, offset: int) -> None:
+    def _apply(self, c: kpis.Contribution) -> None:
+        """Add ``c`` to its bucket in memory, mark its source, note what it made dirty (the
+        caller writes the bucket)."""
         dim = (c.dimension, c.dimension_id)
         days = self._buckets.setdefault(dim, {})
         bucket = days.get(c.day)
@@ -221,8 +241,6 @@ class KpiAggregator:
         marks = self._marks.setdefault(c.bucket_key, {})
         if c.source is not None:
             marks[str(c.source[0])] = [c.source[1], c.source[2]]
-        self.days[c.bucket_key] = {"b": bucket.to_dict(), "f": c.facility_id, "q": partition, "o": offset,
-                                   "s": marks}
         if changed:
             self._dirty[dim][c.day] |= changed
 
@@ -260,30 +278,40 @@ class KpiAggregator:
     # ------------------------------------------------------------------ output
 
     def flush(self) -> list[tuple[str, bytes]]:
-        """(key, KpiValue JSON) for every KPI window whose inputs changed since the last flush."""
-        return [kv for batch in self.flush_batches() for kv in batch]
+        """(key, KpiValue JSON) for every KPI window whose inputs changed since the last flush
+        (taken as delivered: :meth:`delivered` is called)."""
+        out = [kv for batch in self.flush_batches() for kv in batch]
+        self.delivered()
+        return out
 
     def flush_batches(self) -> Iterator[list[tuple[str, bytes]]]:
         """The same as :meth:`flush`, one dimension at a time (the caller may yield in between).
 
         The dirty set is taken at the first step, so contributions added meanwhile wait for the
-        next flush.
+        next flush. The caller calls :meth:`delivered` once Kafka has acknowledged every message.
         """
+        self._covering = {}
         if not self._loaded:
             if not self.ready():
                 return
             self._load()
+        covered = dict(self._seen)
         if not self._dirty and not self._advance:
-            self._flushed.update(self._seen)
+            self._covering = covered
             return
         dirty, self._dirty = self._dirty, defaultdict(lambda: defaultdict(set))
         advance, self._advance = self._advance, {}
-        covered = dict(self._seen)
         for dim in {**dirty, **advance}:
             yield self._emit(dim, dirty.get(dim, {}), advance.get(dim))
             self._prune(dim)
-        # only now (the caller has sent every batch) may the next contribution mark it flushed
-        self._flushed.update(covered)
+        self._covering = covered
+
+    def delivered(self) -> None:
+        """Every message of the last :meth:`flush_batches` is in Kafka: from now on the next
+        contribution of each partition may record its offsets as flushed. (Recorded any earlier,
+        a worker killed before the acknowledgements would restart without re-sending them.)"""
+        self._flushed.update(self._covering)
+        self._covering = {}
 
     def pending_days(self) -> int:
         """How many (dimension, day) pairs wait for the next flush (each pins its buckets)."""

@@ -16,7 +16,7 @@ import pytest
 from kafka.partitioner.default import murmur2
 
 from producers.simulator import SimConfig, Simulation
-from stream.adt_flow import CONTRIBUTIONS, DLQ, LABELS, SCORES, AdtFlow
+from stream.adt_flow import CONTRIBUTIONS, DLQ, LABELS, SCORES, AdtFlow, bundle
 from stream.contracts import DeadLetter
 from stream.kpi_aggregator import KpiAggregator
 
@@ -212,6 +212,47 @@ def test_kpi_aggregator_drops_re_sent_contributions(messages) -> None:
     assert _final(restarted.flush()) == expected
 
 
+def _bundled(messages, cuts: list[int], size: int = 200) -> list[bytes]:
+    """The contribution messages the ADT agent sends for ``messages[a:b]``, for each batch
+    ``(a, b)`` of consecutive ``cuts`` (the flow runs once over all of them)."""
+    by_message: dict[tuple[int, int], list] = {}
+    for o in _run(_flow(_tables()), messages):
+        if o.topic == CONTRIBUTIONS:
+            by_message.setdefault(tuple(orjson.loads(o.value)["src"][:2]), []).append(o)
+    sent = []
+    for a, b in zip(cuts, cuts[1:]):
+        batch = [o for p, off, _, _ in messages[a:b] for o in by_message.get((p, off), [])]
+        sent.extend(o.value for o in bundle(batch, size))
+    return sent
+
+
+def test_bundled_contributions_give_the_same_kpis_and_drop_re_sent_items(messages) -> None:
+    """The ADT agent sends a batch's contributions bundled per key. A batch re-processed after a
+    crash may be cut differently, so a bundle can hold items already added and new ones: the
+    aggregator adds exactly the new ones."""
+    msgs = messages[:900]
+    reference = KpiAggregator(days={}, meta={}, capacity={})
+    for i, raw in enumerate(_contributions(msgs)):
+        reference.add(raw, 0, i)
+    expected = _final(reference.flush())
+
+    first = _bundled(msgs, [0, 250, 500, 600])  # sent before a crash (the batch 500-600 not committed)
+    assert len(first) < len(_contributions(msgs[:600])) / 3  # far fewer messages
+    again = _bundled(msgs, [500, 670, 840, 900])  # re-processed from 500, other batch cuts
+    days, meta = {}, {}
+    agg = KpiAggregator(days=days, meta=meta, capacity={})
+    offset = 0
+    for raw in first:
+        agg.add(raw, 0, offset)
+        offset += 1
+    restarted = KpiAggregator(days=json.loads(json.dumps(days)), meta=json.loads(json.dumps(meta)),
+                              capacity={})
+    for raw in again:
+        restarted.add(raw, 0, offset)
+        offset += 1
+    assert _final(restarted.flush()) == expected
+
+
 def test_a_capacity_arriving_late_re_sends_the_utilization_windows(messages) -> None:
     """Capacity comes from hospital.reference through the contributions topic, possibly after the
     provider's windows went out without it; a restart after that re-sends them too."""
@@ -321,6 +362,33 @@ def long_contributions() -> list[bytes]:
         msgs.append((p, offsets[p], e.key.encode(), orjson.dumps(e.event)))
         offsets[p] += 1
     return _contributions(msgs)
+
+
+@pytest.mark.parametrize("acknowledged", [False, True])
+def test_a_flush_killed_before_kafka_acknowledged_it_is_sent_again(long_contributions, acknowledged) -> None:
+    """A flush counts once Kafka has all its windows (``delivered``): a contribution added while
+    they were in flight must not record them as flushed, or a worker killed then restarts
+    without sending them (the SIGKILL drill found one provider's windows stale). Long enough
+    that the restart's own re-sends (the last 31 days) cannot hide it."""
+    contribs = long_contributions
+    cut = len(contribs) // 3
+    days, meta = {}, {}
+    agg = KpiAggregator(days=days, meta=meta, capacity={})
+    for i, raw in enumerate(contribs[:cut]):
+        agg.add(raw, 0, i)
+    sent = [kv for batch in agg.flush_batches() for kv in batch]
+    if acknowledged:
+        agg.delivered()
+    for i, raw in enumerate(contribs[cut:], start=cut):  # the agent goes on meanwhile
+        agg.add(raw, 0, i)
+    # SIGKILL; a new worker restores the tables and sends what no delivered flush covered
+    restarted = KpiAggregator(days=json.loads(json.dumps(days)), meta=json.loads(json.dumps(meta)),
+                              capacity={})
+    reference = KpiAggregator(days={}, meta={}, capacity={})
+    for i, raw in enumerate(contribs):
+        reference.add(raw, 0, i)
+    kept = sent if acknowledged else []  # what reached Kafka before the kill
+    assert _final(kept + restarted.flush()) == _final(reference.flush())
 
 
 def test_kpi_day_buckets_leave_memory_but_not_the_values(long_contributions) -> None:

@@ -1,4 +1,4 @@
-"""Kafka plumbing shared by producers, sinks, replay and tests (kafka-python).
+"""Kafka plumbing shared by producers, sinks, replay, the worker and tests.
 
 Topic creation with sensible partition counts, and producer / consumer factories that apply
 the security settings of :mod:`wardstream.config` and the delivery guarantees we rely on.
@@ -74,6 +74,27 @@ def make_producer(s: Settings | None = None, **overrides: object) -> KafkaProduc
     )
     kwargs.update(overrides)
     return KafkaProducer(**kwargs)
+
+
+def confluent_config(s: Settings) -> dict[str, object]:
+    """librdkafka settings equivalent to :func:`wardstream.kafka_io.make_producer`'s."""
+    k = s.kafka
+    conf: dict[str, object] = {
+        "bootstrap.servers": k.bootstrap_servers,
+        "security.protocol": k.security_protocol.lower(),
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 20,
+        "partitioner": "murmur2_random",  # the Java / kafka-python partition of a key
+        "queue.buffering.max.messages": 500_000,
+        "delivery.report.only.error": True,
+    }
+    if k.sasl_mechanism:
+        conf.update({"sasl.mechanism": k.sasl_mechanism, "sasl.username": k.sasl_username,
+                     "sasl.password": k.sasl_password})
+    if k.ssl_cafile:
+        conf["ssl.ca.location"] = k.ssl_cafile
+    return conf
 
 
 def make_consumer(*topics: str, group_id: str | None, s: Settings | None = None,
