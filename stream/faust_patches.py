@@ -20,15 +20,15 @@ partition to its committed offset (``perform_seek`` -> ``seek_to_committed``), t
    messages, which Faust's read offset and the agents' offset guards drop.
 
 3. **A seek back is answered with nothing.** Faust drops every fetched message below the
-   partition's read offset (the last one it handed to the stream, ``_drain_messages``), and the
-   consumer's ``seek_wait`` leaves that offset as it is. So when an agent finds messages
-   skipped and seeks back (:mod:`stream.continuity`), the messages fetched again are all
-   dropped: the drill of a SIGKILL followed by a new host stalled this way (got offset 361
-   after 263, sought 264, nothing more for six minutes). :func:`rewind` sets the read offset
-   back to the seek target and holds it there until the target itself comes through, so the
-   records fetched before the seek (which the agent drops while its seek is pending) cannot
-   raise it again; :func:`settle` lets it go once the agent takes a message of that partition
-   (a real gap: the target offset never comes).
+   partition's read offset (the last one it handed to the stream, ``_drain_messages``). The
+   consumer's ``seek_wait`` sets that offset to the seek target, but records fetched before the
+   seek and delivered after it raise it again, and then the messages fetched again are all
+   dropped. So when an agent finds messages skipped and seeks back (:mod:`stream.continuity`),
+   it can stall: the new-host SIGKILL drill did (got offset 361 after 263, sought 264, nothing
+   more for six minutes), and so did the two-worker drill. :func:`rewind` pins the read offset
+   at the seek target: later offsets are not recorded until :func:`settle`, called when the
+   agent takes its next message of that partition (the target itself, or the first one after
+   a real gap). Messages delivered twice meanwhile are dropped by the agent's offset guard.
 
 One for speed: aiokafka hashes every message key with a pure-Python murmur2 to pick its
 partition (3% of the worker under a backlog, most of it for KPI windows whose keys recur at every
@@ -89,10 +89,10 @@ def _seeks(consumer: ThreadDelegateConsumer) -> _Seeks:
 
 
 class _ReadOffsets(dict):  # type: ignore[type-arg]
-    """``Consumer._read_offset`` (TP -> offset or None), whose offset an agent can rewind (3.).
+    """``Consumer._read_offset`` (TP -> offset or None), whose offset an agent can pin (3.).
 
-    While a partition is rewound to ``target``, Faust's writes of later offsets are ignored;
-    the write of ``target`` (the message fetched again) ends it.
+    While a partition is pinned at ``target``, Faust's writes of later offsets are ignored, so
+    every message from ``target`` on gets through; :func:`settle` (or a rebalance) unpins it.
     """
 
     def __init__(self) -> None:
@@ -104,10 +104,8 @@ class _ReadOffsets(dict):  # type: ignore[type-arg]
 
     def __setitem__(self, tp: TP, offset: int | None) -> None:
         target = self.rewound.get(tp)
-        if target is not None:
-            if offset != target:
-                return  # a record fetched before the seek back
-            del self.rewound[tp]
+        if target is not None and offset is not None and offset > target:
+            return  # until the agent has its target back, nothing may raise the floor
         super().__setitem__(tp, offset)
 
     def update(self, *args: Any, **kwargs: Any) -> None:  # a rebalance seeks every partition
@@ -121,8 +119,8 @@ class _ReadOffsets(dict):  # type: ignore[type-arg]
 
 
 def rewind(consumer: Consumer, tp: TP, offset: int) -> None:
-    """Before ``seek_wait({tp: offset})``: let the messages fetched again from ``offset`` through
-    (set first, so that no re-fetched record can reach Faust's drainer before it)."""
+    """Before ``seek_wait({tp: offset})``: let every message from ``offset`` on through until
+    :func:`settle` (set first, so that no re-fetched record can reach Faust's drainer before it)."""
     read = consumer._read_offset
     if isinstance(read, _ReadOffsets):
         dict.__setitem__(read, tp, offset)
@@ -130,7 +128,7 @@ def rewind(consumer: Consumer, tp: TP, offset: int) -> None:
 
 
 def settle(consumer: Consumer, tp: TP) -> None:
-    """The agent took a message of ``tp``: a rewind still pending there was a real gap."""
+    """The agent took a message of ``tp`` in line: a rewind there is done."""
     read = consumer._read_offset
     if isinstance(read, _ReadOffsets) and read.rewound:
         read.rewound.pop(tp, None)

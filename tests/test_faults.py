@@ -65,7 +65,7 @@ GUARANTEES = ["at_least_once"]
 # New host: in 3 of 15 runs of session 4 an agent of the new worker was handed messages past its
 # restored state (got offset 184 after 115), and its seek back was answered with nothing: Faust
 # dropped the re-fetched messages below its read offset. Fixed in session 5
-# (stream/faust_patches.py, rewind); a real test since.
+# (stream/faust_patches.py, item 3); a plain test since.
 @pytest.mark.parametrize("guarantee,local_state", [
     ("at_least_once", "kept"),
     ("at_least_once", "lost"),

@@ -33,14 +33,29 @@ def test_without_a_rewind_faust_drops_what_a_seek_back_fetches_again() -> None:
     assert _drain(c, [264, 265]) == []  # the seek back to 264 is answered with nothing
 
 
+def _seek_wait(consumer: _Consumer, offset: int) -> None:
+    """What faust's ``_seek_wait`` does to the read offset (in the consumer's thread)."""
+    consumer._read_offset[tp] = offset
+
+
 def test_a_rewind_lets_the_re_fetch_through_despite_records_fetched_before_it() -> None:
     c = _Consumer()
     _drain(c, [361])
     rewind(c, tp, 264)
+    _seek_wait(c, 264)
     # records fetched before the seek are still delivered (the agent drops them), then the re-fetch
-    assert _drain(c, [362, 363, 264, 265, 361]) == [362, 363, 264, 265, 361]
-    assert c._read_offset[tp] == 361 and not c._read_offset.rewound
-    assert _drain(c, [300]) == []  # back to Faust's rule once the target came through
+    assert _drain(c, [362, 363, 264, 265, 361, 362]) == [362, 363, 264, 265, 361, 362]
+    settle(c, tp)  # the agent took 264
+    assert not c._read_offset.rewound
+    _drain(c, [363])
+    assert _drain(c, [300]) == []  # back to Faust's rule
+
+
+def test_without_the_pin_the_seek_alone_is_undone_by_records_fetched_before_it() -> None:
+    c = _Consumer()
+    _drain(c, [361])
+    _seek_wait(c, 264)
+    assert _drain(c, [362, 264]) == [362]  # the re-fetched 264 is dropped: the stall
 
 
 def test_a_real_gap_is_settled_by_the_agent_and_a_rebalance_clears_a_rewind() -> None:
