@@ -269,10 +269,12 @@ class _FaustBatch:
 
     def __init__(self) -> None:
         self.sent: list[asyncio.Future[Any]] = []
+        self._producer: Any = None  # started at the first send
 
     async def send(self, topic: str, key: bytes | None, value: bytes) -> None:
-        producer = await app.maybe_start_producer()
-        self.sent.append(await producer.send(topic, key, value, None, None, None))
+        if self._producer is None:
+            self._producer = await app.maybe_start_producer()
+        self.sent.append(await self._producer.send(topic, key, value, None, None, None))
 
     async def acked(self) -> None:
         await _acked(self.sent)

@@ -45,10 +45,13 @@ class OutputProducer:
             "queue.buffering.max.kbytes": 65_536,
         })
 
+        self.produce = self._p.produce  # (topic, value, key, on_delivery=...): queue one message
+
     def batch(self) -> Batch:
         return Batch(self)
 
     def poll(self) -> None:
+        """Serve the delivery reports that arrived (their callbacks run here)."""
         self._p.poll(0)
 
     def close(self, timeout: float = 10) -> int:
@@ -73,7 +76,7 @@ class Batch:
         """Queue one message (waits only while librdkafka's local queue is full)."""
         while True:
             try:
-                self._producer._p.produce(topic, value, key, on_delivery=self._delivered)
+                self._producer.produce(topic, value, key, on_delivery=self._delivered)
                 break
             except BufferError:
                 self._producer.poll()

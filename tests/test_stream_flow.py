@@ -195,10 +195,7 @@ def test_kpi_aggregator_drops_re_sent_contributions(messages) -> None:
     """Contributions re-sent by a re-processed ADT message arrive again at new offsets: added once."""
     contribs = _contributions(messages[:600])
     assert all(orjson.loads(raw)["src"] for raw in contribs)
-    reference = KpiAggregator(days={}, meta={}, capacity={})
-    for i, raw in enumerate(contribs):
-        reference.add(raw, 0, i)
-    expected = _final(reference.flush())
+    expected = _expected(contribs)
 
     days, meta = {}, {}
     agg = KpiAggregator(days=days, meta=meta, capacity={})
@@ -231,10 +228,7 @@ def test_bundled_contributions_give_the_same_kpis_and_drop_re_sent_items(message
     crash may be cut differently, so a bundle can hold items already added and new ones: the
     aggregator adds exactly the new ones."""
     msgs = messages[:900]
-    reference = KpiAggregator(days={}, meta={}, capacity={})
-    for i, raw in enumerate(_contributions(msgs)):
-        reference.add(raw, 0, i)
-    expected = _final(reference.flush())
+    expected = _expected(_contributions(msgs))
 
     first = _bundled(msgs, [0, 250, 500, 600])  # sent before a crash (the batch 500-600 not committed)
     assert len(first) < len(_contributions(msgs[:600])) / 3  # far fewer messages
@@ -308,6 +302,14 @@ def _final(pairs) -> dict[str, bytes]:
     return dict(pairs)
 
 
+def _expected(contribs: list[bytes]) -> dict[str, bytes]:
+    """The final KPI values of ``contribs`` added once each, by one aggregator, flushed once."""
+    reference = KpiAggregator(days={}, meta={}, capacity={})
+    for i, raw in enumerate(contribs):
+        reference.add(raw, 0, i)
+    return _final(reference.flush())
+
+
 def test_kpi_values_do_not_depend_on_flush_timing(messages) -> None:
     contribs = _contributions(messages[: len(messages) // 2])
     capacity = {"F01-D001": 10}
@@ -346,10 +348,7 @@ def test_kpi_restart_re_emits_what_no_flush_covered(messages) -> None:
     restarted.add(contribs[-1], 0, len(contribs) - 1)  # a re-delivered one changes nothing
     emitted.extend(restarted.flush())
 
-    reference = KpiAggregator(days={}, meta={}, capacity={})
-    for i, raw in enumerate(contribs):
-        reference.add(raw, 0, i)
-    assert _final(emitted) == _final(reference.flush())
+    assert _final(emitted) == _expected(contribs)
 
 
 @pytest.fixture(scope="module")
@@ -384,11 +383,8 @@ def test_a_flush_killed_before_kafka_acknowledged_it_is_sent_again(long_contribu
     # SIGKILL; a new worker restores the tables and sends what no delivered flush covered
     restarted = KpiAggregator(days=json.loads(json.dumps(days)), meta=json.loads(json.dumps(meta)),
                               capacity={})
-    reference = KpiAggregator(days={}, meta={}, capacity={})
-    for i, raw in enumerate(contribs):
-        reference.add(raw, 0, i)
     kept = sent if acknowledged else []  # what reached Kafka before the kill
-    assert _final(kept + restarted.flush()) == _final(reference.flush())
+    assert _final(kept + restarted.flush()) == _expected(contribs)
 
 
 def test_kpi_day_buckets_leave_memory_but_not_the_values(long_contributions) -> None:
