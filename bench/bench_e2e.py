@@ -44,20 +44,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def delete_namespace_topics(ns: str) -> None:
     """Best effort: cleanup must never hide the figures (or the error) of a run."""
-    from kafka import KafkaAdminClient
+    from wardstream.kafka_io import delete_namespace_topics as delete
 
     try:
-        admin = KafkaAdminClient(**settings().kafka.kafka_python_kwargs())
-    except Exception:  # noqa: BLE001
-        return
-    try:
-        doomed = [t for t in admin.list_topics() if t.startswith(ns)]
-        if doomed:
-            admin.delete_topics(doomed)
+        delete(ns)
     except Exception:  # noqa: BLE001
         pass
-    finally:
-        admin.close()
 
 
 @contextmanager

@@ -38,7 +38,7 @@ import base64
 import logging
 import zlib
 from collections.abc import MutableMapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
@@ -243,7 +243,7 @@ class AdtFlow:
             raise
         if commit:
             self.commit()
-        return [Output(CONTRIBUTIONS, o.key, _json(replace(o.value, source=(partition, offset, n)).to_dict()))
+        return [Output(CONTRIBUTIONS, o.key, _json(o.value.to_dict(source=(partition, offset, n))))
                 if o.topic == CONTRIBUTIONS else o for n, o in enumerate(out)]
 
     def _process(self, raw: bytes | None, partition: int, offset: int,

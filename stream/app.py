@@ -24,6 +24,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,11 @@ from faust import streams as faust_streams
 from faust.exceptions import NotReady, ProducerSendError
 from faust.types import EventT
 from faust.types.enums import ProcessingGuarantee
+from kafka import KafkaAdminClient
+from kafka.errors import KafkaError
 
 from stream import adt_flow, faust_patches
-from stream.continuity import DROP, Continuity
+from stream.continuity import Refetch, StallWatch, missing
 from stream.contracts import Topics
 from stream.kpi_aggregator import KpiAggregator
 from stream.outputs import Batch, OutputProducer
@@ -224,39 +227,129 @@ def _as_event(event: EventT) -> Iterator[None]:
         faust_streams._current_event.reset(token)
 
 
-async def _in_line(events: list[EventT], continuity: Continuity,
-                   applied: Callable[[int], int]) -> list[EventT]:
-    """The events that continue each partition's state; seeks back where Faust skipped some.
+@dataclass(frozen=True)
+class Item:
+    """A message for an agent: Faust's event, or one read back from Kafka because Faust skipped
+    it; ``context`` is the event it goes with (same partition: tables file writes under it)."""
 
-    After a hole in a partition, its later events of this batch are dropped too: the seek
-    fetches them again, in order. ``applied`` reads the state (committed, or staged by this
-    batch's earlier events).
-    """
-    out: list[EventT] = []
-    broken: set[int] = set()
+    context: EventT
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+_refetch = Refetch()
+
+
+async def _in_line(events: list[EventT], applied: Callable[[int], int]) -> list[Item]:
+    """The batch's messages, each partition's continuing its state: where Faust skipped some,
+    they are read back from Kafka and come first (stream/continuity.py). ``applied`` reads the
+    state (committed, or staged by this batch's earlier events)."""
+    out: list[Item] = []
     done: dict[int, int] = {}  # partition -> last offset taken in this batch
     for event in events:
         msg = event.message
-        if msg.partition in broken:
-            continue
         if msg.partition not in done:
             with _as_event(event):
                 done[msg.partition] = applied(msg.partition)
-        seek = continuity.check(msg.partition, msg.offset, done[msg.partition])
-        if seek == DROP:
-            broken.add(msg.partition)
-            continue
-        if seek is not None:
-            log.warning("partition %s of %s: got offset %s after %s; seeking back to %s",
-                        msg.partition, msg.topic, msg.offset, done[msg.partition], seek)
-            broken.add(msg.partition)
-            faust_patches.rewind(app.consumer, msg.tp, seek)  # else Faust drops the re-fetch
-            await app.consumer.seek_wait({msg.tp: seek})  # in the consumer's thread
-            continue
-        faust_patches.settle(app.consumer, msg.tp)
+        if gap := missing(msg.offset, done[msg.partition]):
+            records = await _refetch.read(msg.topic, msg.partition, gap)
+            # none: a real gap (transaction markers under exactly_once); else Faust skipped them
+            log.log(logging.WARNING if records else logging.DEBUG,
+                    "partition %s of %s: got offset %s after %s; read %d skipped messages back from Kafka",
+                    msg.partition, msg.topic, msg.offset, done[msg.partition], len(records))
+            out.extend(Item(event, msg.partition, r.offset, r.key, r.value) for r in records)
+        out.append(Item(event, msg.partition, msg.offset, event.key, event.value))
         done[msg.partition] = max(done[msg.partition], msg.offset)
-        out.append(event)
     return out
+
+
+_commits = faust_patches.CommitWatch()
+
+
+_stalls = StallWatch(after_s=float(os.environ.get("WARDSTREAM_STALL_SECONDS", "30")))
+
+
+def _moved(taken: list[Item]) -> None:
+    """After a batch's state is written: its partitions moved (for the stall watch)."""
+    now = time.monotonic()
+    for item in taken:
+        _stalls.took(item.context.message.tp, now)
+
+
+@app.timer(interval=5.0)
+async def watch_partitions() -> None:
+    """Commit partitions whose Faust commit stays behind their state (faust_patches, 3.); seek
+    partitions that have data past their state but get nothing (stream/continuity.py)."""
+    consumer = app.consumer
+    inputs = (adt_topic.get_topic_name(), contributions_topic.get_topic_name())
+    tps = [tp for tp in consumer.assignment() if tp.topic in inputs]
+    if not tps or _rebalancing():
+        return
+    applied = {tp: _state_offset(tp) for tp in tps}
+    try:
+        await _commits.check(consumer, applied, await asyncio.to_thread(_broker_commits, tps))
+        await _unstall(applied)
+    except KafkaError as exc:  # the broker away for a moment: look again at the next tick
+        log.warning("partition watch skipped: %s", exc)
+
+
+_rebalance_seen: float | None = None  # when a watch first found Faust rebalancing
+REBALANCE_PATIENCE_S = 60.0
+
+
+def _rebalancing() -> bool:
+    """Faust reports a rebalance; after a minute of it, the watches go on regardless (whether
+    Faust's flag can stay set after a rebalance ended is not known; the stalls are real)."""
+    global _rebalance_seen
+    if not app.rebalancing:
+        _rebalance_seen = None
+        return False
+    now = time.monotonic()
+    if _rebalance_seen is None:
+        _rebalance_seen = now
+    if now - _rebalance_seen < REBALANCE_PATIENCE_S:
+        return True
+    log.warning("Faust has reported a rebalance for %.0fs; watching the partitions anyway",
+                now - _rebalance_seen)
+    return False
+
+
+_admin: KafkaAdminClient | None = None
+
+
+def _broker_commits(tps: list[Any]) -> dict[Any, int | None]:
+    """The group's committed offsets of ``tps`` as the broker has them (blocking)."""
+    global _admin
+    if _admin is None:
+        _admin = KafkaAdminClient(**SETTINGS.kafka.kafka_python_kwargs())
+    group = app.conf.id
+    got = _admin.list_group_offsets({group: None}).get(group, {})
+    by = {(tp.topic, tp.partition): meta.offset for tp, meta in got.items() if meta.offset >= 0}
+    return {tp: by.get((tp.topic, tp.partition)) for tp in tps}
+
+
+def _state_offset(tp: Any) -> int:
+    """The last offset an agent's written state holds for ``tp`` (-1: none)."""
+    if tp.topic == adt_topic.get_topic_name():
+        entry = partition_state.get(adt_flow.partition_key(tp.partition))
+    else:
+        entry = kpi_meta.get(f"q{tp.partition}")
+    return int((entry or {"offset": -1})["offset"])
+
+
+async def _unstall(applied: dict[Any, int]) -> None:
+    consumer = app.consumer
+    ends = await consumer.highwaters(*applied)
+    now = time.monotonic()
+    for tp, offset in applied.items():
+        if tp not in ends or not _stalls.stalled(tp, offset, ends[tp], now):
+            continue
+        log.warning("partition %s of %s: state at offset %s, log end %s, nothing taken for %.0fs "
+                    "(Faust's read offset %s); seeking it to %s", tp.partition, tp.topic, offset,
+                    ends[tp], _stalls.after_s, consumer._read_offset.get(tp), offset + 1)
+        await consumer.seek_wait({tp: offset + 1})
 
 
 class _FaustBatch:
@@ -296,6 +389,9 @@ def _outputs() -> Batch | _FaustBatch:
 
 @app.on_before_shutdown.connect
 async def _close_outputs(app: faust.App, **kwargs: Any) -> None:
+    _refetch.close()
+    if _admin is not None:
+        _admin.close()
     if _output_producer is not None:  # anything left is re-sent by the batch's re-processing
         left = _output_producer.close(timeout=5)
         if left:
@@ -330,17 +426,16 @@ async def process_adt(stream: faust.StreamT) -> None:
     in Kafka, so the offset guard never skips a message with lost outputs, and re-processing a
     message sends the same outputs again (their consumers drop or upsert copies).
     """
-    continuity = Continuity()
     async for events in stream.take_events(ADT_BATCH, within=ADT_BATCH_WITHIN):
         last: dict[int, EventT] = {}
         try:
             batch = _outputs()
             contributions: list[adt_flow.Output] = []  # sent bundled, after the batch
-            for event in await _in_line(events, continuity, flow.applied_offset):
-                msg = event.message
-                last[msg.partition] = event
-                with _as_event(event):
-                    outputs = flow.process(event.value, msg.partition, msg.offset, key=event.key,
+            taken = await _in_line(events, flow.applied_offset)
+            for item in taken:
+                last[item.partition] = item.context
+                with _as_event(item.context):
+                    outputs = flow.process(item.value, item.partition, item.offset, key=item.key,
                                            commit=False)
                 for out in outputs:
                     if out.topic == adt_flow.CONTRIBUTIONS:
@@ -368,6 +463,7 @@ async def process_adt(stream: faust.StreamT) -> None:
         finally:
             _journal_sends.clear()
         flow.commit_state(scope)
+        _moved(taken)
 
 
 @app.agent(contributions_topic, concurrency=1)
@@ -378,17 +474,16 @@ async def aggregate_kpis(stream: faust.StreamT) -> None:
     changes many times in a batch); a crash before that re-delivers the batch, and the buckets'
     source marks drop the contributions already added.
     """
-    continuity = Continuity()
     async for events in stream.take_events(ADT_BATCH, within=ADT_BATCH_WITHIN):
         last: dict[int, EventT] = {}
         try:
-            for event in await _in_line(events, continuity, aggregator.applied_offset):
-                msg = event.message
-                last[msg.partition] = event
+            taken = await _in_line(events, aggregator.applied_offset)
+            for item in taken:
+                last[item.partition] = item.context
                 for table in kpi_state:
-                    table.partition = msg.partition
-                with _as_event(event):
-                    aggregator.add(event.value, msg.partition, msg.offset)
+                    table.partition = item.partition
+                with _as_event(item.context):
+                    aggregator.add(item.value, item.partition, item.offset)
         except BaseException:
             for table in kpi_state:
                 table.rollback()
@@ -397,6 +492,7 @@ async def aggregate_kpis(stream: faust.StreamT) -> None:
             raise
         for table in kpi_state:
             table.commit(lambda partition: _as_event(last[partition]))
+        _moved(taken)
         if aggregator.pending_days() > FLUSH_PENDING_DAYS:
             await _flush()
         await asyncio.sleep(0)
@@ -479,3 +575,5 @@ async def _on_assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:
     # The tables are the truth after a rebalance: drop in-memory copies.
     flow.forget_cache()
     aggregator.forget_cache()
+    _commits.forget()
+    _stalls.forget()

@@ -4,63 +4,143 @@ Each agent's state records the last offset it applied per partition, so the next
 takes must be that offset + 1 (or a copy at or below it, which the offset guards skip). Around
 rebalances faust-streaming 0.15.3 can hand an agent a later message instead (records fetched
 before a seek and delivered after it; see :mod:`stream.faust_patches`), and counts the offsets
-in between as done. The agent then seeks the partition back to the offset after its state
-instead of processing the later message: nothing is skipped, even if the group's commit already
-went past, and a restart with the state kept resumes at the right place as well.
+in between as done. The agent then reads the messages it missed back from Kafka itself
+(:class:`Refetch`) and applies them before the later one: nothing is skipped, even if the
+group's commit already went past, and nothing depends on Faust delivering them again.
 
-A real gap (transaction markers, compaction) looks the same at first: after the seek the broker
-returns the same later message again. :meth:`Continuity.check` takes it once it came first
-``CONFIRM`` times in a row: a message queued before the seek and delivered after it, even one
-below the first offending offset (Faust does not keep their order), is not taken for a gap (it
-is what the two-worker drill lost three admissions to, when the first one past the seek was
-taken). While a seek is pending, later messages are dropped; the seek fetches them again (the agent pins Faust's read offset at the
-seek target, else Faust would drop the re-fetched messages: :func:`stream.faust_patches.rewind`).
+(Until session 6 the agent sought the partition back and waited for Faust to fetch the missing
+messages again. Faust's read offset, its queues and its own seeks after a rebalance answered
+that seek with nothing in the two-worker drill, in three versions of the workaround: the agent
+then dropped every later message of the partition, waiting.)
 
->>> c = Continuity()
->>> c.check(0, offset=5, applied=4) is None   # next in line
-True
->>> c.check(0, offset=9, applied=4)           # 5..8 skipped: seek back to 5
-5
->>> c.check(0, offset=10, applied=4) == DROP  # queued before the seek: fetched again
-True
->>> c.check(0, offset=7, applied=4)           # queued before it too, out of order: seek again
-5
->>> c.check(0, offset=5, applied=4) is None   # the re-fetched message
-True
->>> [c.check(1, offset=7, applied=2) for _ in range(CONFIRM)]  # a real gap, taken
-[3, 3, None]
+A real gap (transaction markers, compaction) reads back as fewer messages than the range.
+
+Faust can also deliver nothing more of a partition: in the two-worker drill a worker that took
+over partitions sat still with its state 231 messages short of the log's end, and no later
+message ever came to show the hole. :class:`StallWatch` finds such a partition (data past its
+state, nothing taken for ``after_s``) so that the worker seeks it to its state again.
+
+>>> missing(offset=5, applied=4)        # next in line
+range(5, 5)
+>>> missing(offset=3, applied=4)        # a copy: the offset guard skips it
+range(5, 3)
+>>> list(missing(offset=9, applied=4))  # 5..8 skipped: read them back first
+[5, 6, 7, 8]
 """
 
 from __future__ import annotations
 
-DROP = -1  # check(): leave the message, a pending seek fetches it again
-CONFIRM = 3  # a gap is taken when the same offset came first this many times in a row
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from kafka import TopicPartition
+
+from wardstream.config import Settings, settings
 
 
-class Continuity:
-    """Per partition: is a message next in line after the state, or where to seek back to."""
+def missing(offset: int, applied: int) -> range:
+    """The offsets between a partition's state (``applied``) and the message at ``offset``."""
+    return range(applied + 1, offset)
 
-    def __init__(self) -> None:
-        # partition -> (sought offset, the message offset that caused it, times seen first)
-        self._probes: dict[int, tuple[int, int, int]] = {}
 
-    def check(self, partition: int, offset: int, applied: int) -> int | None:
-        """None to process the message (or skip it as a copy), :data:`DROP`, or the offset to seek to."""
-        expected = applied + 1
-        if offset <= expected:
-            self._probes.pop(partition, None)  # in line
-            return None
-        probe = self._probes.get(partition)
-        if probe is not None and probe[0] == expected:
-            if offset > probe[1]:
-                return DROP
-            # the same first message again, or a lower one (queued out of order, or the log's
-            # new start after retention): seek again until one comes first CONFIRM times
-            seen = probe[2] + 1 if offset == probe[1] else 1
-            if seen >= CONFIRM:
-                del self._probes[partition]
-                return None
-            self._probes[partition] = (expected, offset, seen)
-            return expected
-        self._probes[partition] = (expected, offset, 1)
-        return expected
+class StallWatch:
+    """Partitions with messages past their state and nothing taken for ``after_s`` seconds.
+
+    >>> w = StallWatch(after_s=30)
+    >>> w.stalled("p0", applied=9, end=10, now=0)     # caught up (end = next offset)
+    False
+    >>> w.stalled("p1", applied=4, end=10, now=0), w.stalled("p1", applied=4, end=10, now=31)
+    (False, True)
+    >>> w.stalled("p1", applied=4, end=10, now=40)    # just sought: give it time again
+    False
+    >>> w.took("p1", now=50); w.stalled("p1", applied=6, end=10, now=70)
+    False
+    """
+
+    def __init__(self, after_s: float = 30.0) -> None:
+        self.after_s = after_s
+        self._since: dict[Any, float] = {}  # partition -> when it last moved (or was caught up)
+
+    def took(self, tp: Any, now: float) -> None:
+        """The agent applied messages of ``tp``."""
+        self._since[tp] = now
+
+    def forget(self) -> None:
+        self._since.clear()
+
+    def stalled(self, tp: Any, applied: int, end: int, now: float) -> bool:
+        """True (and the clock restarts) when ``tp`` has data past ``applied`` and sat still."""
+        since = self._since.setdefault(tp, now)
+        if applied + 1 >= end:
+            self._since[tp] = now
+            return False
+        if now - since < self.after_s:
+            return False
+        self._since[tp] = now
+        return True
+
+
+@dataclass(frozen=True)
+class Record:
+    """A message read back from Kafka."""
+
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+class Refetch:
+    """Reads a range of one partition straight from Kafka (committed data only), off the event loop.
+
+    One plain consumer (kafka-python, no group: it commits nothing) per worker, made at the first
+    use; ranges are read one at a time.
+    """
+
+    def __init__(self, s: Settings | None = None, timeout_s: float = 60.0) -> None:
+        self._settings = s
+        self._timeout_s = timeout_s
+        self._consumer: Any = None
+        self._lock = asyncio.Lock()
+
+    async def read(self, topic: str, partition: int, offsets: range) -> list[Record]:
+        """The messages of ``topic`` / ``partition`` in ``offsets``, in order. Raises
+        ``TimeoutError`` rather than return a short read (the worker crashes and restarts from its
+        state: nothing lost)."""
+        if not offsets:
+            return []
+        async with self._lock:
+            return await asyncio.to_thread(self._read, topic, partition, offsets)
+
+    def _read(self, topic: str, partition: int, offsets: range) -> list[Record]:
+        from wardstream.kafka_io import make_consumer
+
+        if self._consumer is None:
+            self._consumer = make_consumer(group_id=None, s=self._settings or settings())
+        consumer = self._consumer
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        consumer.seek(tp, offsets.start)
+        out: list[Record] = []
+        deadline = time.monotonic() + self._timeout_s
+        try:
+            while True:
+                for rec in consumer.poll(timeout_ms=500, max_records=2000).get(tp, []):
+                    if rec.offset >= offsets.stop:
+                        return out
+                    if rec.offset >= offsets.start:
+                        out.append(Record(rec.offset, rec.key, rec.value))
+                # the message at offsets.stop exists (Faust delivered it): reading up to it ends
+                if consumer.position(tp) >= offsets.stop:
+                    return out
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"read {len(out)} of {topic}[{partition}] {offsets.start}.."
+                                       f"{offsets.stop - 1} in {self._timeout_s:.0f}s")
+        finally:
+            consumer.unsubscribe()
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None

@@ -1,7 +1,7 @@
 """Workarounds for faust-streaming 0.15.3 bugs that lose or stall messages; applied by ``stream.app``.
 
-1 and 2 were seen in the scale-out drill (tests/test_faults.py: input arriving while a second
-worker joins, then that worker leaving), 3 in the SIGKILL drill's new host. After a
+All three were seen in the scale-out drill (tests/test_faults.py: input arriving while a second
+worker joins, then that worker leaving). After a
 rebalance Faust suspends the flow, clears its queues, restores the tables and seeks each stream
 partition to its committed offset (``perform_seek`` -> ``seek_to_committed``), then resumes.
 
@@ -19,16 +19,17 @@ partition to its committed offset (``perform_seek`` -> ``seek_to_committed``), t
    the fetch was in flight and seeks it again to its target; a re-fetch can only repeat
    messages, which Faust's read offset and the agents' offset guards drop.
 
-3. **A seek back is answered with nothing.** Faust drops every fetched message below the
-   partition's read offset (the last one it handed to the stream, ``_drain_messages``). The
-   consumer's ``seek_wait`` sets that offset to the seek target, but records fetched before the
-   seek and delivered after it raise it again, and then the messages fetched again are all
-   dropped. So when an agent finds messages skipped and seeks back (:mod:`stream.continuity`),
-   it can stall: the new-host SIGKILL drill did (got offset 361 after 263, sought 264, nothing
-   more for six minutes), and so did the two-worker drill. :func:`rewind` pins the read offset
-   at the seek target: later offsets are not recorded until :func:`settle`, called when the
-   agent takes its next message of that partition (the target itself, or the first one after
-   a real gap). Messages delivered twice meanwhile are dropped by the agent's offset guard.
+3. **Commits stuck behind the state.** In the two-worker drill the surviving worker's commits of
+   three partitions stayed minutes behind a state that had applied every message (the state
+   came from the changelogs; Faust delivered only the last message of each, which the agent
+   skipped as a copy). Two things in Faust fit: it commits a partition only up to its first
+   offset neither acked nor counted in a gap, and it records an offset as committed whatever
+   its client did (``_commit_offsets`` updates ``_committed_offset`` even when the driver's
+   ``_commit`` returned False on "already rebalanced" or left out a partition not assigned at
+   that moment), then commits that partition only past the recorded offset. Messages the
+   agents read back from Kafka themselves (:mod:`stream.continuity`) do not pass through Faust
+   either. :class:`CommitWatch` compares the broker's committed offsets with the state and
+   commits a partition at its state's offset when it stays behind.
 
 One for speed: aiokafka hashes every message key with a pure-Python murmur2 to pick its
 partition (3% of the worker under a backlog, most of it for KPI windows whose keys recur at every
@@ -54,7 +55,6 @@ from faust.types import TP, EventT
 
 log = logging.getLogger(__name__)
 
-_original_consumer_init = Consumer.__init__
 _original_seek_to_committed = ThreadDelegateConsumer.seek_to_committed
 _original_getmany = ThreadDelegateConsumer._getmany
 _original_ack = Stream.ack
@@ -88,55 +88,56 @@ def _seeks(consumer: ThreadDelegateConsumer) -> _Seeks:
     return seeks
 
 
-class _ReadOffsets(dict):  # type: ignore[type-arg]
-    """``Consumer._read_offset`` (TP -> offset or None), whose offset an agent can pin (3.).
+class CommitWatch:
+    """Commits a partition itself when Faust's commit stays behind the agent's state (3.).
 
-    While a partition is pinned at ``target``, Faust's writes of later offsets are ignored, so
-    every message from ``target`` on gets through; :func:`settle` (or a rebalance) unpins it.
+    A timer calls :meth:`check` with the last offset each partition's written state holds. A
+    partition whose committed offset is below that and has not moved since the previous check
+    is committed at the state's offset + 1. Every offset it commits is applied by construction,
+    so a look that comes while Faust is merely slow costs a commit request, nothing else. Not
+    under exactly_once (commits go through transactions).
+
+    >>> w = CommitWatch(); tp = TP("t", 0)
+    >>> w.due({tp: 427}, {tp: 763}), w.due({tp: 427}, {tp: 763})  # behind, then not moving either
+    ({}, {TP(topic='t', partition=0): 764})
+    >>> w.due({tp: 764}, {tp: 763})                               # caught up
+    {}
     """
 
     def __init__(self) -> None:
-        super().__init__()
-        self.rewound: dict[TP, int] = {}
+        self._seen: dict[TP, int | None] = {}  # the committed offset at the previous check
 
-    def __missing__(self, tp: TP) -> None:  # Faust's defaultdict(lambda: None)
-        return None
+    def forget(self) -> None:
+        """After a rebalance: the partitions may have moved."""
+        self._seen.clear()
 
-    def __setitem__(self, tp: TP, offset: int | None) -> None:
-        target = self.rewound.get(tp)
-        if target is not None and offset is not None and offset > target:
-            return  # until the agent has its target back, nothing may raise the floor
-        super().__setitem__(tp, offset)
+    def due(self, committed: Mapping[TP, int | None], applied: Mapping[TP, int]) -> dict[TP, int]:
+        """The offsets to commit now, given Faust's committed offsets (next offset to read) and
+        the states' last applied offsets."""
+        out: dict[TP, int] = {}
+        for tp, offset in applied.items():
+            now = committed.get(tp)
+            if (now is None or now <= offset) and offset >= 0 and tp in self._seen and self._seen[tp] == now:
+                out[tp] = offset + 1
+            self._seen[tp] = now
+        return out
 
-    def update(self, *args: Any, **kwargs: Any) -> None:  # a rebalance seeks every partition
-        for tp in dict(*args, **kwargs):
-            self.rewound.pop(tp, None)
-        super().update(*args, **kwargs)
-
-    def pop(self, tp: TP, *default: Any) -> Any:  # a revoked partition
-        self.rewound.pop(tp, None)
-        return super().pop(tp, *default)
-
-
-def rewind(consumer: Consumer, tp: TP, offset: int) -> None:
-    """Before ``seek_wait({tp: offset})``: let every message from ``offset`` on through until
-    :func:`settle` (set first, so that no re-fetched record can reach Faust's drainer before it)."""
-    read = consumer._read_offset
-    if isinstance(read, _ReadOffsets):
-        dict.__setitem__(read, tp, offset)
-        read.rewound[tp] = offset
-
-
-def settle(consumer: Consumer, tp: TP) -> None:
-    """The agent took a message of ``tp`` in line: a rewind there is done."""
-    read = consumer._read_offset
-    if isinstance(read, _ReadOffsets) and read.rewound:
-        read.rewound.pop(tp, None)
-
-
-def _consumer_init(self: Consumer, *args: Any, **kwargs: Any) -> None:
-    _original_consumer_init(self, *args, **kwargs)
-    self._read_offset = _ReadOffsets()
+    async def check(self, consumer: Consumer, applied: Mapping[TP, int],
+                    committed: Mapping[TP, int | None]) -> None:
+        """``committed``: the group's offsets as the broker has them (Faust's own record can be
+        ahead of them, see 3.)."""
+        if consumer.in_transaction:
+            return
+        assignment = consumer.assignment()
+        due = {tp: o for tp, o in self.due(committed, applied).items() if tp in assignment}
+        if not due:
+            return
+        if await consumer._commit(due):
+            consumer._committed_offset.update(due)
+            log.info("committed %d partitions whose commits had stayed behind the state", len(due))
+        else:
+            log.warning("the broker refused the commit of %d partitions behind the state "
+                        "(the group rebalanced since); trying again at the next look", len(due))
 
 
 async def _seek_to_committed(self: ThreadDelegateConsumer) -> Mapping[TP, int]:
@@ -178,8 +179,6 @@ def _cache_murmur2() -> None:
 def apply() -> None:
     """Install the patches (idempotent)."""
     _cache_murmur2()
-    if Consumer.__init__ is not _consumer_init:
-        Consumer.__init__ = _consumer_init  # type: ignore[method-assign]
     ThreadDelegateConsumer.seek_to_committed = _seek_to_committed  # type: ignore[method-assign]
     ThreadDelegateConsumer._getmany = _getmany  # type: ignore[method-assign]
     Stream.ack = _ack  # type: ignore[method-assign]

@@ -7,11 +7,12 @@ Tests that touch Kafka or PostgreSQL take the ``stack`` fixture (directly or thr
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 
 import pytest
 
+from faults import NAMESPACES, new_namespace
+from wardstream.kafka_io import delete_namespace_topics
 from wardstream.stack.kafka import LocalKafka
 from wardstream.stack.postgres import LocalPostgres
 
@@ -23,12 +24,15 @@ def stack() -> Iterator[None]:
         LocalKafka().up()
     LocalPostgres().up()
     yield
+    # a broker that keeps every run's thousands of partitions takes minutes to start (and timed
+    # out `wardstream stack up`): delete the namespaces this session made, and only those
+    delete_namespace_topics(*NAMESPACES)
 
 
 @pytest.fixture()
 def kafka_ns(stack, monkeypatch) -> str:
     """A fresh topic namespace (prefix) for this test, so tests never see each other's data."""
-    ns = f"t{uuid.uuid4().hex[:10]}."
+    ns = new_namespace("t")
     monkeypatch.setenv("WARDSTREAM_NAMESPACE", ns)
     return ns
 

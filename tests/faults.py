@@ -36,8 +36,13 @@ OUTPUT_TABLES_WITH_SOURCE = frozenset({"discharge_scores", "readmissions", "aler
 VOLATILE = frozenset({"updated_at", "ingested_at", "first_seen_at", "created_at"})
 
 
+NAMESPACES: set[str] = set()  # made by this test session (its topics are deleted at the end)
+
+
 def new_namespace(prefix: str = "f") -> str:
-    return f"{prefix}{uuid.uuid4().hex[:10]}."
+    ns = f"{prefix}{uuid.uuid4().hex[:10]}."
+    NAMESPACES.add(ns)
+    return ns
 
 
 def worker_env(namespace: str, state_dir: Path, **extra: str) -> dict[str, str]:

@@ -63,9 +63,8 @@ GUARANTEES = ["at_least_once"]
 
 
 # New host: in 3 of 15 runs of session 4 an agent of the new worker was handed messages past its
-# restored state (got offset 184 after 115), and its seek back was answered with nothing: Faust
-# dropped the re-fetched messages below its read offset. Fixed in session 5
-# (stream/faust_patches.py, item 3); a plain test since.
+# restored state (got offset 184 after 115), and its seek back was answered with nothing. Since
+# session 6 the agent reads such messages back from Kafka itself (stream/continuity.py).
 @pytest.mark.parametrize("guarantee,local_state", [
     ("at_least_once", "kept"),
     ("at_least_once", "lost"),
@@ -158,10 +157,10 @@ def test_postgres_restart_mid_sink(base) -> None:
     assert not diff_dumps(base.dump, dump), diff_dumps(base.dump, dump)
 
 
-# Faust's rebalance has bitten this drill three ways (stream/faust_patches.py, the capacity route),
-# each fixed; it failed once more in one of four fresh-clone runs of session 3, cause not found.
-# A rebalance bug not yet found must not fail the whole suite, so a failure is reported as XFAIL
-# with what went wrong in its reason (``-ra`` prints it in the summary, quiet runs included).
+# Faust's rebalance has bitten this drill several ways (stream/faust_patches.py, the capacity
+# route, stream/continuity.py), each fixed in turn. A rebalance bug not yet found must not fail
+# the whole suite, so a failure is reported as XFAIL with what went wrong in its reason (``-ra``
+# prints it in the summary, quiet runs included); README "Known gaps" has the runs of session 6.
 @pytest.mark.parametrize("guarantee", GUARANTEES)
 def test_two_workers_share_partitions_and_one_leaves(base, tmp_path, guarantee) -> None:
     try:

@@ -1,74 +1,90 @@
-"""Unit tests of the read-offset rewind in stream/faust_patches.py (the drills in test_faults.py
-exercise it through the real broker). The drainer is Faust's ``Consumer._drain_messages`` rule:
-a fetched message goes to the stream if its offset >= the read offset, which then becomes it."""
+"""Why stream/faust_patches.py watches commits (Faust's own ack bookkeeping, its
+``Consumer._new_offset``, without a broker), the watch's rule, and stream/continuity.py's
+read-back through the real broker. The drills in test_faults.py exercise both end to end."""
 
 from __future__ import annotations
 
-from faust.types import TP
+import asyncio
+from collections import defaultdict
 
-from stream.faust_patches import _ReadOffsets, rewind, settle
+from faust.transport.consumer import Consumer
+from faust.types import TP
+from intervaltree import IntervalTree
+
+from stream.continuity import Refetch, missing
+from stream.faust_patches import CommitWatch
+from wardstream.kafka_io import ensure_topics, make_producer
 
 tp = TP("hospital.adt", 0)
 
 
-class _Consumer:
-    def __init__(self) -> None:
-        self._read_offset = _ReadOffsets()
+class _Bookkeeping:
+    """Faust's per-partition ack bookkeeping, with Faust's methods."""
+
+    _new_offset = Consumer._new_offset
+
+    def __init__(self, committed: int | None) -> None:
+        self._committed_offset = {tp: committed}
+        self._gap: defaultdict[TP, IntervalTree] = defaultdict(IntervalTree)  # none here
+        self._acked: defaultdict[TP, list[int]] = defaultdict(list)
+        self._acked_index: defaultdict[TP, set[int]] = defaultdict(set)
+
+    def ack(self, offset: int) -> None:
+        self._acked[tp].append(offset)
+        self._acked_index[tp].add(offset)
 
 
-def _drain(consumer: _Consumer, offsets: list[int]) -> list[int]:
-    """What Faust's drainer hands to the stream, in order."""
-    delivered = []
-    for offset in offsets:
-        read = consumer._read_offset[tp]
-        if read is None or offset >= read:
-            delivered.append(offset)
-            consumer._read_offset[tp] = offset
-    return delivered
+def test_commits_stay_stuck_when_faust_delivered_only_the_last_message() -> None:
+    # the drill: committed 427, the state (from the changelogs) already at 763, Faust hands
+    # over only 763, which the agent skips as a copy
+    c = _Bookkeeping(committed=427)
+    c.ack(763)
+    assert c._new_offset(tp) is None  # Faust never commits past 427
 
 
-def test_without_a_rewind_faust_drops_what_a_seek_back_fetches_again() -> None:
-    c = _Consumer()
-    assert _drain(c, [361, 362]) == [361, 362]
-    assert _drain(c, [264, 265]) == []  # the seek back to 264 is answered with nothing
+def test_the_commit_watch_commits_a_partition_stuck_behind_its_state() -> None:
+    w = CommitWatch()
+    assert w.due({tp: 427}, {tp: 763}) == {}  # the first look only notes where the commit is
+    assert w.due({tp: 427}, {tp: 763}) == {tp: 764}  # behind, and Faust did not commit since
+    assert w.due({tp: 764}, {tp: 763}) == {}
 
 
-def _seek_wait(consumer: _Consumer, offset: int) -> None:
-    """What faust's ``_seek_wait`` does to the read offset (in the consumer's thread)."""
-    consumer._read_offset[tp] = offset
+def test_the_commit_watch_leaves_a_moving_or_caught_up_commit_alone() -> None:
+    w = CommitWatch()
+    assert w.due({tp: 100}, {tp: 900}) == {} and w.due({tp: 400}, {tp: 900}) == {}
+    assert w.due({tp: 901}, {tp: 900}) == {} and w.due({tp: 901}, {tp: 900}) == {}
+    w.forget()  # a rebalance: partitions may have moved
+    assert w.due({tp: 5}, {tp: 9}) == {}
 
 
-def test_a_rewind_lets_the_re_fetch_through_despite_records_fetched_before_it() -> None:
-    c = _Consumer()
-    _drain(c, [361])
-    rewind(c, tp, 264)
-    _seek_wait(c, 264)
-    # records fetched before the seek are still delivered (the agent drops them), then the re-fetch
-    assert _drain(c, [362, 363, 264, 265, 361, 362]) == [362, 363, 264, 265, 361, 362]
-    settle(c, tp)  # the agent took 264
-    assert not c._read_offset.rewound
-    _drain(c, [363])
-    assert _drain(c, [300]) == []  # back to Faust's rule
+def test_the_commit_watch_commits_a_partition_faust_never_committed_but_not_an_empty_state() -> None:
+    w = CommitWatch()
+    assert w.due({}, {tp: 5}) == {} and w.due({}, {tp: 5}) == {tp: 6}
+    w = CommitWatch()
+    assert w.due({}, {tp: -1}) == {} and w.due({}, {tp: -1}) == {}
 
 
-def test_without_the_pin_the_seek_alone_is_undone_by_records_fetched_before_it() -> None:
-    c = _Consumer()
-    _drain(c, [361])
-    _seek_wait(c, 264)
-    assert _drain(c, [362, 264]) == [362]  # the re-fetched 264 is dropped: the stall
+def test_missing_offsets() -> None:
+    assert list(missing(offset=8, applied=4)) == [5, 6, 7]
+    assert not missing(offset=5, applied=4) and not missing(offset=2, applied=4)
 
 
-def test_a_real_gap_is_settled_by_the_agent_and_a_rebalance_clears_a_rewind() -> None:
-    c = _Consumer()
-    rewind(c, tp, 10)
-    _drain(c, [12, 13])  # 10 and 11 do not exist (transaction markers)
-    assert c._read_offset[tp] == 10
-    settle(c, tp)  # the agent took 12: a real gap
-    _drain(c, [14])
-    assert c._read_offset[tp] == 14
-    rewind(c, tp, 5)
-    c._read_offset.update({tp: 20})  # perform_seek after a rebalance
-    assert not c._read_offset.rewound and c._read_offset[tp] == 20
-    rewind(c, tp, 5)
-    c._read_offset.pop(tp, None)  # revoked
-    assert not c._read_offset.rewound and c._read_offset[tp] is None
+def test_refetch_reads_a_range_back_from_the_broker(kafka_ns) -> None:
+    from stream.contracts import Topics
+
+    topic = Topics(kafka_ns).adt
+    ensure_topics([topic])
+    producer = make_producer()
+    for i in range(10):
+        producer.send(topic, key=b"k", value=f"v{i}".encode(), partition=1)
+    producer.flush()
+    producer.close()
+    refetch = Refetch()
+    try:
+        got = asyncio.run(refetch.read(topic, 1, range(3, 7)))
+        assert [(r.offset, r.key, r.value) for r in got] == [(i, b"k", f"v{i}".encode()) for i in range(3, 7)]
+        assert asyncio.run(refetch.read(topic, 1, range(9, 9))) == []
+        # the same consumer serves the next range, from its start
+        assert [r.offset for r in asyncio.run(refetch.read(topic, 1, range(0, 2)))] == [0, 1]
+    finally:
+        refetch.close()

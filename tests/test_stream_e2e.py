@@ -32,6 +32,7 @@ from stream.contracts import (
 )
 from stream.domain.metrics import auc, recall_precision
 from stream.runner import StreamWorker, committed_offsets, group_id
+from faults import new_namespace
 from stream_oracle import Oracle, RunOutputs, close, windows_holding
 from wardstream.config import scoped_env
 from wardstream.kafka_io import ensure_topics, make_producer
@@ -138,7 +139,7 @@ def run_once(ns: str, days: int, tmp: Path, *, stop_after: float | None = None) 
 
 @pytest.fixture(scope="module")
 def year(stack, tmp_path_factory) -> Run:
-    ns = f"t{uuid.uuid4().hex[:10]}."
+    ns = new_namespace("t")
     run = run_once(ns, YEAR_DAYS, tmp_path_factory.mktemp("year"))
     print(f"\n{YEAR_DAYS} simulated days, {len(run.valid)} events: worker caught up in "
           f"{run.seconds:.0f}s; {len(run.out.kpis)} KPI messages")
@@ -293,8 +294,8 @@ def test_streamed_scores_are_the_verified_models_and_beat_lace(year: Run) -> Non
 
 def test_restart_mid_stream_continues_and_changes_nothing(stack, tmp_path) -> None:
     days = 75
-    plain = run_once(f"t{uuid.uuid4().hex[:10]}.", days, tmp_path / "a")
-    broken = run_once(f"t{uuid.uuid4().hex[:10]}.", days, tmp_path / "b", stop_after=0.5)
+    plain = run_once(new_namespace("t"), days, tmp_path / "a")
+    broken = run_once(new_namespace("t"), days, tmp_path / "b", stop_after=0.5)
     a, b = plain.out.final(), broken.out.final()
     for name in ("scores", "labels", "alerts", "kpis"):
         assert a[name].keys() == b[name].keys(), name

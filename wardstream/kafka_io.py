@@ -7,7 +7,8 @@ the security settings of :mod:`wardstream.config` and the delivery guarantees we
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
@@ -37,13 +38,35 @@ def topic_specs(s: Settings | None = None) -> dict[str, tuple[int, dict[str, str
     }
 
 
+@contextmanager
+def admin_client(s: Settings | None = None) -> Iterator[KafkaAdminClient]:
+    """A kafka-python admin client, closed on exit."""
+    admin = KafkaAdminClient(**(s or settings()).kafka.kafka_python_kwargs())
+    try:
+        yield admin
+    finally:
+        admin.close()
+
+
+def delete_namespace_topics(*namespaces: str, s: Settings | None = None) -> int:
+    """Delete every topic of these namespaces (topic-name prefixes; the empty namespace, the
+    DESIGN.md names, is never touched). Returns how many were deleted."""
+    prefixes = tuple(ns for ns in namespaces if ns)
+    if not prefixes:
+        return 0
+    with admin_client(s) as admin:
+        doomed = sorted(t for t in admin.list_topics() if t.startswith(prefixes))
+        for start in range(0, len(doomed), 200):
+            admin.delete_topics(doomed[start:start + 200], timeout_ms=30000)
+    return len(doomed)
+
+
 def ensure_topics(names: Iterable[str] | None = None, s: Settings | None = None) -> None:
     """Create the wardstream topics that do not exist yet (idempotent)."""
     s = s or settings()
     specs = topic_specs(s)
     wanted = list(names) if names is not None else list(specs)
-    admin = KafkaAdminClient(**s.kafka.kafka_python_kwargs())
-    try:
+    with admin_client(s) as admin:
         existing = set(admin.list_topics())
         new = [
             NewTopic(name, specs.get(name, (s.adt_partitions, {}))[0], 1,
@@ -57,8 +80,6 @@ def ensure_topics(names: Iterable[str] | None = None, s: Settings | None = None)
             except TopicAlreadyExistsError:
                 pass
             log.info("created topics: %s", ", ".join(t.name for t in new))
-    finally:
-        admin.close()
 
 
 def make_producer(s: Settings | None = None, **overrides: object) -> KafkaProducer:

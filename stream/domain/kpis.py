@@ -96,7 +96,9 @@ class Contribution:
     def bucket_key(self) -> str:
         return bucket_key(self.dimension, self.dimension_id, self.day)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, source: tuple[int, int, int] | None = None) -> dict[str, Any]:
+        """The wire form; ``source`` stamps one (the flow's hot path: cheaper than a copy)."""
+        source = source or self.source
         return {
             "dimension": self.dimension,
             "dimension_id": self.dimension_id,
@@ -104,7 +106,7 @@ class Contribution:
             "day": self.day.isoformat(),
             "fields": dict(self.fields),
             "patient_id": self.patient_id,
-            **({"src": list(self.source)} if self.source else {}),
+            **({"src": list(source)} if source else {}),
         }
 
     @classmethod
