@@ -10,7 +10,9 @@ configured from the environment through :func:`wardstream.config.settings`, read
   outputs are made effectively-once by the design (stream/README.md "Determinism"); Faust
   0.15.3's exactly_once lost outputs on a SIGTERM stop here (see the README);
 * ``KPI_FLUSH_SECONDS`` (default 2): how often dirty KPI windows are emitted (wall clock decides
-  only *when*, never a value); ``WARDSTREAM_WEB_PORT`` turns on Faust's web view.
+  only *when*, never a value); ``WARDSTREAM_WEB_PORT`` turns on Faust's web view;
+* ``WARDSTREAM_STALL_SECONDS`` (default 30): how long a partition may have messages past its
+  state with none taken before the worker seeks it again (stream/continuity.py).
 """
 
 from __future__ import annotations

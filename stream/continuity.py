@@ -9,9 +9,9 @@ in between as done. The agent then reads the messages it missed back from Kafka 
 group's commit already went past, and nothing depends on Faust delivering them again.
 
 (Until session 6 the agent sought the partition back and waited for Faust to fetch the missing
-messages again. Faust's read offset, its queues and its own seeks after a rebalance answered
-that seek with nothing in the two-worker drill, in three versions of the workaround: the agent
-then dropped every later message of the partition, waiting.)
+messages again. In the two-worker drill Faust still answered such a seek with nothing after
+three versions of a workaround around its read offset (why was not found), and the agent then
+dropped every later message of the partition, waiting.)
 
 A real gap (transaction markers, compaction) reads back as fewer messages than the range.
 
