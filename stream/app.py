@@ -291,12 +291,16 @@ async def watch_partitions() -> None:
         return
     applied = {tp: _state_offset(tp) for tp in tps}
     try:
-        await _commits.check(consumer, applied, await asyncio.to_thread(_broker_commits, tps))
-        await _unstall(applied)
-    except KafkaError as exc:  # the broker away for a moment: look again at the next tick
-        log.warning("partition watch skipped: %s", exc)
+        committed = await asyncio.wait_for(asyncio.to_thread(_broker_commits, tps), WATCH_TIMEOUT_S)
+        _log_behind(committed, applied)
+        await asyncio.wait_for(_commits.check(consumer, applied, committed), WATCH_TIMEOUT_S)
+        await asyncio.wait_for(_unstall(applied), WATCH_TIMEOUT_S)
+    except (KafkaError, asyncio.TimeoutError) as exc:  # look again at the next tick
+        log.warning("partition watch cut short: %r (state offsets %s)", exc,
+                    {f"{tp.topic}[{tp.partition}]": offset for tp, offset in applied.items()})
 
 
+WATCH_TIMEOUT_S = 15.0  # a watch step that takes longer is cut short and logged
 _rebalance_seen: float | None = None  # when a watch first found Faust rebalancing
 REBALANCE_PATIENCE_S = 60.0
 
@@ -316,6 +320,19 @@ def _rebalancing() -> bool:
     log.warning("Faust has reported a rebalance for %.0fs; watching the partitions anyway",
                 now - _rebalance_seen)
     return False
+
+
+_behind_logged = 0.0
+
+
+def _log_behind(committed: dict[Any, int | None], applied: dict[Any, int]) -> None:
+    """Every 30 s at most: the partitions whose group commit is behind their state."""
+    global _behind_logged
+    behind = {f"{tp.topic}[{tp.partition}]": (committed.get(tp), offset) for tp, offset in applied.items()
+              if (committed.get(tp) or 0) <= offset}
+    if behind and time.monotonic() - _behind_logged >= 30:
+        _behind_logged = time.monotonic()
+        log.info("partition watch: commit behind the state (committed, state offset): %s", behind)
 
 
 _admin: KafkaAdminClient | None = None
