@@ -326,10 +326,10 @@ _behind_logged = 0.0
 
 
 def _log_behind(committed: dict[Any, int | None], applied: dict[Any, int]) -> None:
-    """Every 30 s at most: the partitions whose group commit is behind their state."""
+    """Every 30 s at most: the partitions whose group commit is far behind their state."""
     global _behind_logged
     behind = {f"{tp.topic}[{tp.partition}]": (committed.get(tp), offset) for tp, offset in applied.items()
-              if (committed.get(tp) or 0) <= offset}
+              if offset - (committed.get(tp) or 0) >= faust_patches.FAR_BEHIND}
     if behind and time.monotonic() - _behind_logged >= 30:
         _behind_logged = time.monotonic()
         log.info("partition watch: commit behind the state (committed, state offset): %s", behind)
