@@ -39,13 +39,10 @@ def _dir_size(path: Path) -> int:
 
 def _wait_assigned(ns: str, worker, timeout: float = 120) -> None:
     """Until the worker's consumer group is stable with a member (the worker is up and idle)."""
-    from kafka import KafkaAdminClient
+    from wardstream.kafka_io import admin_client
 
-    from wardstream.config import settings
-
-    admin = KafkaAdminClient(**settings().kafka.kafka_python_kwargs())
     deadline = time.monotonic() + timeout
-    try:
+    with admin_client() as admin:
         while time.monotonic() < deadline:
             if not worker.alive():
                 raise RuntimeError("worker died at start-up")
@@ -57,8 +54,6 @@ def _wait_assigned(ns: str, worker, timeout: float = 120) -> None:
                 pass
             time.sleep(1)
         raise TimeoutError("worker group never became stable")
-    finally:
-        admin.close()
 
 
 def measure(cfg: SimConfig, logs: Path, label: str) -> dict[str, object]:

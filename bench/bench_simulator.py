@@ -23,6 +23,7 @@ from producers.kafka_sink import _Sender, have_confluent, simulate_to_kafka
 from producers.simulator import SimConfig, Simulation
 from stream.contracts import Topics
 from wardstream.config import settings
+from wardstream.kafka_io import delete_namespace_topics
 from wardstream.kafka_io import ensure_topics
 from wardstream.stack.kafka import LocalKafka
 
@@ -86,18 +87,6 @@ def _java(n: int, size: int, topic: str) -> tuple[float, float]:
     return float(m[1]), float(m[2])
 
 
-def _delete(prefix: str) -> None:
-    from kafka import KafkaAdminClient
-
-    admin = KafkaAdminClient(**settings().kafka.kafka_python_kwargs())
-    try:
-        names = [t for t in admin.list_topics() if t.startswith(prefix)]
-        if names:
-            admin.delete_topics(names)
-    finally:
-        admin.close()
-
-
 def run(quick: bool = False) -> dict:
     cfg = SimConfig(days=60 if quick else 365)
     figures, events = _generation(cfg, 1 if quick else 3)
@@ -129,7 +118,7 @@ def run(quick: bool = False) -> dict:
             os.environ.pop("WARDSTREAM_NAMESPACE", None)
         else:
             os.environ["WARDSTREAM_NAMESPACE"] = old
-        _delete(prefix)
+        delete_namespace_topics(prefix)
     return figures
 
 

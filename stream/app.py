@@ -45,6 +45,7 @@ from stream.kpi_aggregator import KpiAggregator
 from stream.outputs import Batch, OutputProducer
 from stream.staged import Staged
 from wardstream.config import Settings, settings
+from wardstream.kafka_io import group_offsets
 
 log = logging.getLogger(__name__)
 
@@ -268,9 +269,10 @@ async def _in_line(events: list[EventT], applied: Callable[[int], int]) -> list[
 
 
 _commits = faust_patches.CommitWatch()
-
-
 _stalls = StallWatch(after_s=float(os.environ.get("WARDSTREAM_STALL_SECONDS", "30")))
+WATCH_TIMEOUT_S = 15.0  # a watch step that takes longer is cut short and logged
+_rebalance_seen: float | None = None  # when a watch first found Faust rebalancing
+REBALANCE_PATIENCE_S = 60.0
 
 
 def _moved(taken: list[Item]) -> None:
@@ -292,17 +294,11 @@ async def watch_partitions() -> None:
     applied = {tp: _state_offset(tp) for tp in tps}
     try:
         committed = await asyncio.wait_for(asyncio.to_thread(_broker_commits, tps), WATCH_TIMEOUT_S)
-        _log_behind(committed, applied)
         await asyncio.wait_for(_commits.check(consumer, applied, committed), WATCH_TIMEOUT_S)
         await asyncio.wait_for(_unstall(applied), WATCH_TIMEOUT_S)
     except (KafkaError, asyncio.TimeoutError) as exc:  # look again at the next tick
         log.warning("partition watch cut short: %r (state offsets %s)", exc,
                     {f"{tp.topic}[{tp.partition}]": offset for tp, offset in applied.items()})
-
-
-WATCH_TIMEOUT_S = 15.0  # a watch step that takes longer is cut short and logged
-_rebalance_seen: float | None = None  # when a watch first found Faust rebalancing
-REBALANCE_PATIENCE_S = 60.0
 
 
 def _rebalancing() -> bool:
@@ -322,19 +318,6 @@ def _rebalancing() -> bool:
     return False
 
 
-_behind_logged = 0.0
-
-
-def _log_behind(committed: dict[Any, int | None], applied: dict[Any, int]) -> None:
-    """Every 30 s at most: the partitions whose group commit is far behind their state."""
-    global _behind_logged
-    behind = {f"{tp.topic}[{tp.partition}]": (committed.get(tp), offset) for tp, offset in applied.items()
-              if offset - (committed.get(tp) or 0) >= faust_patches.FAR_BEHIND}
-    if behind and time.monotonic() - _behind_logged >= 30:
-        _behind_logged = time.monotonic()
-        log.info("partition watch: commit behind the state (committed, state offset): %s", behind)
-
-
 _admin: KafkaAdminClient | None = None
 
 
@@ -343,9 +326,7 @@ def _broker_commits(tps: list[Any]) -> dict[Any, int | None]:
     global _admin
     if _admin is None:
         _admin = KafkaAdminClient(**SETTINGS.kafka.kafka_python_kwargs())
-    group = app.conf.id
-    got = _admin.list_group_offsets({group: None}).get(group, {})
-    by = {(tp.topic, tp.partition): meta.offset for tp, meta in got.items() if meta.offset >= 0}
+    by = {(tp.topic, tp.partition): offset for tp, offset in group_offsets(_admin, app.conf.id).items()}
     return {tp: by.get((tp.topic, tp.partition)) for tp in tps}
 
 

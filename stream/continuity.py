@@ -37,7 +37,8 @@ from typing import Any
 
 from kafka import TopicPartition
 
-from wardstream.config import Settings, settings
+from wardstream.config import Settings
+from wardstream.kafka_io import make_consumer
 
 
 def missing(offset: int, applied: int) -> range:
@@ -114,10 +115,8 @@ class Refetch:
             return await asyncio.to_thread(self._read, topic, partition, offsets)
 
     def _read(self, topic: str, partition: int, offsets: range) -> list[Record]:
-        from wardstream.kafka_io import make_consumer
-
         if self._consumer is None:
-            self._consumer = make_consumer(group_id=None, s=self._settings or settings())
+            self._consumer = make_consumer(group_id=None, s=self._settings)
         consumer = self._consumer
         tp = TopicPartition(topic, partition)
         consumer.assign([tp])

@@ -32,11 +32,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
-from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
 from stream.contracts import Topics
 from wardstream.config import settings
+from wardstream.kafka_io import admin_client, group_offsets
 
 
 def group_id(namespace: str) -> str:
@@ -167,22 +168,14 @@ class StreamWorker:
 # ---------------------------------------------------------------------- Kafka look-ups
 
 
-def _admin() -> KafkaAdminClient:
-    return KafkaAdminClient(**settings().kafka.kafka_python_kwargs())
-
-
 def _consumer() -> KafkaConsumer:
     return KafkaConsumer(**settings().kafka.kafka_python_kwargs(), group_id=None,
                          enable_auto_commit=False, isolation_level="read_committed")
 
 
 def committed_offsets(group: str) -> dict[TopicPartition, int]:
-    admin = _admin()
-    try:
-        offsets = admin.list_group_offsets({group: None}).get(group, {})
-    finally:
-        admin.close()
-    return {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+    with admin_client() as admin:
+        return group_offsets(admin, group)
 
 
 def end_offsets(topics: list[str]) -> dict[TopicPartition, int]:

@@ -277,16 +277,12 @@ def baseline(tmp_root: Path, **config: Any) -> RunResult:
 
 def group_members(namespace: str) -> int:
     """Members of the worker's consumer group right now (0 when it has none / is rebalancing)."""
-    from kafka import KafkaAdminClient
-
     from stream.runner import group_id
+    from wardstream.kafka_io import admin_client
 
-    admin = KafkaAdminClient(**settings().kafka.kafka_python_kwargs())
-    try:
+    with admin_client() as admin:
         info = admin.describe_groups([group_id(namespace)])[group_id(namespace)]
         return len(info["members"]) if info["group_state"] == "Stable" else 0
-    finally:
-        admin.close()
 
 
 def wait_until(check, timeout: float, what: str, poll: float = 0.3):

@@ -91,9 +91,8 @@ def test_kafka_security_settings_reach_every_client(sasl_env) -> None:
     """kafka-python (producer, consumer, admin look-ups), librdkafka and Faust all get SASL/SSL."""
     import faust
 
-    from wardstream.kafka_io import confluent_config
     from stream.app import broker_credentials
-    from wardstream.kafka_io import make_consumer
+    from wardstream.kafka_io import confluent_config, make_consumer
 
     s = settings()
     assert "pw-from-env" not in repr(s.kafka)

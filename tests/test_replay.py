@@ -99,15 +99,10 @@ def test_dry_run_reports_and_does_nothing(source) -> None:
         assert str(rng.first) in text and str(rng.last) in text
     assert "2025-01-03T" in text and "2025-01-04T" in text
     assert not read_topic(Topics(target).adt)  # nothing copied
-    from kafka import KafkaAdminClient
+    from wardstream.kafka_io import admin_client
 
-    from wardstream.config import settings
-
-    admin = KafkaAdminClient(**settings().kafka.kafka_python_kwargs())
-    try:
+    with admin_client() as admin:
         assert not [t for t in admin.list_topics() if t.startswith(target)]
-    finally:
-        admin.close()
 
 
 @pytest.mark.e2e

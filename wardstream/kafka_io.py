@@ -10,7 +10,7 @@ import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
@@ -46,6 +46,12 @@ def admin_client(s: Settings | None = None) -> Iterator[KafkaAdminClient]:
         yield admin
     finally:
         admin.close()
+
+
+def group_offsets(admin: KafkaAdminClient, group: str) -> dict[TopicPartition, int]:
+    """A consumer group's committed offsets (partitions without a commit left out)."""
+    offsets = admin.list_group_offsets({group: None}).get(group, {})
+    return {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
 
 
 def delete_namespace_topics(*namespaces: str, s: Settings | None = None) -> int:
