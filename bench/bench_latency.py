@@ -13,7 +13,9 @@ For every discharge the bench keeps the wall time its ``send()`` returned; it th
 * ``discharge_scores`` rows the same way (every discharge, a larger sample of the same path).
 
 Latency = observed - produced, per discharge that produced an alert (scores: per discharge).
-Rates: a low one the worker can sustain, then the 1,000 events/s of the issue. Target: p99 < 250 ms.
+Rates: a rising sweep from 50 to the 1,000 events/s of the issue (each after the worker caught up
+with the one before); the result names the highest rate whose webhook p99 met the target
+(p99 < 250 ms).
 """
 
 from __future__ import annotations
@@ -129,26 +131,41 @@ def paced_send(producer, topic: str, items: list[tuple[bytes, bytes, str | None]
         due = t0 + i / rate
         while (now := time.perf_counter()) < due:
             time.sleep(min(0.002, due - now))
-        producer.send(topic, key=key, value=value)
+        producer.send(topic, key, value)
         if discharge_of:
             sent[discharge_of] = time.time()
     producer.flush()
+    if producer.errors:
+        raise RuntimeError(f"{len(producer.errors)} events not acknowledged: {producer.errors[0]}")
     return sent, len(items) / (time.perf_counter() - t0)
 
 
-# (label, extra worker env, [(events/s, seconds)]): the defaults at a rate the worker sustains and
-# at the issue's 1,000/s, then a longer KPI flush period (fewer KPI window rows for the worker,
-# the sink and PostgreSQL to handle; Grafana's dashboards refresh every 10 s anyway).
+# (label, extra worker env, [(events/s, seconds)]): a sweep of rates, rising, up to the issue's
+# 1,000/s, to find the highest rate this machine sustains within the target, with today's
+# settings and with session 6's. (A longer KPI flush, `KPI_FLUSH_SECONDS=10`, was a configuration
+# until session 7: no effect in two runs.)
+TARGET_P99_MS = 250
+
+
+# Session 6's latency settings (bench/README.md, session 7): the worker's consumer fetch wait,
+# batch wait, producer linger and the KPI flush's yields (its second output producer stays).
+SESSION6 = {"WARDSTREAM_FETCH_MAX_WAIT_MS": "1500", "WARDSTREAM_ADT_BATCH_WITHIN": "0.05",
+            "WARDSTREAM_PRODUCER_LINGER": "0.02", "WARDSTREAM_FLUSH_YIELD_S": "0"}
+
+
 def configs(quick: bool) -> list[tuple[str, dict[str, str], list[tuple[int, int]]]]:
-    low, high = (50, 8), (1000, 3)
-    if not quick:
-        low, high = (50, 20), (1000, 10)
-    return [
-        ("default", {}, [low, high]),
-        # no exactly_once: its KPI flush status never catches up, so the warm-up wait cannot end
-        # (bench/README.md, session 3, item 4)
-        ("flush10s", {"KPI_FLUSH_SECONDS": "10"}, [low, high]),
-    ]
+    if quick:
+        return [("default", {}, [(50, 8), (1000, 3)])]
+    rates = [(50, 20), (200, 10), (400, 10), (600, 10), (800, 10), (1000, 10)]
+    return [("default", {}, rates), ("session6", SESSION6, rates)]
+
+
+def sustained(out: dict[str, object], label: str) -> int | None:
+    """The highest rate whose alert webhook p99 is within the target (None: none)."""
+    ok = [int(m) for k, v in out.items()
+          if k.startswith(f"{label}_r") and k.endswith("_alert_webhook_p99_ms")
+          and (m := k[len(label) + 2:].split("_")[0]).isdigit() and v is not None and v < TARGET_P99_MS]
+    return max(ok) if ok else None
 
 
 def run(quick: bool = False) -> dict:
@@ -170,6 +187,7 @@ def run(quick: bool = False) -> dict:
             out.update(measure(label, env, phases, sim, items, n_warm, logs))
         except (RuntimeError, TimeoutError) as exc:
             out[f"{label}_failed"] = str(exc)[:160]
+        out[f"{label}_highest_rate_with_webhook_p99_under_{TARGET_P99_MS}ms"] = sustained(out, label)
     return out
 
 
@@ -177,7 +195,8 @@ def measure(label: str, env: dict[str, str], phases: list[tuple[int, int]], sim:
             items: list, n_warm: int, logs: Path) -> dict[str, object]:
     """One pipeline (worker with ``env``, sink, notifier): warm-up, then each paced phase."""
     from stream.runner import StreamWorker
-    from wardstream.kafka_io import make_producer
+    from producers.kafka_sink import Sender
+    from wardstream.config import settings
     from wardstream.stack.kafka import LocalKafka
 
     out: dict[str, object] = {}
@@ -187,10 +206,12 @@ def measure(label: str, env: dict[str, str], phases: list[tuple[int, int]], sim:
         commit_timestamps(url)
         t = Topics(ns)
         topics_ready()
-        producer = make_producer(linger_ms=1)
+        # librdkafka, as the simulator sends: a pure-Python producer took a third of a core at
+        # 1,000 events/s, CPU the pipeline under test needs on this 2-core machine
+        producer = Sender("confluent", settings(), linger_ms=1)
         for ref in (*sim.reference.facilities, *sim.reference.providers):
             key = getattr(ref, "provider_id", None) or ref.facility_id
-            producer.send(t.reference, key=key.encode(), value=dump(ref))
+            producer.send(t.reference, key.encode(), dump(ref))
         hooks = Hooks()
         threading.Thread(target=hooks.serve_forever, daemon=True).start()
         conn = psycopg2.connect(url)
@@ -199,7 +220,7 @@ def measure(label: str, env: dict[str, str], phases: list[tuple[int, int]], sim:
                     Service("sink", log=logs / f"{label}-sink.log") as sink, \
                     Service("notify", "--url", hooks.url, "--backoff", "0.05", log=logs / f"{label}-notify.log") as notify:
                 for key, value, _, _ in items[:n_warm]:
-                    producer.send(t.adt, key=key, value=value)
+                    producer.send(t.adt, key, value)
                 producer.flush()
                 _wait_scores(conn, worker, sum(1 for it in items[:n_warm] if it[2]), 900)
                 # and the warm-up's KPI windows out: the paced phase measures a steady worker, not
@@ -222,6 +243,7 @@ def measure(label: str, env: dict[str, str], phases: list[tuple[int, int]], sim:
                     time.sleep(3)  # the last alerts / webhooks after the last score
                     out.update(_figures(f"{label}_r{rate}", achieved, sent, committed_at(conn, since),
                                         hooks.received))
+                    worker.wait_caught_up(timeout=900)  # the next rate starts on a steady worker
         finally:
             hooks.shutdown()
             conn.close()

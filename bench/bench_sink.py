@@ -11,6 +11,10 @@ Three figures on the same data set (consumers.fake: ADT events with every output
 
 rows/s count the final table rows (``count(*)`` summed over the sink's tables). Target: sink
 >= 0.5x COPY.
+
+And the cost of one *small* batch, as a live stream gives the sink (a few to a few hundred
+messages per poll): PostgreSQL CPU (its backend process) and wall time per batch for each write
+method of :func:`consumers.tables.write_batch` (``copy``, ``values``, ``auto``), same messages.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from consumers.fake import generate, produce
 from consumers.rows import Batch
 from consumers.state import table_counts
 from consumers.tables import TABLES, write_batch
+from stream.contracts import Topics
 from wardstream.stack.postgres import LocalPostgres
 
 
@@ -63,28 +68,59 @@ def _copy(url: str, batch: Batch) -> None:
     conn.close()
 
 
-def _read_back(namespace: str) -> Batch:
-    """The messages as Kafka stored them (partition, offset), in one batch."""
+def _read_back(namespace: str) -> tuple[Batch, list]:
+    """The messages as Kafka stored them (partition, offset), in one batch, and the valid records."""
     from consumers.sink import _adders, default_topics
     from wardstream.kafka_io import make_consumer
 
     consumer = make_consumer(*default_topics(namespace), group_id=None, consumer_timeout_ms=3000)
     adders = _adders(namespace)
-    batch = Batch()
+    batch, records = Batch(Topics(namespace).adt), []  # dead letters name the namespaced topic, as in the sink
     for r in consumer:
         try:
             adders[r.topic](batch, r.value, r.partition, r.offset)
+            records.append(r)
         except ValueError:
             pass  # the few contract-invalid ADT messages
     consumer.close()
-    return batch
+    return batch, records
+
+
+def small_batches(namespace: str, records: list, sizes: tuple[int, ...] = (5, 20, 200),
+                  limit: int = 2000) -> dict[str, float]:
+    """PostgreSQL CPU and wall ms per batch of ``size`` messages, per write method (fresh database each)."""
+    import psutil
+
+    from consumers.sink import _adders
+
+    adders = _adders(namespace)
+    out: dict[str, float] = {}
+    for size in sizes:
+        for method in ("copy", "values", "auto"):
+            with _fresh_db() as url:
+                conn = psycopg2.connect(url)
+                with conn.cursor() as cur:
+                    cur.execute("SELECT pg_backend_pid()")
+                    backend = psutil.Process(cur.fetchone()[0])
+                cpu0, t0, n = sum(backend.cpu_times()[:2]), time.perf_counter(), 0
+                for i in range(0, min(limit, len(records)), size):
+                    batch = Batch(Topics(namespace).adt)
+                    for r in records[i:i + size]:
+                        adders[r.topic](batch, r.value, r.partition, r.offset)
+                    with conn.cursor() as cur:
+                        write_batch(cur, batch, method)
+                    conn.commit()
+                    n += 1
+                wall, cpu = time.perf_counter() - t0, sum(backend.cpu_times()[:2]) - cpu0
+                conn.close()
+            out[f"batch{size}_{method}_postgres_cpu_ms"] = round(cpu / n * 1000, 2)
+            out[f"batch{size}_{method}_wall_ms"] = round(wall / n * 1000, 2)
+    return out
 
 
 def run(quick: bool = False) -> dict:
-    from kafka import KafkaAdminClient
-
     from consumers.sink import run_sink
-    from wardstream.config import settings
+    from wardstream.kafka_io import delete_namespace_topics
 
     patients = 1500 if quick else 12000
     data = generate(patients=patients, days=365, seed=1)
@@ -93,7 +129,7 @@ def run(quick: bool = False) -> dict:
     os.environ["WARDSTREAM_NAMESPACE"] = ns
     try:
         messages = produce(data, ns)
-        batch = _read_back(ns)
+        batch, records = _read_back(ns)
         with _fresh_db() as url:
             os.environ["SINK_DATABASE_URL"] = url
             t0 = time.perf_counter()
@@ -113,17 +149,14 @@ def run(quick: bool = False) -> dict:
             _copy(url, batch)
             copy_s = time.perf_counter() - t0
             assert sum(table_counts(url).values()) == rows
+        small = small_batches(ns, records)
     finally:
         for k, v in (("WARDSTREAM_NAMESPACE", old_ns), ("SINK_DATABASE_URL", old_sink)):
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        admin = KafkaAdminClient(**settings().kafka.kafka_python_kwargs())
-        try:
-            admin.delete_topics([t for t in admin.list_topics() if t.startswith(ns)])
-        finally:
-            admin.close()
+        delete_namespace_topics(ns)
     return {
         "messages": messages,
         "rows": rows,
@@ -134,6 +167,7 @@ def run(quick: bool = False) -> dict:
         "copy_rows_per_s": round(rows / copy_s),
         "sink_vs_copy": round(copy_s / sink_s, 2),
         "upsert_vs_copy": round(copy_s / upsert_s, 2),
+        **small,
     }
 
 

@@ -41,7 +41,7 @@ class DeliveryError(RuntimeError):
     """Kafka did not acknowledge some events (the message says how many and the first error)."""
 
 
-def publish_reference(sender: "_Sender", reference: Reference, topic: str) -> int:
+def publish_reference(sender: "Sender", reference: Reference, topic: str) -> int:
     """Facility and provider records, keyed by their id (the topic is compacted), flushed first."""
     n = 0
     for fac in reference.facilities:
@@ -65,10 +65,13 @@ def have_confluent() -> bool:
     return True
 
 
-class _Sender:
-    """``send(topic, key, value)`` + ``flush()`` + ``close()`` over either client; collects errors."""
+class Sender:
+    """``send(topic, key, value)`` + ``flush()`` + ``close()`` over either client; collects errors.
 
-    def __init__(self, client: str, s: Settings) -> None:
+    ``linger_ms`` overrides the client's batching delay (the latency bench sends with 1 ms).
+    """
+
+    def __init__(self, client: str, s: Settings, linger_ms: int | None = None) -> None:
         if client == "auto":
             client = "confluent" if have_confluent() else "kafka-python"
         if client not in CLIENTS[1:]:
@@ -82,7 +85,10 @@ class _Sender:
                 if err is not None:
                     self.errors.append(err)
 
-            self._p = Producer({**confluent_config(s), "on_delivery": report})
+            conf = {**confluent_config(s), "on_delivery": report}
+            if linger_ms is not None:
+                conf["linger.ms"] = linger_ms
+            self._p = Producer(conf)
             produce, poll = self._p.produce, self._p.poll
 
             def send(topic: str, key: bytes, value: bytes) -> None:
@@ -96,7 +102,7 @@ class _Sender:
 
             self.send = send
         else:
-            self._p = make_producer(s)
+            self._p = make_producer(s) if linger_ms is None else make_producer(s, linger_ms=linger_ms)
             kp_send, failed = self._p.send, self.errors.append
 
             def send(topic: str, key: bytes, value: bytes) -> None:
@@ -126,7 +132,7 @@ def simulate_to_kafka(config: SimConfig, *, speed: float = 0.0, progress: bool =
     topics = Topics(s.topic_namespace)
     sim = Simulation(config)
     ensure_topics([topics.adt, topics.reference], s)
-    sender = _Sender(client, s)
+    sender = Sender(client, s)
     adt, send, dumps = topics.adt, sender.send, orjson.dumps
 
     def emit(item: Emitted) -> int:

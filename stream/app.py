@@ -127,8 +127,10 @@ def create_app(s: Settings | None = None) -> faust.App:
         # Our tables hold small JSON dicts; keep Faust from holding huge buffers on 2 cores.
         stream_buffer_maxsize=int(os.environ.get("WARDSTREAM_STREAM_BUFFER", "4096")),
         # Faust's default linger of 0 sends a produce request for almost every output message
-        # (20% of the worker's time in bench/README.md); 20 ms batches them at little latency.
-        producer_linger=float(os.environ.get("WARDSTREAM_PRODUCER_LINGER", "0.02")),
+        # (20% of the worker's time in bench/README.md); 5 ms batches them. Each ADT batch waits
+        # for two acknowledgements in a row (outputs, then journal), so the linger counts twice
+        # in every alert's latency: 20 ms until session 7 (bench/README.md).
+        producer_linger=float(os.environ.get("WARDSTREAM_PRODUCER_LINGER", "0.005")),
     )
 
 
@@ -205,7 +207,9 @@ def _bytes(key: str | bytes | None) -> bytes | None:
 
 
 ADT_BATCH = int(os.environ.get("WARDSTREAM_ADT_BATCH", "500"))
-ADT_BATCH_WITHIN = float(os.environ.get("WARDSTREAM_ADT_BATCH_WITHIN", "0.05"))
+# how long an agent waits for a batch to fill: a backlog fills it at once; at a steady rate this
+# is a wait every event pays (50 ms until session 7)
+ADT_BATCH_WITHIN = float(os.environ.get("WARDSTREAM_ADT_BATCH_WITHIN", "0.01"))
 # KPI contributions per hospital.kpi-contributions message (adt_flow.bundle); 1 sends each alone
 CONTRIBUTION_BUNDLE = max(1, int(os.environ.get("WARDSTREAM_CONTRIBUTION_BUNDLE", "200")))
 # "librdkafka" (stream/outputs.py) or "faust" (Faust's producer, as under exactly_once): the
@@ -373,18 +377,22 @@ class _FaustBatch:
         await _acked(self.sent)
 
 
-_output_producer: OutputProducer | None = None
+# One librdkafka producer per lane: a KPI flush queues thousands of windows at once, and scores
+# and alerts sent behind them on the same producer waited for all of them to be delivered (a
+# worker trace at 400 events/s: ADT batches 0.3-0.6 s late after each flush; bench/README.md,
+# session 7). Each lane has its own queue and broker connection.
+_output_producers: dict[str, OutputProducer] = {}
 
 
-def _outputs() -> Batch | _FaustBatch:
-    """A batch of outputs: librdkafka's producer under at_least_once (stream/outputs.py),
-    Faust's under exactly_once (its transactions must hold them)."""
-    global _output_producer
+def _outputs(lane: str = "events") -> Batch | _FaustBatch:
+    """A batch of outputs: librdkafka's producer of ``lane`` under at_least_once
+    (stream/outputs.py), Faust's under exactly_once (its transactions must hold them)."""
     if app.conf.processing_guarantee != ProcessingGuarantee.AT_LEAST_ONCE or OUTPUT_PRODUCER == "faust":
         return _FaustBatch()
-    if _output_producer is None:
-        _output_producer = OutputProducer(SETTINGS, linger_s=app.conf.producer_linger)
-    return _output_producer.batch()
+    if lane not in _output_producers:
+        _output_producers[lane] = OutputProducer(SETTINGS, linger_s=app.conf.producer_linger,
+                                                 client_id=f"wardstream-stream-{lane}")
+    return _output_producers[lane].batch()
 
 
 @app.on_before_shutdown.connect
@@ -392,8 +400,8 @@ async def _close_outputs(app: faust.App, **kwargs: Any) -> None:
     _refetch.close()
     if _admin is not None:
         _admin.close()
-    if _output_producer is not None:  # anything left is re-sent by the batch's re-processing
-        left = _output_producer.close(timeout=5)
+    for producer in _output_producers.values():  # anything left is re-sent by the re-processing
+        left = producer.close(timeout=5)
         if left:
             log.warning("%s outputs not delivered at the stop; their batch is re-processed", left)
 
@@ -510,6 +518,12 @@ async def load_reference(stream: faust.StreamT) -> None:
 
 FLUSH_DUTY = 0.25  # at most this share of the worker's time goes to timed KPI flushes
 FLUSH_YIELD_EVERY = 100  # KPI messages sent between two yields to the event loop
+# A yield is a sleep of FLUSH_YIELD_S once the flush has run FLUSH_SLICE_S since the last one
+# (else sleep(0)). With sleep(0) only, the flush was always ready to run again, and the ADT
+# agent took no batch until a 0.2-0.7 s flush ended; sleeping at every yield made a backlog's
+# flushes slower by the sum of the sleeps. The slice bounds that to ~10% of a flush.
+FLUSH_YIELD_S = float(os.environ.get("WARDSTREAM_FLUSH_YIELD_S", "0.001"))
+FLUSH_SLICE_S = 0.01
 # dirty (dimension, day) pairs after which the agent flushes at once: in a backlog (a replay, a
 # catch-up) simulated months pass between two timer ticks, and their buckets could not leave
 # memory before their windows went out (bench/README.md "Worker memory")
@@ -537,15 +551,25 @@ async def _flush() -> None:
     """Send the changed KPI windows; once Kafka has them all, record the offsets they cover."""
     async with _flush_lock:
         try:
-            sent = _outputs()
+            sent = _outputs("kpis")
+            slice_start = time.monotonic()
+
+            async def pause() -> None:  # the agents (and alerts) keep running meanwhile
+                nonlocal slice_start
+                if time.monotonic() - slice_start < FLUSH_SLICE_S:
+                    await asyncio.sleep(0)
+                else:
+                    await asyncio.sleep(FLUSH_YIELD_S)
+                    slice_start = time.monotonic()
+
             for batch in aggregator.flush_batches():
                 if app.should_stop:  # not marked covered: the next worker sends these windows
                     return
                 for n, (key, value) in enumerate(batch, start=1):
                     await sent.send(KPIS, key.encode(), value)
                     if n % FLUSH_YIELD_EVERY == 0:
-                        await asyncio.sleep(0)  # the agents (and alerts) keep running meanwhile
-                await asyncio.sleep(0)  # and between dimensions
+                        await pause()
+                await pause()  # and between dimensions
             await sent.acked()  # a window Kafka refused crashes the worker, not lost silently
         except (NotReady, ProducerSendError) as exc:
             if not _stopping(exc):  # the windows not sent are re-sent by the next worker

@@ -32,6 +32,15 @@ partition to its committed offset (``perform_seek`` -> ``seek_to_committed``), t
    already at the end. :class:`CommitWatch` compares the broker's committed offsets with the
    state and commits a partition at its state's offset when it is behind at two looks in a row.
 
+One for latency: Faust builds the worker's aiokafka consumer with ``fetch_max_wait_ms=1500``
+fixed. aiokafka keeps one fetch in flight per broker, and leaves out of it every partition that
+still has records the app has not taken. So while the ADT agent works through a batch, a fetch
+can go out for the other partitions (KPI contributions, reference) only, and the broker holds it
+up to 1.5 s when none of those get data: new ADT events wait that long. With one batch in the
+agent at a time, this happened every few seconds at 400 events/s (a worker trace showed the
+agent idle for 1.0-2.0 s, then a burst of events 0.3-4 s old; bench/README.md, session 7).
+:func:`_create_worker_consumer` sets the wait to ``WARDSTREAM_FETCH_MAX_WAIT_MS`` (default 100).
+
 One for speed: aiokafka hashes every message key with a pure-Python murmur2 to pick its
 partition (3% of the worker under a backlog, most of it for KPI windows whose keys recur at every
 flush); :func:`_cache_murmur2` memoizes that pure function, the partitions stay the same.
@@ -46,12 +55,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any
 
 from aiokafka import partitioner as aiokafka_partitioner
 from faust.streams import Stream
 from faust.transport.consumer import Consumer, ThreadDelegateConsumer
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP, EventT
 
 log = logging.getLogger(__name__)
@@ -177,6 +188,17 @@ async def _getmany(self: ThreadDelegateConsumer, active_partitions: Any, timeout
     return records
 
 
+FETCH_MAX_WAIT_MS = int(os.environ.get("WARDSTREAM_FETCH_MAX_WAIT_MS", "100"))
+_original_create_worker_consumer = AIOKafkaConsumerThread._create_worker_consumer
+
+
+def _create_worker_consumer(self: AIOKafkaConsumerThread, transport: Any) -> Any:
+    """Faust's worker consumer, with the broker's wait for a fetch cut to ``FETCH_MAX_WAIT_MS``."""
+    consumer = _original_create_worker_consumer(self, transport)
+    consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read when the consumer starts its Fetcher
+    return consumer
+
+
 def _cache_murmur2() -> None:
     if not hasattr(aiokafka_partitioner.murmur2, "cache_info"):
         aiokafka_partitioner.murmur2 = functools.lru_cache(maxsize=1 << 16)(aiokafka_partitioner.murmur2)
@@ -185,6 +207,7 @@ def _cache_murmur2() -> None:
 def apply() -> None:
     """Install the patches (idempotent)."""
     _cache_murmur2()
+    AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer  # type: ignore[method-assign]
     ThreadDelegateConsumer.seek_to_committed = _seek_to_committed  # type: ignore[method-assign]
     ThreadDelegateConsumer._getmany = _getmany  # type: ignore[method-assign]
     Stream.ack = _ack  # type: ignore[method-assign]

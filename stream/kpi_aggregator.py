@@ -360,20 +360,23 @@ class KpiAggregator:
                                                                dim in self._base_census)
         if not windows:
             return []
-        # census at the end of every day from the first day in memory to the last window end
+        # Census at the end of every day, and running sums of the buckets (a window's totals are
+        # two lookups), from ``origin``: the first day any of these windows holds (not the first
+        # day in memory, up to keep_days earlier). The census before it is one sum.
         first = min(known[0], self._floor.get(dim, known[0]))
+        origin = max(first, min(start for _, start, _ in windows))
         last_end = max(end for _, _, end in windows)
         census_at: dict[date, float] = {}
-        total = self._base.get(dim, 0) / kpis.SCALE
-        # running sums of the buckets from ``first``: a window's totals are two lookups
+        total = self._base.get(dim, 0) + sum(  # micro units: exact, whatever the origin
+            buckets[d].micro.get("census_delta", 0) for d in known[:bisect_left(known, origin)])
         running: dict[str, int] = {}
-        sums: list[dict[str, int]] = [{}]  # sums[i] = the days before first + i
-        for day in kpis.window_days(first, max(last_end, known[-1] + _ONE_DAY)):
+        sums: list[dict[str, int]] = [{}]  # sums[i] = the days from origin to origin + i
+        for day in kpis.window_days(origin, max(last_end, known[-1] + _ONE_DAY)):
             b = buckets.get(day)
             if b is not None:
-                total += b.micro.get("census_delta", 0) / kpis.SCALE
+                total += b.micro.get("census_delta", 0)
                 running = {**running, **{k: running.get(k, 0) + v for k, v in b.micro.items()}}
-            census_at[day] = total
+            census_at[day] = total / kpis.SCALE
             sums.append(running)
         capacity = self.capacity.get(dim_id) if dimension == "provider" else None
         facility_id = self._facility.get(dim, "")
@@ -384,7 +387,7 @@ class KpiAggregator:
             if not names:
                 continue
             wdays = kpis.window_days(start, end)
-            before, upto = sums[max(0, (start - first).days)], sums[(end - first).days]
+            before, upto = sums[max(0, (start - origin).days)], sums[(end - origin).days]
             values = kpis.window_values(
                 [b for d in wdays if (b := buckets.get(d)) is not None],
                 [census_at.get(d, 0.0) for d in wdays],

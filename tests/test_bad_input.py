@@ -294,10 +294,10 @@ def test_bad_input_e2e_produced_equals_processed_plus_dlq(kafka_ns, fresh_db, tm
     topics = Topics(kafka_ns)
     ensure_topics()
     producer = make_producer(max_in_flight_requests_per_connection=1)
-    from producers.kafka_sink import publish_reference, _Sender  # reference data, as the simulator sends it
+    from producers.kafka_sink import publish_reference, Sender  # reference data, as the simulator sends it
     from wardstream.config import settings as _settings
 
-    sender = _Sender("kafka-python", _settings())
+    sender = Sender("kafka-python", _settings())
     publish_reference(sender, sim.reference, topics.reference)
     sender.close()
     futures = [producer.send(topics.adt, key=m.key, value=m.value) for m in msgs]

@@ -88,3 +88,25 @@ def test_refetch_reads_a_range_back_from_the_broker(kafka_ns) -> None:
         assert [r.offset for r in asyncio.run(refetch.read(topic, 1, range(0, 2)))] == [0, 1]
     finally:
         refetch.close()
+
+
+def test_the_worker_consumer_waits_at_most_fetch_max_wait_ms_for_a_fetch(tmp_path) -> None:
+    """Faust fixes the broker's wait for a fetch at 1.5 s; aiokafka keeps one fetch in flight and
+    leaves out partitions with records not yet taken, so new ADT events could wait that long
+    behind a fetch of the other partitions (faust_patches docstring). The patch shortens it."""
+    import faust
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    from stream import faust_patches
+
+    faust_patches.apply()
+    app = faust.App("fetch-wait-test", broker="kafka://127.0.0.1:9092", datadir=str(tmp_path))
+    thread = app.consumer._thread
+    assert isinstance(thread, AIOKafkaConsumerThread)
+
+    async def waits() -> tuple[int, int]:  # aiokafka builds its consumer in a running loop (no I/O yet)
+        return (faust_patches._original_create_worker_consumer(thread, app.transport)._fetch_max_wait_ms,
+                thread._create_worker_consumer(app.transport)._fetch_max_wait_ms)
+
+    assert asyncio.run(waits()) == (1500, faust_patches.FETCH_MAX_WAIT_MS)
+    assert faust_patches.FETCH_MAX_WAIT_MS == 100  # the default (WARDSTREAM_FETCH_MAX_WAIT_MS unset)

@@ -108,10 +108,12 @@ def test_cli_sink_once_and_bad_options(kafka_ns, sink_db) -> None:
     assert settings().sink_database_url and "wardstream_sink" in settings().sink_database_url
 
 
-def test_copy_and_values_write_paths_give_identical_tables(fresh_db) -> None:
-    """The COPY+upsert path (default) and the multi-row VALUES path store the same rows."""
+def test_copy_values_and_auto_write_paths_give_identical_tables(fresh_db, monkeypatch) -> None:
+    """The COPY+upsert path, the multi-row VALUES path and "auto" (the default: VALUES for a
+    table with few rows in the batch, COPY for many; here both within one batch) store the same rows."""
     import uuid
 
+    from consumers import tables
     from consumers.migrate import migrate
     from consumers.rows import Batch
     from consumers.tables import write_batch
@@ -129,13 +131,17 @@ def test_copy_and_values_write_paths_give_identical_tables(fresh_db) -> None:
         else:
             {"DischargeScore": batch.add_score, "ReadmissionLabel": batch.add_label, "Alert": batch.add_alert,
              "KpiValue": batch.add_kpi, "DeadLetter": batch.add_dead_letter}[kind](m, 0, offset)
-    other = f"wardstream_t{uuid.uuid4().hex[:10]}"
+    sizes = sorted(len(batch.rows(t)) for t in tables.TABLE_NAMES if batch.rows(t))
+    monkeypatch.setattr(tables, "COPY_MIN_ROWS", sizes[len(sizes) // 2])
+    assert sizes[0] < tables.COPY_MIN_ROWS <= sizes[-1]  # "auto" takes both paths in this batch
     pg = LocalPostgres()
-    pg.psql_admin(f"CREATE DATABASE {other} OWNER wardstream")
-    other_url = fresh_db.rsplit("/", 1)[0] + "/" + other
+    others = [f"wardstream_t{uuid.uuid4().hex[:10]}" for _ in range(2)]
+    base = fresh_db.rsplit("/", 1)[0]
     try:
         dumps = []
-        for url, method in ((fresh_db, "copy"), (other_url, "values")):
+        for url, method in ((fresh_db, "copy"), (f"{base}/{others[0]}", "values"), (f"{base}/{others[1]}", "auto")):
+            if url != fresh_db:
+                pg.psql_admin(f"CREATE DATABASE {url.rsplit('/', 1)[1]} OWNER wardstream")
             migrate(url)
             conn = psycopg2.connect(url)
             with conn, conn.cursor() as cur:
@@ -143,10 +149,11 @@ def test_copy_and_values_write_paths_give_identical_tables(fresh_db) -> None:
                 write_batch(cur, batch, method=method)  # twice in one transaction: still the same rows
             conn.close()
             dumps.append(dump_tables(url))
-        assert dumps[0] == dumps[1]
+        assert dumps[0] == dumps[1] == dumps[2]
         assert len(dumps[0]["adt_events"]) == len(data.adt)
     finally:
-        pg.psql_admin(f"DROP DATABASE IF EXISTS {other} WITH (FORCE)")
+        for name in others:
+            pg.psql_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def test_awkward_but_valid_strings_are_stored_verbatim(kafka_ns, sink_db) -> None:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
+from functools import lru_cache
 from typing import Any
 
 from stream.contracts import KPI_NAMES, AdmissionEvent, DischargeEvent, TransferEvent
@@ -247,6 +248,7 @@ def affected_kpis(changed: set[str], dimension: str) -> list[str]:
     return [k for k in kpis_of(dimension) if KPI_INPUTS[k] & changed]
 
 
+@lru_cache(maxsize=None)
 def kpis_of(dimension: str) -> tuple[str, ...]:
     """The KPIs a dimension has (utilization is a provider KPI)."""
     return tuple(k for k in ALL_KPIS if k != "provider_utilization" or dimension == "provider")
@@ -264,11 +266,13 @@ def census_series(start_census: float, buckets: list[DayBucket]) -> list[float]:
 # --------------------------------------------------------------------------- windows
 
 
-def day_windows(day: date) -> list[tuple[str, date, date]]:
+@lru_cache(maxsize=4096)
+def day_windows(day: date) -> tuple[tuple[str, date, date], ...]:
     """Every window (``1d``/``7d``/``30d``, start, end) holding ``day``; half-open [start, end).
 
     Rolling windows end on every UTC day boundary, so a day sits in 7 seven-day windows and 30
-    thirty-day windows (ends ``day + 1`` .. ``day + n``).
+    thirty-day windows (ends ``day + 1`` .. ``day + n``). Cached: a flush asks for the same
+    recent days once per dimension.
 
     >>> [(w, s.isoformat(), e.isoformat()) for w, s, e in day_windows(date(2025, 1, 10))][:3]
     [('1d', '2025-01-10', '2025-01-11'), ('7d', '2025-01-04', '2025-01-11'), ('7d', '2025-01-05', '2025-01-12')]
@@ -280,7 +284,7 @@ def day_windows(day: date) -> list[tuple[str, date, date]]:
         for k in range(1, n + 1):
             end = day + timedelta(days=k)
             out.append((name, end - timedelta(days=n), end))
-    return out
+    return tuple(out)
 
 
 def window_days(start: date, end: date) -> list[date]:
