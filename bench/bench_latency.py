@@ -148,9 +148,12 @@ TARGET_P99_MS = 250
 
 
 # Session 6's latency settings (bench/README.md, session 7): the worker's consumer fetch wait,
-# batch wait, producer linger and the KPI flush's yields (its second output producer stays).
+# batch wait, the ADT outputs' linger, the journal's wait and the KPI flush's yields (the KPI
+# windows' own output producer stays).
 SESSION6 = {"WARDSTREAM_FETCH_MAX_WAIT_MS": "1500", "WARDSTREAM_ADT_BATCH_WITHIN": "0.05",
-            "WARDSTREAM_PRODUCER_LINGER": "0.02", "WARDSTREAM_FLUSH_YIELD_S": "0"}
+            "WARDSTREAM_KPI_BATCH_WITHIN": "0.05",
+            "WARDSTREAM_EVENTS_LINGER": "0.02", "WARDSTREAM_JOURNAL_SEND_NOW": "0",
+            "WARDSTREAM_FLUSH_YIELD_S": "0"}
 
 
 def configs(quick: bool) -> list[tuple[str, dict[str, str], list[tuple[int, int]]]]:

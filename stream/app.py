@@ -127,10 +127,10 @@ def create_app(s: Settings | None = None) -> faust.App:
         # Our tables hold small JSON dicts; keep Faust from holding huge buffers on 2 cores.
         stream_buffer_maxsize=int(os.environ.get("WARDSTREAM_STREAM_BUFFER", "4096")),
         # Faust's default linger of 0 sends a produce request for almost every output message
-        # (20% of the worker's time in bench/README.md); 5 ms batches them. Each ADT batch waits
-        # for two acknowledgements in a row (outputs, then journal), so the linger counts twice
-        # in every alert's latency: 20 ms until session 7 (bench/README.md).
-        producer_linger=float(os.environ.get("WARDSTREAM_PRODUCER_LINGER", "0.005")),
+        # (20% of the worker's time in bench/README.md); 20 ms batches them. The ADT batch's
+        # journal, which it waits for, is sent at once (_journal_acked), and its outputs go
+        # through a producer with a shorter linger (EVENTS_LINGER_S).
+        producer_linger=float(os.environ.get("WARDSTREAM_PRODUCER_LINGER", "0.02")),
     )
 
 
@@ -210,6 +210,9 @@ ADT_BATCH = int(os.environ.get("WARDSTREAM_ADT_BATCH", "500"))
 # how long an agent waits for a batch to fill: a backlog fills it at once; at a steady rate this
 # is a wait every event pays (50 ms until session 7)
 ADT_BATCH_WITHIN = float(os.environ.get("WARDSTREAM_ADT_BATCH_WITHIN", "0.01"))
+# the KPI aggregator writes each bucket a batch touched once per batch, and nothing waits on it
+# but the flush (every KPI_FLUSH_SECONDS): it takes its time to fill a batch
+KPI_BATCH_WITHIN = float(os.environ.get("WARDSTREAM_KPI_BATCH_WITHIN", "0.2"))
 # KPI contributions per hospital.kpi-contributions message (adt_flow.bundle); 1 sends each alone
 CONTRIBUTION_BUNDLE = max(1, int(os.environ.get("WARDSTREAM_CONTRIBUTION_BUNDLE", "200")))
 # "librdkafka" (stream/outputs.py) or "faust" (Faust's producer, as under exactly_once): the
@@ -382,6 +385,9 @@ class _FaustBatch:
 # worker trace at 400 events/s: ADT batches 0.3-0.6 s late after each flush; bench/README.md,
 # session 7). Each lane has its own queue and broker connection.
 _output_producers: dict[str, OutputProducer] = {}
+# The ADT batch waits for its outputs' acknowledgements: their linger counts in every alert's
+# latency, and librdkafka's requests are cheap (C). The KPI lane keeps WARDSTREAM_PRODUCER_LINGER.
+EVENTS_LINGER_S = float(os.environ.get("WARDSTREAM_EVENTS_LINGER", "0.001"))
 
 
 def _outputs(lane: str = "events") -> Batch | _FaustBatch:
@@ -390,7 +396,8 @@ def _outputs(lane: str = "events") -> Batch | _FaustBatch:
     if app.conf.processing_guarantee != ProcessingGuarantee.AT_LEAST_ONCE or OUTPUT_PRODUCER == "faust":
         return _FaustBatch()
     if lane not in _output_producers:
-        _output_producers[lane] = OutputProducer(SETTINGS, linger_s=app.conf.producer_linger,
+        linger = EVENTS_LINGER_S if lane == "events" else app.conf.producer_linger
+        _output_producers[lane] = OutputProducer(SETTINGS, linger_s=linger,
                                                  client_id=f"wardstream-stream-{lane}")
     return _output_producers[lane].batch()
 
@@ -404,6 +411,19 @@ async def _close_outputs(app: faust.App, **kwargs: Any) -> None:
         left = producer.close(timeout=5)
         if left:
             log.warning("%s outputs not delivered at the stop; their batch is re-processed", left)
+
+
+async def _journal_acked() -> None:
+    """Until the batch journal is acknowledged, having Faust's producer send it without its
+    linger (``faust_patches.send_lingering``) as soon as it reaches the producer."""
+    while JOURNAL_SEND_NOW and (pending := [f for f in _journal_sends if not f.done()]):
+        faust_patches.send_lingering(app.producer)
+        await asyncio.wait(pending, timeout=JOURNAL_POLL_S)
+    await _acked(_journal_sends)
+
+
+JOURNAL_POLL_S = 0.001
+JOURNAL_SEND_NOW = os.environ.get("WARDSTREAM_JOURNAL_SEND_NOW", "1") != "0"  # 0: session 6's wait
 
 
 async def _acked(sent: list[asyncio.Future[Any]]) -> None:
@@ -462,7 +482,7 @@ async def process_adt(stream: faust.StreamT) -> None:
         scope = lambda partition: _as_event(last[partition])  # noqa: E731
         flow.commit_journal(scope)  # the batch is decided: a restart re-applies its journal
         try:
-            await _acked(_journal_sends)  # in Kafka before any write it journals (adt_flow.py)
+            await _journal_acked()  # in Kafka before any write it journals (adt_flow.py)
         except BaseException as exc:
             flow.rollback()
             if _stopping(exc):
@@ -482,7 +502,7 @@ async def aggregate_kpis(stream: faust.StreamT) -> None:
     changes many times in a batch); a crash before that re-delivers the batch, and the buckets'
     source marks drop the contributions already added.
     """
-    async for events in stream.take_events(ADT_BATCH, within=ADT_BATCH_WITHIN):
+    async for events in stream.take_events(ADT_BATCH, within=KPI_BATCH_WITHIN):
         last: dict[int, EventT] = {}
         try:
             taken = await _in_line(events, aggregator.applied_offset)

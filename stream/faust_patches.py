@@ -40,6 +40,8 @@ up to 1.5 s when none of those get data: new ADT events wait that long. With one
 agent at a time, this happened every few seconds at 400 events/s (a worker trace showed the
 agent idle for 1.0-2.0 s, then a burst of events 0.3-4 s old; bench/README.md, session 7).
 :func:`_create_worker_consumer` sets the wait to ``WARDSTREAM_FETCH_MAX_WAIT_MS`` (default 100).
+And :func:`send_lingering` has Faust's producer send what it holds for its linger at once: the
+ADT agent waits for its batch journal's acknowledgement, so the linger was in every alert's time.
 
 One for speed: aiokafka hashes every message key with a pure-Python murmur2 to pick its
 partition (3% of the worker under a backlog, most of it for KPI windows whose keys recur at every
@@ -197,6 +199,27 @@ def _create_worker_consumer(self: AIOKafkaConsumerThread, transport: Any) -> Any
     consumer = _original_create_worker_consumer(self, transport)
     consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read when the consumer starts its Fetcher
     return consumer
+
+
+def send_lingering(producer: Any) -> None:
+    """Have Faust's aiokafka producer send the batches it holds for their linger now.
+
+    The ADT agent waits for its batch journal's acknowledgement before it writes the batch's
+    state, so the journal's linger was in every alert's latency; the other changelog writes
+    (not waited on) keep lingering, and batching. The same steps as aiokafka's own
+    ``MessageAccumulator.flush_for_commit``, without waiting. A no-op when the producer is not
+    started (or aiokafka's internals moved: then the journal just waits its linger).
+    """
+    accumulator = getattr(getattr(producer, "_producer", None), "_message_accumulator", None)
+    batches = getattr(accumulator, "_batches", None)
+    if not batches:
+        return
+    for queue in batches.values():
+        for batch in queue:
+            batch._builder.close()
+    waiter = accumulator._waiter_future
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _cache_murmur2() -> None:

@@ -110,3 +110,38 @@ def test_the_worker_consumer_waits_at_most_fetch_max_wait_ms_for_a_fetch(tmp_pat
 
     assert asyncio.run(waits()) == (1500, faust_patches.FETCH_MAX_WAIT_MS)
     assert faust_patches.FETCH_MAX_WAIT_MS == 100  # the default (WARDSTREAM_FETCH_MAX_WAIT_MS unset)
+
+
+def test_send_lingering_delivers_before_the_linger_expires(kafka_ns) -> None:
+    """The ADT agent waits for its journal's acknowledgement: ``send_lingering`` has Faust's
+    aiokafka producer send what it holds for its linger at once (here a 10 s linger; the
+    message is acknowledged in well under that, through the real broker)."""
+    import time
+    from types import SimpleNamespace
+
+    from aiokafka import AIOKafkaProducer
+
+    from stream.contracts import Topics
+    from stream.faust_patches import send_lingering
+    from wardstream.config import settings
+
+    topic = Topics(kafka_ns).adt
+    ensure_topics([topic])
+
+    async def deliver() -> tuple[float, bool]:
+        producer = AIOKafkaProducer(bootstrap_servers=settings().kafka.bootstrap_servers, linger_ms=10_000)
+        await producer.start()
+        try:
+            held = await producer.send(topic, b"journal", key=b"p0")  # queued, lingering
+            await asyncio.sleep(0.5)
+            lingered = not held.done()  # without the patch it would wait the whole 10 s
+            started = time.monotonic()
+            send_lingering(SimpleNamespace(_producer=producer))  # Faust's Producer holds it here
+            await asyncio.wait_for(held, timeout=8)
+            return time.monotonic() - started, lingered
+        finally:
+            await producer.stop()
+
+    took, lingered = asyncio.run(deliver())
+    assert lingered and took < 8
+    send_lingering(SimpleNamespace(_producer=None))  # before the producer starts: nothing to do
