@@ -205,8 +205,9 @@ def send_lingering(producer: Any) -> None:
     """Have Faust's aiokafka producer send the batches it holds for their linger now.
 
     The ADT agent waits for its batch journal's acknowledgement before it writes the batch's
-    state, so the journal's linger was in every alert's latency; the other changelog writes
-    (not waited on) keep lingering, and batching. The same steps as aiokafka's own
+    state, so the journal's linger was in every alert's latency. Whatever lingers at that
+    moment goes out with the journal; changelog writes made at other times (the batch's state,
+    after the journal) keep their linger, and batching. The same steps as aiokafka's own
     ``MessageAccumulator.flush_for_commit``, without waiting. A no-op when the producer is not
     started (or aiokafka's internals moved: then the journal just waits its linger).
     """
