@@ -23,6 +23,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import statistics
 import sys
 import threading
@@ -105,9 +106,13 @@ def committed_at(conn, since: datetime) -> dict[str, dict[str, float]]:
     return seen
 
 
-def _count_scores(conn, since: datetime) -> int:
+def _count_scores(conn, since: datetime | None = None) -> int:
+    """``discharge_scores`` rows (of discharges at or after ``since``), in a fresh snapshot."""
     with conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM discharge_scores WHERE discharged_at >= %s", (since,))
+        if since is None:
+            cur.execute("SELECT count(*) FROM discharge_scores")
+        else:
+            cur.execute("SELECT count(*) FROM discharge_scores WHERE discharged_at >= %s", (since,))
         n = cur.fetchone()[0]
     conn.commit()
     return n
@@ -165,9 +170,9 @@ def configs(quick: bool) -> list[tuple[str, dict[str, str], list[tuple[int, int]
 
 def sustained(out: dict[str, object], label: str) -> int | None:
     """The highest rate whose alert webhook p99 is within the target (None: none)."""
-    ok = [int(m) for k, v in out.items()
-          if k.startswith(f"{label}_r") and k.endswith("_alert_webhook_p99_ms")
-          and (m := k[len(label) + 2:].split("_")[0]).isdigit() and v is not None and v < TARGET_P99_MS]
+    key = re.compile(rf"{re.escape(label)}_r(\d+)_alert_webhook_p99_ms")
+    ok = [int(m.group(1)) for k, v in out.items()
+          if (m := key.fullmatch(k)) and v is not None and v < TARGET_P99_MS]
     return max(ok) if ok else None
 
 
@@ -257,10 +262,7 @@ def measure(label: str, env: dict[str, str], phases: list[tuple[int, int]], sim:
 def _wait_scores(conn, worker, expected: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        with conn.cursor() as cur:
-            cur.execute("SELECT count(*) FROM discharge_scores")
-            n = cur.fetchone()[0]
-        conn.commit()
+        n = _count_scores(conn)
         if n >= expected:
             return
         if not worker.alive() or time.monotonic() > deadline:

@@ -45,7 +45,7 @@ from stream.kpi_aggregator import KpiAggregator
 from stream.outputs import Batch, OutputProducer
 from stream.staged import Staged
 from wardstream.config import Settings, settings
-from wardstream.kafka_io import group_offsets
+from wardstream.kafka_io import group_offsets, make_admin
 
 log = logging.getLogger(__name__)
 
@@ -332,7 +332,7 @@ def _broker_commits(tps: list[Any]) -> dict[Any, int | None]:
     """The group's committed offsets of ``tps`` as the broker has them (blocking)."""
     global _admin
     if _admin is None:
-        _admin = KafkaAdminClient(**SETTINGS.kafka.kafka_python_kwargs())
+        _admin = make_admin(SETTINGS)  # kept for the worker's life: a look every 5 s
     by = {(tp.topic, tp.partition): offset for tp, offset in group_offsets(_admin, app.conf.id).items()}
     return {tp: by.get((tp.topic, tp.partition)) for tp in tps}
 

@@ -38,10 +38,15 @@ def topic_specs(s: Settings | None = None) -> dict[str, tuple[int, dict[str, str
     }
 
 
+def make_admin(s: Settings | None = None) -> KafkaAdminClient:
+    """A kafka-python admin client (the caller closes it; :func:`admin_client` for a block)."""
+    return KafkaAdminClient(**(s or settings()).kafka.kafka_python_kwargs())
+
+
 @contextmanager
 def admin_client(s: Settings | None = None) -> Iterator[KafkaAdminClient]:
     """A kafka-python admin client, closed on exit."""
-    admin = KafkaAdminClient(**(s or settings()).kafka.kafka_python_kwargs())
+    admin = make_admin(s)
     try:
         yield admin
     finally:
