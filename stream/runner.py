@@ -32,12 +32,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 from kafka.errors import KafkaError
 
 from stream.contracts import Topics
 from wardstream.config import settings
-from wardstream.kafka_io import admin_client, group_offsets
+from wardstream.kafka_io import admin_client, group_offsets, make_consumer
 
 
 def group_id(namespace: str) -> str:
@@ -168,18 +168,13 @@ class StreamWorker:
 # ---------------------------------------------------------------------- Kafka look-ups
 
 
-def _consumer() -> KafkaConsumer:
-    return KafkaConsumer(**settings().kafka.kafka_python_kwargs(), group_id=None,
-                         enable_auto_commit=False, isolation_level="read_committed")
-
-
 def committed_offsets(group: str) -> dict[TopicPartition, int]:
     with admin_client() as admin:
         return group_offsets(admin, group)
 
 
 def end_offsets(topics: list[str]) -> dict[TopicPartition, int]:
-    consumer = _consumer()
+    consumer = make_consumer(group_id=None)  # no group: offset look-ups only
     try:
         tps = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or ())]
         return dict(consumer.end_offsets(tps)) if tps else {}
@@ -193,7 +188,7 @@ def last_data_offsets(topic: str, lookback: int = 20) -> dict[TopicPartition, in
     Transactional producers leave commit markers after the data, so the end offset overshoots
     what a consumer can ever commit; read the tail to find the last real record.
     """
-    consumer = _consumer()
+    consumer = make_consumer(group_id=None)  # no group: offset look-ups only
     try:
         tps = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or ())]
         if not tps:
