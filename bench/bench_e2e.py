@@ -8,7 +8,9 @@ event and ``discharge_scores`` every discharge (both known from the simulation).
 
 The ceiling is measured in the same run on the same topic: a bare kafka-python consumer with the
 same ``read_committed`` settings that only decodes each message's JSON (best of 3). Target:
-pipeline >= 0.5x (``pct_of_ceiling`` >= 50). ``after_first_score`` rates leave out the cold start
+pipeline >= 0.5x (``pct_of_ceiling`` >= 50). Beside it, the same nothing done through the layers
+under the worker (``bench/floors.py``): bare aiokafka, and a Faust app whose agent only decodes
+(``faust_noop``), the most any Faust agent can reach here. ``after_first_score`` rates leave out the cold start
 (Faust start-up, group join, table recovery) for comparison with the steady rate.
 
 The helpers here (namespaces, fresh databases, subprocesses, RSS sampling) are shared by the
@@ -279,6 +281,21 @@ def bare_consume(topic: str, expected: int) -> float:
         consumer.close()
 
 
+def layer_floors(topic: str, events: int, ceiling: float) -> dict[str, float]:
+    """The layers under the worker doing the ceiling's nothing (``bench/floors.py``), best of 3."""
+    from bench.floors import aiokafka_consume, faust_noop
+
+    aiokafka_s = min(aiokafka_consume(topic, events) for _ in range(3))
+    faust = min((faust_noop(topic, events) for _ in range(3)), key=lambda r: r["after_first_s"])
+    faust_rate = events / faust["after_first_s"]
+    return {
+        "aiokafka_events_per_s": round(events / aiokafka_s),
+        "faust_noop_events_per_s": round(faust_rate),
+        "faust_noop_events_per_s_from_start": round(events / faust["from_start_s"]),
+        "faust_noop_pct_of_ceiling": round(100 * faust_rate / ceiling, 1),
+    }
+
+
 # -------------------------------------------------------------------------------- pipeline
 
 
@@ -393,6 +410,7 @@ def run(quick: bool = False, variants: list[str] | None = None) -> dict:
                            patients=produced.patients)
                 ceiling_s = min(bare_consume(Topics(ns).adt, produced.events) for _ in range(3))
                 out["ceiling_events_per_s"] = round(produced.events / ceiling_s)
+                out.update(layer_floors(Topics(ns).adt, produced.events, out["ceiling_events_per_s"]))
                 out["default_guarantee"] = default_guarantee()
             with fresh_db() as url:
                 try:
@@ -406,6 +424,8 @@ def run(quick: bool = False, variants: list[str] | None = None) -> dict:
         out[f"pipeline_{key}_events_per_s"] = round(r["events_per_s"])
         out[f"pipeline_{key}_events_per_s_after_first_score"] = round(r["events_per_s_after_first_score"])
         out[f"pipeline_{key}_pct_of_ceiling"] = round(100 * r["events_per_s"] / out["ceiling_events_per_s"], 2)
+        out[f"pipeline_{key}_after_first_score_pct_of_faust_noop"] = round(
+            100 * r["events_per_s_after_first_score"] / out["faust_noop_events_per_s"], 1)
         out[f"worker_peak_rss_mib_{key}"] = ", ".join(str(x) for x in r["peak_rss_mib"])
     return out
 

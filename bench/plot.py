@@ -24,9 +24,12 @@ def _load(name: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+PALETTE = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3"]
+
+
 def _bars(ax, labels: list[str], values: list[float], title: str, ylabel: str, log: bool = False,
           fmt: str = "{:,.0f}") -> None:
-    bars = ax.bar(labels, values, color=["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3"][:len(values)])
+    bars = ax.bar(labels, values, color=[PALETTE[i % len(PALETTE)] for i in range(len(values))])
     for b, v in zip(bars, values):
         ax.annotate(fmt.format(v), (b.get_x() + b.get_width() / 2, b.get_height()),
                     ha="center", va="bottom", fontsize=8)
@@ -39,6 +42,10 @@ def _bars(ax, labels: list[str], values: list[float], title: str, ylabel: str, l
 
 def _throughput(ax, e2e: dict) -> None:
     labels, values = ["bare consumer\n(ceiling)"], [e2e["ceiling_events_per_s"]]
+    for key, label in (("aiokafka_events_per_s", "bare\naiokafka"), ("faust_noop_events_per_s", "Faust agent\ndoing nothing")):
+        if key in e2e:  # the layers under the worker (bench/floors.py)
+            labels.append(label)
+            values.append(e2e[key])
     for key in sorted(k.removeprefix("pipeline_").removesuffix("_events_per_s") for k in e2e
                       if k.startswith("pipeline_") and k.endswith("w_events_per_s")
                       or k.startswith("pipeline_") and k.endswith("_events_per_s")

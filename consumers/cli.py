@@ -71,6 +71,11 @@ def register(app: typer.Typer) -> None:
             help="Comma-separated topics to store. Default: hospital.adt, hospital.reference and every "
                  "output topic, under WARDSTREAM_NAMESPACE."),
         max_batch: int = typer.Option(5000, "--max-batch", min=1, help="Messages per database transaction."),
+        linger_ms: int | None = typer.Option(
+            None, "--linger-ms", min=0, metavar="MS",
+            help="While messages flow, the broker may hold each fetch up to MS to fill a batch "
+                 "(fewer, larger transactions on a live stream; 0: never). "
+                 "Default: WARDSTREAM_SINK_LINGER_MS, else 20."),
     ) -> None:
         """Store the ADT events, reference data and every output topic in PostgreSQL.
 
@@ -82,9 +87,14 @@ def register(app: typer.Typer) -> None:
         """
         from rich.console import Console
 
-        from consumers.sink import default_topics, run_sink
+        from consumers.sink import default_topics, linger_ms_from_env, run_sink
 
         _check_stop(once, until_idle)
+        if linger_ms is None:
+            try:
+                linger_ms = linger_ms_from_env()
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc)) from None
         names = _parse_topics(topics)
         if names is not None:
             known = set(default_topics())
@@ -97,7 +107,7 @@ def register(app: typer.Typer) -> None:
                 status.update(f"sink: {st.messages} messages, {sum(st.rows.values())} rows, "
                               f"{sum(st.invalid.values())} invalid, {st.db_retries} db retries")
             stats = run_sink(topics=names, group=group, once=once, until_idle=until_idle,
-                             max_batch=max_batch, on_batch=on_batch)
+                             max_batch=max_batch, on_batch=on_batch, linger_ms=linger_ms)
         typer.echo(json.dumps(stats.as_dict(), indent=2))
 
     @app.command("notify")

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from consumers.fake import generate, produce
-from consumers.sink import default_group, default_topics, run_sink
+from consumers.sink import default_group, default_topics, linger_ms_from_env, run_sink
 from consumers.state import dump_tables, table_counts
 from test_sink_support import reset_group, sink_db  # noqa: F401  (fixture)
 from wardstream.cli import app
@@ -85,13 +85,83 @@ def test_tables_hold_exactly_the_produced_events(kafka_ns, sink_db) -> None:
 def test_rerun_over_the_same_offsets_changes_nothing(kafka_ns, sink_db) -> None:
     data = generate(patients=50, days=70, seed=5)
     produce(data, kafka_ns)
-    first = run_sink(once=True, max_batch=37)  # small batches: keys span several transactions
+    # small batches (keys span several transactions), none lingering
+    first = run_sink(once=True, max_batch=37, linger_ms=0)
     assert first.stored > 0
     before = dump_tables(sink_db)
     reset_group(default_group(), default_topics())
-    second = run_sink(once=True)  # one big batch this time
+    second = run_sink(once=True)  # one big batch this time, with the default linger
     assert second.messages == first.messages
     assert dump_tables(sink_db) == before
+
+
+def test_linger_setting(monkeypatch) -> None:
+    assert linger_ms_from_env() == 20
+    monkeypatch.setenv("WARDSTREAM_SINK_LINGER_MS", "75")
+    assert linger_ms_from_env() == 75
+    for bad in ("soon", "-5", "2.5"):
+        monkeypatch.setenv("WARDSTREAM_SINK_LINGER_MS", bad)
+        with pytest.raises(ValueError, match="WARDSTREAM_SINK_LINGER_MS must be"):
+            linger_ms_from_env()
+    bad_cli = CliRunner().invoke(app, ["sink", "--once"])
+    assert bad_cli.exit_code == 2 and "WARDSTREAM_SINK_LINGER_MS must be" in bad_cli.output
+
+
+def test_fetch_linger_switches_between_flowing_and_idle() -> None:
+    from types import SimpleNamespace
+
+    from consumers.sink import FetchLinger
+
+    config = {"fetch_min_bytes": 1, "fetch_max_wait_ms": 500}
+    linger = FetchLinger(SimpleNamespace(_fetcher=SimpleNamespace(config=config)), linger_ms=20)
+    linger.flowing(True)
+    assert config == {"fetch_min_bytes": 64 * 1024, "fetch_max_wait_ms": 20}
+    linger.flowing(False)
+    assert config == {"fetch_min_bytes": 1, "fetch_max_wait_ms": 500}  # idle: as configured
+    FetchLinger(SimpleNamespace(_fetcher=SimpleNamespace(config=config)), linger_ms=0).flowing(True)
+    assert config["fetch_max_wait_ms"] == 500  # 0: never held
+    FetchLinger(SimpleNamespace(), linger_ms=20).flowing(True)  # no fetcher to set: a no-op
+
+
+def test_a_live_trickle_takes_one_transaction_per_linger(kafka_ns, sink_db) -> None:
+    """Messages that arrive one at a time: while they flow, the broker holds each fetch for the
+    linger, so the trickle is written in about one transaction per linger; with no linger, each
+    arrival is its own transaction and offset commit. Both store every message. (This also
+    shows that the setting still reaches kafka-python's fetcher: sink.FetchLinger.)"""
+    import threading
+    import time
+
+    from stream.contracts import Topics, dump
+    from wardstream.kafka_io import ensure_topics, make_producer
+
+    topic = Topics(kafka_ns).discharge_scores
+    ensure_topics([topic])
+    scores = generate(patients=40, days=40, seed=6).scores[:40]
+    gap, linger_s = 0.04, 0.6  # the trickle lasts ~1.6 s
+    producer = make_producer()
+    batches, trickle_s = {}, {}
+    try:
+        for label, linger in (("none", 0), ("linger", linger_s)):
+            out = {}
+            sink = threading.Thread(target=lambda: out.update(stats=run_sink(
+                topics=[topic], group=f"{kafka_ns}trickle-{label}", until_idle=5,
+                linger_ms=int(linger * 1000), handle_signals=False)))
+            sink.start()
+            time.sleep(2.5)  # the sink has joined its group (it reads the earlier run's as one backlog)
+            started = time.monotonic()
+            for key, score in scores:
+                producer.send(topic, key=key.encode(), value=dump(score))
+                producer.flush()
+                time.sleep(gap)
+            trickle_s[label] = time.monotonic() - started
+            sink.join(60)
+            assert out["stats"].stored == out["stats"].messages >= len(scores)
+            batches[label] = out["stats"].batches
+    finally:
+        producer.close()
+    bound = int(trickle_s["linger"] / linger_s) + 3  # one per linger, the earlier run's backlog, the edges
+    assert batches["linger"] <= bound < batches["none"], batches
+    assert table_counts(sink_db)["discharge_scores"] == len({k for k, _ in scores})
 
 
 def test_cli_sink_once_and_bad_options(kafka_ns, sink_db) -> None:
