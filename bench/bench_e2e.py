@@ -33,9 +33,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
 import psutil
 
+from bench.floors import DecodeClock, aiokafka_consume, faust_noop
 from producers.simulator import SimConfig
 from wardstream.config import REPO_ROOT, scoped_env, settings
 
@@ -267,24 +267,16 @@ def bare_consume(topic: str, expected: int) -> float:
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
-        loads, n = orjson.loads, 0
-        t0 = time.perf_counter()
-        while n < expected:
-            for records in consumer.poll(timeout_ms=1000).values():
-                for r in records:
-                    loads(r.value)
-                    n += 1
-            if time.perf_counter() - t0 > 600:
-                raise TimeoutError(f"bare consumer read {n}/{expected} messages in 600 s")
-        return time.perf_counter() - t0
+        clock = DecodeClock("bare consumer", expected)
+        while not clock.take(consumer.poll(timeout_ms=1000)):
+            pass
+        return clock.seconds
     finally:
         consumer.close()
 
 
 def layer_floors(topic: str, events: int, ceiling: float) -> dict[str, float]:
     """The layers under the worker doing the ceiling's nothing (``bench/floors.py``), best of 3."""
-    from bench.floors import aiokafka_consume, faust_noop
-
     aiokafka_s = min(aiokafka_consume(topic, events) for _ in range(3))
     faust = min((faust_noop(topic, events) for _ in range(3)), key=lambda r: r["after_first_s"])
     faust_rate = events / faust["after_first_s"]

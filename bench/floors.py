@@ -23,11 +23,38 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 from wardstream.config import REPO_ROOT, settings
+
+
+class DecodeClock:
+    """Decodes the records of each poll (``{partition: [records]}``) and times them against
+    ``expected``: the work of the ceiling and of the bare clients alike."""
+
+    def __init__(self, client: str, expected: int, timeout: float = 600) -> None:
+        self.client, self.expected, self.timeout = client, expected, timeout
+        self.n = 0
+        self.started = time.perf_counter()
+
+    def take(self, polled: Mapping[Any, list]) -> bool:
+        """Decode ``polled``; True once ``expected`` records were. Raises after ``timeout``."""
+        loads = orjson.loads
+        for records in polled.values():
+            for r in records:
+                loads(r.value)
+            self.n += len(records)
+        if self.n < self.expected and self.seconds > self.timeout:
+            raise TimeoutError(f"{self.client} read {self.n}/{self.expected} messages in {self.timeout:.0f} s")
+        return self.n >= self.expected
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started
 
 
 def aiokafka_consume(topic: str, expected: int) -> float:
@@ -43,16 +70,10 @@ def aiokafka_consume(topic: str, expected: int) -> float:
             tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
-            loads, n = orjson.loads, 0
-            t0 = time.perf_counter()
-            while n < expected:
-                for records in (await consumer.getmany(timeout_ms=1000, max_records=10_000)).values():
-                    for r in records:
-                        loads(r.value)
-                        n += 1
-                if time.perf_counter() - t0 > 600:
-                    raise TimeoutError(f"aiokafka consumer read {n}/{expected} messages in 600 s")
-            return time.perf_counter() - t0
+            clock = DecodeClock("aiokafka consumer", expected)
+            while not clock.take(await consumer.getmany(timeout_ms=1000, max_records=10_000)):
+                pass
+            return clock.seconds
         finally:
             await consumer.stop()
 
