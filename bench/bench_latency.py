@@ -145,13 +145,7 @@ def paced_send(producer, topic: str, items: list[tuple[bytes, bytes, str | None]
     return sent, len(items) / (time.perf_counter() - t0)
 
 
-# (label, extra env of the worker, sink and notifier, [(events/s, seconds)]): a sweep of rates,
-# rising, up to the issue's 1,000/s, to find the highest rate this machine sustains within the
-# target, with today's settings, with session 6's, and with today's but a sink that writes each
-# fetch as its own batch (session 7's sink). (A longer KPI flush, `KPI_FLUSH_SECONDS=10`, was a
-# configuration until session 7: no effect in two runs.)
 TARGET_P99_MS = 250
-
 
 # The sink without a batch linger (until session 8): a transaction per fetch.
 SINK_LINGER0 = {"WARDSTREAM_SINK_LINGER_MS": "0"}
@@ -165,6 +159,11 @@ SESSION6 = {"WARDSTREAM_FETCH_MAX_WAIT_MS": "1500", "WARDSTREAM_ADT_BATCH_WITHIN
 
 
 def configs(quick: bool) -> list[tuple[str, dict[str, str], list[tuple[int, int]]]]:
+    """(label, extra env of the worker, sink and notifier, [(events/s, seconds)]): a sweep of
+    rates, rising, up to the issue's 1,000/s, to find the highest rate this machine sustains
+    within the target, with today's settings, with session 6's, and with today's but a sink that
+    writes each fetch as its own batch (session 7's sink). (A longer KPI flush,
+    ``KPI_FLUSH_SECONDS=10``, was a configuration until session 7: no effect in two runs.)"""
     if quick:
         return [("default", {}, [(50, 8), (1000, 3)])]
     rates = [(50, 20), (200, 10), (400, 10), (600, 10), (800, 10), (1000, 10)]

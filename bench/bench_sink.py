@@ -70,18 +70,12 @@ def _copy(url: str, batch: Batch) -> None:
 
 def _read_back(namespace: str) -> tuple[Batch, list]:
     """The messages as Kafka stored them (partition, offset), in one batch, and the valid records."""
-    from consumers.sink import _adders, default_topics
+    from consumers.sink import SinkStats, _adders, _decode, default_topics
     from wardstream.kafka_io import make_consumer
 
     consumer = make_consumer(*default_topics(namespace), group_id=None, consumer_timeout_ms=3000)
-    adders = _adders(namespace)
-    batch, records = Batch(Topics(namespace).adt), []  # dead letters name the namespaced topic, as in the sink
-    for r in consumer:
-        try:
-            adders[r.topic](batch, r.value, r.partition, r.offset)
-            records.append(r)
-        except ValueError:
-            pass  # the few contract-invalid ADT messages
+    batch = Batch(Topics(namespace).adt)  # dead letters name the namespaced topic, as in the sink
+    records = _decode(list(consumer), _adders(namespace), SinkStats(), batch)  # skips the few invalid
     consumer.close()
     return batch, records
 
@@ -91,9 +85,9 @@ def small_batches(namespace: str, records: list, sizes: tuple[int, ...] = (5, 20
     """PostgreSQL CPU and wall ms per batch of ``size`` messages, per write method (fresh database each)."""
     import psutil
 
-    from consumers.sink import _adders
+    from consumers.sink import SinkStats, _adders, _decode
 
-    adders = _adders(namespace)
+    adders, adt = _adders(namespace), Topics(namespace).adt
     out: dict[str, float] = {}
     for size in sizes:
         for method in ("copy", "values", "auto"):
@@ -104,9 +98,8 @@ def small_batches(namespace: str, records: list, sizes: tuple[int, ...] = (5, 20
                     backend = psutil.Process(cur.fetchone()[0])
                 cpu0, t0, n = sum(backend.cpu_times()[:2]), time.perf_counter(), 0
                 for i in range(0, min(limit, len(records)), size):
-                    batch = Batch(Topics(namespace).adt)
-                    for r in records[i:i + size]:
-                        adders[r.topic](batch, r.value, r.partition, r.offset)
+                    batch = Batch(adt)
+                    _decode(records[i:i + size], adders, SinkStats(), batch)
                     with conn.cursor() as cur:
                         write_batch(cur, batch, method)
                     conn.commit()
