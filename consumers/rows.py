@@ -34,6 +34,7 @@ from stream.contracts import (
     DischargeScore,
     FacilityRef,
     KpiValue,
+    ModelHealth,
     ProviderRef,
     ReadmissionLabel,
     Topics,
@@ -263,6 +264,13 @@ class Batch:
         row.update(source_partition=partition, source_offset=offset)
         key = (row["kpi"], row["dimension"], row["dimension_id"], row["window"], row["window_start"])
         self._put("kpi_windows", key, row)
+
+    def add_health(self, h: ModelHealth, partition: int, offset: int, raw: bytes | None = None) -> None:
+        self.messages += 1
+        clean = _cleaner(raw)
+        row = clean(_fields(h))
+        row.update(source_partition=partition, source_offset=offset)
+        self._put("model_health", (row["check_id"],), row)
 
     def add_dead_letter(self, d: DeadLetter, partition: int, offset: int, raw: bytes | None = None) -> None:
         self.messages += 1

@@ -47,6 +47,7 @@ from stream.contracts import (
     DeadLetter,
     DischargeScore,
     KpiValue,
+    ModelHealth,
     ReadmissionLabel,
     Topics,
     parse_adt,
@@ -85,7 +86,8 @@ class SinkStats:
 def default_topics(namespace: str | None = None) -> list[str]:
     """Every topic the sink stores (under the namespace of WARDSTREAM_NAMESPACE)."""
     t = Topics(settings().topic_namespace if namespace is None else namespace)
-    return [t.adt, t.reference, t.discharge_scores, t.readmission_labels, t.alerts, t.kpis, t.dlq]
+    return [t.adt, t.reference, t.discharge_scores, t.readmission_labels, t.alerts, t.kpis, t.dlq,
+            t.model_health]
 
 
 def default_group(namespace: str | None = None) -> str:
@@ -106,6 +108,7 @@ def _adders(namespace: str) -> dict[str, Adder]:
         t.alerts: lambda b, v, p, o: b.add_alert(Alert.model_validate_json(v), p, o, v),
         t.kpis: lambda b, v, p, o: b.add_kpi(KpiValue.model_validate_json(v), p, o, v),
         t.dlq: lambda b, v, p, o: b.add_dead_letter(DeadLetter.model_validate_json(v), p, o, v),
+        t.model_health: lambda b, v, p, o: b.add_health(ModelHealth.model_validate_json(v), p, o, v),
     }
 
 

@@ -80,11 +80,23 @@ class Topics:
         """Internal: per-event KPI increments re-keyed by dimension for the KPI aggregator."""
         return self._t("hospital.kpi-contributions")
 
+    @property
+    def model_health(self) -> str:
+        """Model-health checks (calibration, equity, drift): DESIGN.md "Changes since v1"."""
+        return self._t("hospital.model-health")
+
+    @property
+    def health_partials(self) -> str:
+        """Internal: per ADT partition, absolute (facility, day) health aggregates (replace, not add)."""
+        return self._t("hospital.health-partials")
+
     def outputs(self) -> list[str]:
-        return [self.discharge_scores, self.readmission_labels, self.alerts, self.kpis, self.dlq]
+        return [self.discharge_scores, self.readmission_labels, self.alerts, self.kpis, self.dlq,
+                self.model_health]
 
     def all(self) -> list[str]:
-        return [self.adt, self.reference, self.kpi_contributions, *self.outputs()]
+        return [self.adt, self.reference, self.kpi_contributions, self.health_partials,
+                *self.outputs()]
 
 
 # --------------------------------------------------------------------------- enums
@@ -98,6 +110,9 @@ Sex = Literal["F", "M"]
 Disposition = Literal["home", "home_health", "snf", "rehab", "ama", "expired"]
 Dimension = Literal["facility", "department", "provider"]
 Window = Literal["1d", "7d", "30d"]
+AlertPolicy = Literal["budget", "lace_cold_start"]
+HealthCheck = Literal["psi_score", "psi_feature", "error_drift", "equity_recall", "equity_oe"]
+HealthLevel = Literal["ok", "watch", "act"]
 
 TRIGGER_OF: dict[str, str] = {"admission": "A01", "discharge": "A03", "transfer": "A02"}
 
@@ -251,6 +266,10 @@ class DischargeScore(_Model):
     high_risk: bool
     model_version: str
     top_factors: list[TopFactor]
+    # alert budget (DESIGN.md "Changes since v1"): the facility's share k and the rule that set
+    # the threshold; None only on messages written before the budget existed
+    alert_share: float | None = Field(default=None, ge=0, le=1)
+    policy: AlertPolicy | None = None
 
 
 class ReadmissionLabel(_Model):
@@ -276,6 +295,8 @@ class Alert(_Model):
     lace: int
     threshold: float
     reasons: list[str]
+    alert_share: float | None = Field(default=None, ge=0, le=1)
+    policy: AlertPolicy | None = None
 
 
 class KpiValue(_Model):
@@ -315,6 +336,30 @@ def kpi_value_json(kpi: str, dimension: str, dimension_id: str, facility_id: str
         "facility_id": facility_id, "window": window, "window_start": window_start,
         "window_end": window_end, "value": value, "numerator": numerator, "denominator": denominator,
     })
+
+
+class ModelHealth(_Model):
+    """One evaluated model-health check on ``hospital.model-health`` (keyed by ``check_id``).
+
+    Every evaluation is sent, warning or not (``level`` ``ok``), so dashboards can draw the
+    value against its thresholds; the last message per ``check_id`` is its state (a later
+    ``ok`` withdraws a warning that late data disproved). All times are event time.
+    """
+
+    schema_version: Literal[1] = 1
+    check_id: str  # f"{check}|{facility_id}|{subject}|{window_end:%Y-%m-%d}": derived, never random
+    check: HealthCheck
+    facility_id: str
+    subject: str  # what was measured: "score", a feature name, "sex=F", "partition 2"
+    level: HealthLevel
+    value: float  # PSI, recall difference (subgroup - facility), O/E, or the error-mean change
+    watch_at: float | None  # threshold of a "watch" (None when the check has one level only)
+    act_at: float  # threshold of an "act" warning
+    baseline: float | None  # what value is compared with (facility recall, earlier error mean)
+    n: int  # observations behind value (the smaller window for PSI)
+    window_start: AwareDatetime
+    window_end: AwareDatetime
+    message: str  # plain words: what moved and by how much; no patient data
 
 
 class DeadLetter(_Model):

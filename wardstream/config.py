@@ -66,10 +66,19 @@ class Settings:
     grafana_user: str | None
     grafana_password: str | None = field(repr=False)
     log_level: str
+    # Alert budget (DESIGN.md "Changes since v1"): the share k of its discharges a facility
+    # flags (WARDSTREAM_ALERT_SHARE), with per-facility overrides (WARDSTREAM_ALERT_SHARES,
+    # "F01=0.12,F02=0.08"). See :meth:`alert_share_for`.
+    alert_share: float = 0.10
+    alert_shares: dict[str, float] = field(default_factory=dict)
     # The sink / notifier connect as their own least-privilege role (sql/migrations/V003__roles.sql).
     sink_database_url: str | None = None
     sink_password: str = field(default="wardstream_sink", repr=False)
     reader_password: str = field(default="wardstream_reader", repr=False)
+
+    def alert_share_for(self, facility_id: str) -> float:
+        """The facility's alert share k: its override, else the default."""
+        return self.alert_shares.get(facility_id, self.alert_share)
 
     @property
     def sink_url(self) -> str:
@@ -109,6 +118,10 @@ def settings() -> Settings:
         grafana_user=_env("GRAFANA_USER"),
         grafana_password=_env("GRAFANA_PASSWORD"),
         log_level=_env("WARDSTREAM_LOG_LEVEL", "INFO") or "INFO",
+        alert_share=float(_env("WARDSTREAM_ALERT_SHARE", "0.10") or "0.10"),
+        alert_shares={f.strip(): float(v) for f, v in (
+            item.split("=", 1) for item in (_env("WARDSTREAM_ALERT_SHARES", "") or "").split(",")
+            if item.strip())},
         sink_database_url=_env("SINK_DATABASE_URL"),
         # Defaults are for the local stack only; set real secrets in the environment.
         sink_password=_env("WARDSTREAM_SINK_PASSWORD", "wardstream_sink") or "",

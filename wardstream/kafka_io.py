@@ -35,6 +35,9 @@ def topic_specs(s: Settings | None = None) -> dict[str, tuple[int, dict[str, str
         t.alerts: (n, keep),
         t.kpis: (n, {}),
         t.dlq: (1, keep),
+        # replace semantics: the last partial per key is all that is needed
+        t.health_partials: (n, {"cleanup.policy": "compact"}),
+        t.model_health: (n, keep),
     }
 
 
