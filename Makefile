@@ -22,7 +22,7 @@ demo: up ## stream a simulated period through the whole pipeline, with a live vi
 test: up ## the whole test suite against the real broker and database
 	$(PYTHON) -m pytest
 
-test-fast: install ## unit tests only (no broker or database)
+test-fast: install ## unit tests and the packages' doctests (-m "not e2e": no broker or database)
 	$(PYTHON) -m pytest -m "not e2e"
 
 bench: up ## benchmarks: prints a table, writes bench/results/*.json and bench/results/e2e.png

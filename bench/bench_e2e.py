@@ -37,7 +37,7 @@ import psutil
 
 from bench.floors import DecodeClock, aiokafka_consume, faust_noop
 from producers.simulator import SimConfig
-from wardstream.config import REPO_ROOT, scoped_env, settings
+from wardstream.config import REPO_ROOT, StreamSettings, scoped_env, settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -364,23 +364,13 @@ VARIANTS: list[tuple[str, int, dict[str, str]]] = [
     ("1w", 1, {}),
     ("2w", 2, {}),
     ("1w_linger50ms", 1, {"WARDSTREAM_PRODUCER_LINGER": "0.05"}),
-    # session 4's output path: Faust's producer, a message per KPI contribution
-    ("1w_session4", 1, {"WARDSTREAM_OUTPUT_PRODUCER": "faust", "WARDSTREAM_CONTRIBUTION_BUNDLE": "1"}),
     ("2w_exactly_once", 2, {"WARDSTREAM_PROCESSING_GUARANTEE": "exactly_once"}),
 ]
 
 
 def default_guarantee() -> str:
     """The worker's processing guarantee when WARDSTREAM_PROCESSING_GUARANTEE is unset (for the table)."""
-    code = ("import os; os.environ.pop('WARDSTREAM_PROCESSING_GUARANTEE', None); "
-            "import stream.app as a; print(a.processing_guarantee())")
-    try:
-        with tempfile.TemporaryDirectory() as tmp, \
-                scoped_env(WARDSTREAM_PROCESSING_GUARANTEE=None, WARDSTREAM_STATE_DIR=tmp):
-            return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                  cwd=REPO_ROOT, timeout=120).stdout.strip() or "?"
-    except (OSError, subprocess.SubprocessError):
-        return "?"
+    return str(StreamSettings.model_fields["processing_guarantee"].default)
 
 
 def run(quick: bool = False, variants: list[str] | None = None) -> dict:

@@ -147,27 +147,19 @@ def paced_send(producer, topic: str, items: list[tuple[bytes, bytes, str | None]
 
 TARGET_P99_MS = 250
 
-# The sink without a batch linger (until session 8): a transaction per fetch.
+# The sink without a batch linger: a transaction per fetch.
 SINK_LINGER0 = {"WARDSTREAM_SINK_LINGER_MS": "0"}
-# Session 6's latency settings (bench/README.md, session 7): the worker's consumer fetch wait,
-# batch wait, the ADT outputs' linger, the journal's wait and the KPI flush's yields (the KPI
-# windows' own output producer stays), and the sink's batches.
-SESSION6 = {"WARDSTREAM_FETCH_MAX_WAIT_MS": "1500", "WARDSTREAM_ADT_BATCH_WITHIN": "0.05",
-            "WARDSTREAM_KPI_BATCH_WITHIN": "0.05",
-            "WARDSTREAM_EVENTS_LINGER": "0.02", "WARDSTREAM_JOURNAL_SEND_NOW": "0",
-            "WARDSTREAM_FLUSH_YIELD_S": "0", **SINK_LINGER0}
 
 
 def configs(quick: bool) -> list[tuple[str, dict[str, str], list[tuple[int, int]]]]:
     """(label, extra env of the worker, sink and notifier, [(events/s, seconds)]): a sweep of
     rates, rising, up to the issue's 1,000/s, to find the highest rate this machine sustains
-    within the target, with today's settings, with session 6's, and with today's but a sink that
-    writes each fetch as its own batch (session 7's sink). (A longer KPI flush,
-    ``KPI_FLUSH_SECONDS=10``, was a configuration until session 7: no effect in two runs.)"""
+    within the target, with the default settings and with a sink that writes each fetch as its
+    own batch (``WARDSTREAM_SINK_LINGER_MS=0``)."""
     if quick:
         return [("default", {}, [(50, 8), (1000, 3)])]
     rates = [(50, 20), (200, 10), (400, 10), (600, 10), (800, 10), (1000, 10)]
-    return [("default", {}, rates), ("session6", SESSION6, rates), ("sink_linger0", SINK_LINGER0, rates)]
+    return [("default", {}, rates), ("sink_linger0", SINK_LINGER0, rates)]
 
 
 def sustained(out: dict[str, object], label: str) -> int | None:

@@ -19,21 +19,16 @@ import time
 from pathlib import Path
 
 from bench.bench_e2e import RESULTS, RssSampler, mib, namespace, produce_simulation
-from bench.bench_latency import SESSION6
 from producers.simulator import SimConfig
 
 # (label, extra worker env): the defaults, then settings the profile points at
 VARIANTS: list[tuple[str, dict[str, str]]] = [
     ("default", {}),
-    ("session6_latency", SESSION6),  # session 6's latency settings: does the backlog rate pay for today's?
     ("flush_yield0", {"WARDSTREAM_FLUSH_YIELD_S": "0"}),  # the KPI flush never sleeps
     ("linger0", {"WARDSTREAM_PRODUCER_LINGER": "0"}),
     ("batch2000", {"WARDSTREAM_ADT_BATCH": "2000", "WARDSTREAM_ADT_BATCH_WITHIN": "0.2"}),
     ("flush10s", {"KPI_FLUSH_SECONDS": "10"}),
     ("unbundled", {"WARDSTREAM_CONTRIBUTION_BUNDLE": "1"}),  # a message per KPI contribution
-    ("faust_producer", {"WARDSTREAM_OUTPUT_PRODUCER": "faust"}),  # outputs through aiokafka
-    # session 4's output path: both of the above
-    ("session4", {"WARDSTREAM_OUTPUT_PRODUCER": "faust", "WARDSTREAM_CONTRIBUTION_BUNDLE": "1"}),
 ]
 
 

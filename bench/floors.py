@@ -106,7 +106,7 @@ def _run_noop_app(topic: str, expected: int, out: Path) -> None:
                     store="memory://", datadir=str(out.parent / "faust"), web_enabled=False,
                     processing_guarantee="at_least_once", key_serializer="raw", value_serializer="raw",
                     consumer_auto_offset_reset="earliest",
-                    stream_buffer_maxsize=int(os.environ.get("WARDSTREAM_STREAM_BUFFER", "4096")))
+                    stream_buffer_maxsize=settings().stream.stream_buffer)
     source = app.topic(topic, key_type=bytes, value_type=bytes, key_serializer="raw",
                        value_serializer="raw")
     seen = {"n": 0, "first": 0.0}

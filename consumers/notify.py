@@ -38,7 +38,7 @@ from consumers.db import TRANSIENT_ERRORS, close_quietly, connect, libpq_url, si
 from consumers.sink import stop_on_signals
 from stream.contracts import Alert, Topics, format_ts
 from wardstream.config import settings
-from wardstream.kafka_io import ensure_topics, make_consumer
+from wardstream.kafka_io import end_offsets_of, ensure_topics, make_consumer
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ def run_notifier(*, url: str | None = None, group: str | None = None, until_idle
                     if once:
                         assignment = consumer.assignment()
                         if assignment and end_offsets is None:
-                            end_offsets = consumer.end_offsets(list(assignment))
+                            end_offsets = end_offsets_of(consumer, assignment)
                         if end_offsets and all(consumer.position(tp) >= e for tp, e in end_offsets.items()):
                             break
                         if idle >= 5.0:

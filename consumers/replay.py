@@ -37,15 +37,21 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import orjson
 from kafka import KafkaConsumer, TopicPartition
 
 from stream.contracts import Topics, format_ts
-from wardstream.config import Settings, settings
-from wardstream.kafka_io import ensure_topics, make_consumer, make_producer
+from wardstream.config import Settings, scoped_env, settings
+from wardstream.kafka_io import (
+    beginning_offsets_of,
+    end_offsets_of,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +202,8 @@ def plan_replay(namespace: str | None = None, *, start: datetime | None = None, 
     try:
         parts = _partitions(consumer, topic)
         tps = {p: TopicPartition(topic, p) for p in parts}
-        begins = consumer.beginning_offsets(list(tps.values()))
-        ends = consumer.end_offsets(list(tps.values()))
+        begins = beginning_offsets_of(consumer, list(tps.values()))
+        ends = end_offsets_of(consumer, list(tps.values()))
         if partition is not None:
             if partition not in tps:
                 raise ReplayError(f"{topic} has partitions {parts[0]}..{parts[-1]}, not {partition}")
@@ -288,14 +294,14 @@ def copy_into_namespace(plan: ReplayPlan, target_namespace: str, *, s: Settings 
         raise ReplayError("the target namespace must differ from the source namespace")
     target = Topics(target_namespace)
     source_ref = Topics(plan.namespace).reference
-    ts = replace(s, topic_namespace=target_namespace, adt_partitions=plan.partitions)
+    ts = s.model_copy(update={"topic_namespace": target_namespace, "adt_partitions": plan.partitions})
     started = time.monotonic()
     consumer = _consumer(s)
     try:
         existing = consumer.partitions_for_topic(target.adt)
         if existing:
             tps = [TopicPartition(target.adt, p) for p in existing]
-            ends = consumer.end_offsets(tps)
+            ends = end_offsets_of(consumer, tps)
             if any(ends[tp] > 0 for tp in tps) and not resume:
                 raise ReplayError(f"{target.adt} already holds messages: choose a fresh --into-namespace")
             if len(existing) != plan.partitions:
@@ -315,7 +321,7 @@ def copy_into_namespace(plan: ReplayPlan, target_namespace: str, *, s: Settings 
             if with_reference and consumer.partitions_for_topic(source_ref):
                 for p in sorted(consumer.partitions_for_topic(source_ref)):
                     rtp = TopicPartition(source_ref, p)
-                    b, e = consumer.beginning_offsets([rtp])[rtp], consumer.end_offsets([rtp])[rtp]
+                    b, e = beginning_offsets_of(consumer, [rtp])[rtp], end_offsets_of(consumer, [rtp])[rtp]
                     for r in scan(consumer, rtp, b, e):
                         producer.send(target.reference, key=r.key, value=r.value,
                                       partition=p).add_errback(errors.append)
@@ -345,8 +351,6 @@ def rebuild_db(namespace: str | None = None, *, group: str | None = None, migrat
     first (a no-op on an up-to-date database), so an empty database is rebuilt from scratch.
     Returns the sink's :class:`consumers.sink.SinkStats`.
     """
-    import os
-
     from consumers.sink import default_topics, run_sink
 
     s = settings()
@@ -361,16 +365,9 @@ def rebuild_db(namespace: str | None = None, *, group: str | None = None, migrat
 
         migrate()
     group = group or f"{ns}wardstream-sink-rebuild-{uuid.uuid4().hex[:8]}"
-    previous = os.environ.get("WARDSTREAM_NAMESPACE")
-    os.environ["WARDSTREAM_NAMESPACE"] = ns  # run_sink reads the namespace from the environment
-    try:
+    with scoped_env(WARDSTREAM_NAMESPACE=ns):  # run_sink reads the namespace from the settings
         return run_sink(topics=default_topics(ns), group=group, once=True, max_batch=max_batch,
                         on_batch=on_batch, handle_signals=False)
-    finally:
-        if previous is None:
-            os.environ.pop("WARDSTREAM_NAMESPACE", None)
-        else:
-            os.environ["WARDSTREAM_NAMESPACE"] = previous
 
 
 def total_messages(topics: list[str], s: Settings | None = None) -> int:
@@ -381,7 +378,7 @@ def total_messages(topics: list[str], s: Settings | None = None) -> int:
         tps = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or ())]
         if not tps:
             return 0
-        b, e = consumer.beginning_offsets(tps), consumer.end_offsets(tps)
+        b, e = beginning_offsets_of(consumer, tps), end_offsets_of(consumer, tps)
         return sum(e[tp] - b[tp] for tp in tps)
     finally:
         consumer.close()

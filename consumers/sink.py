@@ -22,7 +22,6 @@ Python API (the demo and tests)::
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
@@ -54,7 +53,7 @@ from stream.contracts import (
     parse_reference,
 )
 from wardstream.config import settings
-from wardstream.kafka_io import ensure_topics, make_consumer
+from wardstream.kafka_io import end_offsets_of, ensure_topics, make_consumer
 
 log = logging.getLogger(__name__)
 
@@ -178,22 +177,9 @@ class DatabaseWriter:
         raise AssertionError("unreachable")
 
 
-LINGER_ENV = "WARDSTREAM_SINK_LINGER_MS"
-DEFAULT_LINGER_MS = 20
-
-
 def linger_ms_from_env() -> int:
-    """WARDSTREAM_SINK_LINGER_MS (milliseconds, 0 or more), else :data:`DEFAULT_LINGER_MS`."""
-    raw = os.environ.get(LINGER_ENV, "").strip()
-    if not raw:
-        return DEFAULT_LINGER_MS
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{LINGER_ENV} must be a whole number of milliseconds, got {raw!r}") from None
-    if value < 0:
-        raise ValueError(f"{LINGER_ENV} must be 0 or more, got {raw!r}")
-    return value
+    """WARDSTREAM_SINK_LINGER_MS (milliseconds, 0 or more; default 20); raises ConfigError."""
+    return settings().sink_linger_ms
 
 
 def run_sink(*, topics: Iterable[str] | None = None, group: str | None = None,
@@ -381,7 +367,7 @@ def _end_offsets(consumer) -> dict | None:
     assignment = consumer.assignment()
     if not assignment:
         return None
-    return consumer.end_offsets(list(assignment))
+    return end_offsets_of(consumer, assignment)
 
 
 def _caught_up(consumer, end_offsets: dict) -> bool:

@@ -50,7 +50,7 @@ class Table:
     casts: tuple[tuple[str, str], ...] = ()
 
     def _q(self, c: str) -> str:
-        return f'"{c}"' if c == "window" else c
+        return f'"{c}"' if c in ("window", "check") else c  # SQL reserved words
 
     @property
     def template(self) -> str:

@@ -5,6 +5,7 @@
 | ``hospital.py`` | reference data: facilities, beds per department, providers and their capacity | no |
 | ``population.py`` | patients: age, sex, race, payer, chronic conditions, hidden frailty | no |
 | ``rules.py`` | realism rules: seasonality, stay, cost, satisfaction, disposition, true p_readmit | no |
+| ``drift.py`` | drift scenarios from ``--shift-at``: a case-mix change, a coding change | no |
 | ``simulator.py`` | deterministic discrete-event generator of contract-v1 ADT events + truth | no |
 | ``clock.py`` | simulated clock (``--speed`` simulated seconds per wall second) | no |
 | ``runner.py`` | drive a simulation into a sink: pacing, progress bar, Ctrl-C, summary, files | yes |

@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
+from enum import Enum
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from producers import drift
 from producers.hospital import MIN_BEDS
 from producers.runner import Summary, simulate_to_file, write_truth
 from producers.simulator import SimConfig, Simulation
 
 
-def _date(value: str) -> date:
+ShiftKind = Enum("ShiftKind", {k.replace("-", "_"): k for k in drift.KINDS}, type=str)  # type: ignore[misc]
+"""The --shift choices (producers.drift.KINDS)."""
+Client = Enum("Client", {k.replace("-", "_"): k for k in ("auto", "confluent", "kafka-python")},  # type: ignore[misc]
+              type=str)
+"""The --client choices (producers.kafka_sink.CLIENTS)."""
+
+
+def _date(value: str, flag: str = "--start") -> date:
     try:
         return date.fromisoformat(value)
     except ValueError:
-        raise typer.BadParameter(f"{value!r} is not a date like 2025-01-01", param_hint="--start") from None
+        raise typer.BadParameter(f"{value!r} is not a date like 2025-01-01", param_hint=flag) from None
 
 
 def _writable(path: Path | None, flag: str) -> Path | None:
@@ -59,9 +68,16 @@ def simulate(
     out: Path | None = typer.Option(None, "--out", help="Write events to this JSON-lines file instead of Kafka."),
     truth_out: Path | None = typer.Option(None, "--truth-out",
                                           help="Write the truth (p_readmit, readmitted per discharge) here."),
+    shift_at: str | None = typer.Option(
+        None, "--shift-at", help="Drift scenario: from this day (YYYY-MM-DD, inside the period) on, "
+        "the case mix and/or the coding change (see --shift). Without it, no drift."),
+    shift: ShiftKind | None = typer.Option(
+        None, help="The drift from --shift-at on: case-mix (older, sicker patients, more emergency "
+        "admissions), coding (complications and metastases coded, Charlson rises; true risk unchanged) "
+        "or both (the default)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
-    client: str = typer.Option("auto", help="Kafka client: auto (confluent-kafka when installed), "
-                               "confluent or kafka-python."),
+    client: Client = typer.Option("auto", help="Kafka client: auto (confluent-kafka when installed), "
+                                  "confluent or kafka-python."),
 ) -> None:
     """Simulate hospital ADT events (admissions, transfers, discharges) for a period.
 
@@ -75,13 +91,19 @@ def simulate(
     if beds < MIN_BEDS:
         raise typer.BadParameter(f"must be at least {MIN_BEDS} (4 per department, 8 departments, x2)",
                                  param_hint="--beds")
-    config = SimConfig(seed=seed, start=_date(start), days=days, beds=beds, facilities=facilities)
+    first = _date(start)
+    shift_day = _date(shift_at, "--shift-at") if shift_at else None
+    if shift is not None and shift_day is None:
+        raise typer.BadParameter("needs --shift-at DATE", param_hint="--shift")
+    last = first + timedelta(days=days - 1)
+    if shift_day is not None and not first <= shift_day <= last:
+        raise typer.BadParameter(f"{shift_day} not in {first} .. {last}", param_hint="--shift-at")
+    config = SimConfig(seed=seed, start=first, days=days, beds=beds, facilities=facilities,
+                       shift_at=shift_day, shift=shift.value if shift else "both")
     try:
         config.validate()
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    if client not in ("auto", "confluent", "kafka-python"):
-        raise typer.BadParameter("must be auto, confluent or kafka-python", param_hint="--client")
     _writable(out, "--out")
     _writable(truth_out, "--truth-out")
     console = Console(stderr=True)
@@ -93,7 +115,7 @@ def simulate(
         from producers.kafka_sink import simulate_to_kafka  # kafka client only when needed
 
         summary = simulate_to_kafka(config, speed=speed, progress=not no_progress,
-                                    truth_out=truth_out, console=console, client=client)
+                                    truth_out=truth_out, console=console, client=client.value)
         n_truth = summary.by_type.get("discharge", 0)
     print_summary(summary, console, (truth_out, n_truth) if truth_out else None)
     if summary.interrupted:

@@ -34,7 +34,7 @@ from producers.runner import Summary, drive, write_truth
 from producers.simulator import Emitted, SimConfig, Simulation
 from stream.contracts import Topics, dump
 from wardstream.config import Settings, settings
-from wardstream.kafka_io import confluent_config, ensure_topics, make_producer
+from wardstream.kafka_io import confluent_config, confluent_producer, ensure_topics, make_producer
 
 
 class DeliveryError(RuntimeError):
@@ -79,8 +79,6 @@ class Sender:
         self.client = client
         self.errors: list[object] = []
         if client == "confluent":
-            from confluent_kafka import Producer
-
             def report(err: object, _msg: object) -> None:
                 if err is not None:
                     self.errors.append(err)
@@ -88,7 +86,7 @@ class Sender:
             conf = {**confluent_config(s), "on_delivery": report}
             if linger_ms is not None:
                 conf["linger.ms"] = linger_ms
-            self._p = Producer(conf)
+            self._p = confluent_producer(conf, s)
             produce, poll = self._p.produce, self._p.poll
 
             def send(topic: str, key: bytes, value: bytes) -> None:
@@ -126,8 +124,11 @@ class Sender:
 def simulate_to_kafka(config: SimConfig, *, speed: float = 0.0, progress: bool = True,
                       truth_out: Path | None = None, stop: Callable[[], bool] | None = None,
                       s: Settings | None = None, console: Console | None = None,
-                      client: str = "auto") -> Summary:
-    """Run the simulation into ``Topics(namespace).adt``; returns the run's :class:`Summary`."""
+                      client: str = "auto", live_from: float | None = None,
+                      watch: Callable[[float], object] | None = None) -> Summary:
+    """Run the simulation into ``Topics(namespace).adt``; returns the run's :class:`Summary`.
+
+    ``live_from`` and ``watch``: see :func:`producers.runner.drive`."""
     s = s or settings()
     topics = Topics(s.topic_namespace)
     sim = Simulation(config)
@@ -144,6 +145,7 @@ def simulate_to_kafka(config: SimConfig, *, speed: float = 0.0, progress: bool =
         publish_reference(sender, sim.reference, topics.reference)
         started = time.perf_counter()
         summary = drive(sim, emit, speed=speed, progress=progress, stop=stop, console=console,
+                        live_from=live_from, watch=watch,
                         destination=f"kafka {s.kafka.bootstrap_servers} topic {adt} ({sender.client})")
         sender.flush()  # the summary's rate counts acknowledged events, not queued ones
         summary.wall_seconds = time.perf_counter() - started

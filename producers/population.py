@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from random import Random
 
+from producers import drift
 from producers.rules import CONDITION_CODES, MAJOR, sample_conditions
 
 RACES = ("white", "black", "hispanic", "asian", "other")
@@ -53,10 +54,12 @@ class Patient:
         self.adm_times: list[int] = []
 
 
-def sample_age(rng: Random, department: str) -> int:
+def sample_age(rng: Random, department: str, shifted: bool = False) -> int:
     if department == "Pediatrics":
         return 0 if rng.random() < 0.25 else rng.randint(1, 17)
     mean, sd = AGE[department]
+    if shifted:
+        mean += drift.AGE_YEARS
     return int(min(100, max(18, rng.gauss(mean, sd))))
 
 
@@ -69,13 +72,15 @@ def sample_payer(rng: Random, age: int) -> str:
     return "private" if u < 0.60 else "medicaid" if u < 0.76 else "uninsured" if u < 0.965 else "medicare"
 
 
-def new_patient(rng: Random, number: int, department: str, facility: int = 0) -> Patient:
-    age = sample_age(rng, department)
+def new_patient(rng: Random, number: int, department: str, facility: int = 0,
+                shifted: bool = False) -> Patient:
+    """A new patient; ``shifted``: drawn from the case mix after a ``case-mix`` drift (older, sicker)."""
+    age = sample_age(rng, department, shifted)
     sex = "F" if rng.random() < 0.54 else "M"
     u = rng.random()
     race = next(r for r, c in zip(RACES, _RACE_CUM) if u < c)
     payer = sample_payer(rng, age)
-    conds = sample_conditions(rng, age, department)
-    frailty = rng.gauss(0.0, 1.0)
+    conds = sample_conditions(rng, age, department, shifted)
+    frailty = rng.gauss(drift.FRAILTY_MEAN if shifted else 0.0, 1.0)
     cancer_code = "C50.919" if sex == "F" and rng.random() < 0.5 else "C34.90"
     return Patient(f"P{number:07d}", facility, age, sex, race, payer, conds, frailty, cancer_code)

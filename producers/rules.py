@@ -4,9 +4,12 @@ Every number here is a modelling choice anchored on DESIGN.md's reference figure
 30-day readmission ~14%, mean stay ~4.5 days, mean inpatient cost ~$10k, surgical stays dearer).
 
 Seasonality (DESIGN.md: "Cardiology, Oncology and Pediatrics peak in March, June, July and
-February"). Three departments and four months: we read it as Cardiology peaks in March, Oncology
-in June, and Pediatrics twice, in July (summer injuries/camps) and February (RSV/flu season).
-Each peak month's admissions are at least 15% above the department's own monthly mean.
+February"). Three departments and four months can be read two ways (Oncology June-July and
+Pediatrics February, or Oncology June and Pediatrics July and February); we meet both: Cardiology
+peaks in March, Oncology in June and July, Pediatrics in February (RSV/flu season) and July (summer
+injuries/camps). Each peak month's admissions are at least 15% above the department's own monthly
+mean. Returns (readmissions, planned cycles) are not seasonal and dilute a peak, and February is
+short, so the peak arrival factors sit well above 1.15.
 
 The true 30-day readmission probability (:func:`p_readmit`) is a logistic function of features a
 hospital can observe at discharge (age, chronic conditions, length of stay, acuity, prior ED visits
@@ -16,7 +19,7 @@ model on observable data cannot reach the true probability's AUC.
 >>> round(p_readmit(age=70, n_chronic=2, conds=frozenset({"heart_failure", "diabetes"}),
 ...     los_days=6.0, emergent=True, prior_ed=1, prior_adm=1, department="Cardiology",
 ...     disposition="snf", payer="medicare", frailty=0.0), 3)
-0.263
+0.283
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from random import Random
+
+from producers.drift import shifted_prevalence
 
 # --------------------------------------------------------------------------- departments
 
@@ -56,7 +61,7 @@ DEPT: dict[str, Dept] = {
     "Oncology": Dept(0.10, 5.0, 0.6, 0.30, 4000, 1500, 0.80, 1.1,
                      ("C34.90", "C50.919", "C18.9", "C61", "D70.1", "C91.00", "R50.81"),
                      ("96413", "96415", "77412", "38221", "36561", "96375"),
-                     (0.94, 0.94, 0.96, 0.96, 0.98, 1.60, 0.97, 0.94, 0.94, 0.94, 0.94, 0.92)),
+                     (0.90, 0.90, 0.90, 0.90, 0.90, 1.60, 1.50, 0.88, 0.88, 0.88, 0.88, 0.88)),
     "Orthopedics": Dept(0.11, 2.9, 0.55, 0.60, 18500, 1400, -0.75, -1.2,
                         ("M17.11", "M16.11", "S72.001A", "S82.201A", "M48.06", "S32.009A"),
                         ("27447", "27130", "27236", "22612", "29881", "20610"),
@@ -98,7 +103,7 @@ Medicine; oncology has planned returns), tuned on simulated years; used to split
 
 
 PEAK_MONTHS: dict[str, tuple[int, ...]] = {
-    "Cardiology": (3,), "Oncology": (6,), "Pediatrics": (7, 2)
+    "Cardiology": (3,), "Oncology": (6, 7), "Pediatrics": (2, 7)
 }
 """The seasonal peaks DESIGN.md asks for (month numbers), as read above."""
 
@@ -165,12 +170,19 @@ _PREV_TABLE: dict[tuple[str, bool], tuple[tuple[str, float], ...]] = {
 }
 
 
-def sample_conditions(rng: Random, age: int, department: str) -> list[str]:
+_PREV_TABLE_SHIFTED: dict[tuple[str, bool], tuple[tuple[str, float], ...]] = {
+    key: tuple((name, shifted_prevalence(p)) for name, p in table) for key, table in _PREV_TABLE.items()
+}
+"""The same after a case-mix shift (``producers.drift``): a sicker population."""
+
+
+def sample_conditions(rng: Random, age: int, department: str, shifted: bool = False) -> list[str]:
     """Chronic conditions of a new patient (children: asthma only, rarely)."""
     if age < 18:
         return ["asthma"] if rng.random() < 0.12 else []
     r = rng.random
-    return [name for name, p in _PREV_TABLE[department, age >= 65] if r() < p]
+    table = _PREV_TABLE_SHIFTED if shifted else _PREV_TABLE
+    return [name for name, p in table[department, age >= 65] if r() < p]
 
 
 # --------------------------------------------------------------------------- admission & stay

@@ -78,10 +78,16 @@ def _iso(t: float) -> str:
 
 def drive(sim: Simulation, emit: Callable[[Emitted], int], *, speed: float = 0.0,
           progress: bool = True, stop: Callable[[], bool] | None = None,
-          console: Console | None = None, destination: str = "") -> Summary:
-    """Feed every event of ``sim`` to ``emit`` (which returns the bytes written) in event order."""
+          console: Console | None = None, destination: str = "",
+          live_from: float | None = None, watch: Callable[[float], object] | None = None) -> Summary:
+    """Feed every event of ``sim`` to ``emit`` (which returns the bytes written) in event order.
+
+    ``speed`` paces event time against wall time; with ``live_from`` (epoch seconds) only the
+    events from then on are paced (:class:`SimClock`). ``watch`` gets the simulated time (epoch
+    seconds) of the events sent, every ``UPDATE_EVERY`` events and at each paced one.
+    """
     cfg = sim.config
-    clock = SimClock(speed, cfg.start_epoch)
+    clock = SimClock(speed, cfg.start_epoch, live_from=live_from)
     summary = Summary(period_start=_iso(cfg.start_epoch), period_end=_iso(cfg.end_epoch),
                       destination=destination)
     with sigint_flag() as flag:
@@ -97,7 +103,9 @@ def drive(sim: Simulation, emit: Callable[[Emitted], int], *, speed: float = 0.0
         with bar:
             task = bar.add_task("sim", total=span, sim="", n=0, rate=0.0)
             for item in sim.stream():
-                if speed:
+                if speed and clock.delay(item.t) > 0:
+                    if watch:
+                        watch(item.t)
                     clock.wait_until(item.t, stopped)
                 if stopped():
                     summary.interrupted = True
@@ -109,6 +117,8 @@ def drive(sim: Simulation, emit: Callable[[Emitted], int], *, speed: float = 0.0
                     first = item.t
                 last = item.t
                 if n % UPDATE_EVERY == 0:
+                    if watch:
+                        watch(item.t)
                     if stopped():
                         summary.interrupted = True
                         break

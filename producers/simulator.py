@@ -27,6 +27,10 @@ non-elective readmission within 30 days, or else an unrelated later admission (e
 days, or any type after 30 days). ``readmitted`` in the truth is then measured on the emitted events
 (a non-elective admission within 30 days after the discharge), so it also sees chains of stays and
 the period end. A patient is in at most one stay or scheduled admission at a time.
+
+Drift (``SimConfig.shift_at``, ``shift``): from that day on, new arrivals follow a shifted case mix
+and/or discharges are coded completely (:mod:`producers.drift`). Everything before the day is the
+same as without a shift, and without ``shift_at`` no draw changes.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from datetime import date, datetime, timedelta, timezone
 from random import Random
 from typing import NamedTuple
 
-from producers import rules
+from producers import drift, rules
 from producers.hospital import MIN_BEDS, Reference, build_reference
 from producers.population import Patient, new_patient
 from stream.contracts import DEPARTMENTS
@@ -68,6 +72,8 @@ class SimConfig:
     days: int = 7
     beds: int = 300
     facilities: int = 1
+    shift_at: date | None = None  # a drift scenario from this day on (producers.drift)
+    shift: str = "both"  # its kind: case-mix, coding or both
 
     def validate(self) -> None:
         """Raise ValueError with a plain message when an option cannot work."""
@@ -79,6 +85,11 @@ class SimConfig:
             raise ValueError(f"beds must be at least {MIN_BEDS} (4 per department, 8 departments, x2)")
         if not 1 <= self.facilities <= 99:
             raise ValueError("facilities must be between 1 and 99")
+        drift.Shift.parse(self.shift)
+        end = self.start + timedelta(days=self.days)
+        if self.shift_at is not None and not self.start <= self.shift_at < end:
+            raise ValueError(f"shift date {self.shift_at} is outside the simulated period "
+                             f"{self.start} .. {end - timedelta(days=1)}")
 
     @property
     def start_epoch(self) -> int:
@@ -167,6 +178,9 @@ class Simulation:
         self._encounters = 0
         self._seq = 0
         self._heap: list[tuple] = []
+        shift = drift.Shift.parse(config.shift) if config.shift_at else drift.Shift(False, False)
+        self._case_mix, self._coding = shift.case_mix, shift.coding
+        self._shift_t = calendar.timegm(config.shift_at.timetuple()) if config.shift_at else self._end
 
     # ------------------------------------------------------------------ helpers
 
@@ -258,12 +272,14 @@ class Simulation:
     def _day(self, t: int, d: int) -> None:
         rng = self._rng
         month, weekend = self._day_month[d], self._day_dow[d] >= 5
+        elective_x = drift.ELECTIVE_X if self._case_mix and t >= self._shift_t else 1.0
         for fac in range(len(self._fac_ids)):
             for dept in DEPARTMENTS:
                 spec = rules.DEPT[dept]
                 lam = self._daily_new * spec.share * spec.season[month - 1]
-                n_el = _poisson(rng, lam * spec.elective * (0.3 if weekend else 1.28))
-                n_ne = _poisson(rng, lam * (1.0 - spec.elective))
+                elective = spec.elective * elective_x
+                n_el = _poisson(rng, lam * elective * (0.3 if weekend else 1.28))
+                n_ne = _poisson(rng, lam * (1.0 - elective))
                 for _ in range(n_el):
                     self._push(t + 7 * 3600 + int(rng.random() * 5 * 3600), _ARRIVE, (fac, dept, True))
                 for _ in range(n_ne):
@@ -275,11 +291,12 @@ class Simulation:
         if where is None:
             return None
         self._patients += 1
-        patient = new_patient(rng, self._patients, dept, fac)
+        shifted = self._case_mix and t >= self._shift_t
+        patient = new_patient(rng, self._patients, dept, fac, shifted)
         if elective:
             return self._admit(t, patient, where, "elective", "referral", dept)
         u = rng.random()
-        if dept == "Emergency" or u < 0.70:
+        if dept == "Emergency" or u < (drift.ED_SHARE if shifted else 0.70):
             return self._admit(t, patient, where, "emergency", "ed", dept)
         return self._admit(t, patient, where, "urgent", "referral" if u < 0.95 else "transfer", dept)
 
@@ -418,13 +435,16 @@ class Simulation:
         self.counts["discharge"] += 1
         pid = p.patient_id
         d, sec = divmod(t - self._t0, DAY)
+        codes = stay.dx
+        if self._coding and t >= self._shift_t:  # coded at discharge, to full specificity
+            codes = drift.complete_codes(self.config.seed, pid, p.conds, codes)
         return Emitted(t, pid, {
             "schema_version": 1, "event_id": self._event_id(), "hl7_trigger": "A03",
             "occurred_at": self._day_prefix[d] + _HMS[sec], "facility_id": self._fac_ids[fac], "patient_id": pid,
             "encounter_id": stay.encounter_id, "department": dept,
             "attending_provider_id": stay.provider, "event_type": "discharge",
             "admitted_at": stay.admitted_at, "length_of_stay_days": float(los),
-            "discharge_disposition": dispo, "diagnosis_codes": stay.dx, "procedure_codes": procs,
+            "discharge_disposition": dispo, "diagnosis_codes": codes, "procedure_codes": procs,
             "total_cost": cost, "payer": p.payer, "satisfaction_score": sat,
         })
 

@@ -21,8 +21,8 @@ Why the pieces look the way they do:
   (:meth:`AdtFlow.commit_journal`, then :meth:`AdtFlow.commit_state`): changelog topics are
   delivered independently, and a new host restoring from them must not find a patient written
   by a batch whose journal never arrived.
-* ``models[p{n}]`` holds the partition's river model (bytes, checksummed by the domain) and the
-  alert policy.
+* ``models[p{n}]`` holds the partition's river model (bytes, checksummed by the domain) and its
+  alert budget (the recent scores and LACE values of each facility on the partition).
 * ``due[p{n}:YYYY-MM-DD]`` lists ``[due time, patient_id]`` for the pending discharges falling due
   that day, so the watermark expires them without scanning every patient; the flow keeps each
   list's earliest due time in memory and reads the list only once something in it is due.
@@ -37,7 +37,7 @@ from __future__ import annotations
 import base64
 import logging
 import zlib
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
@@ -56,12 +56,14 @@ from stream.contracts import (
     parse_adt,
     raw_text,
 )
-from stream.domain import kpis, patient
+from stream.domain import health, kpis, patient
 from stream.domain.features import discharge_features
 from stream.domain.lace import lace_points
 from stream.domain.model import OnlineRiskModel
-from stream.domain.policy import ThresholdPolicy, alert_reasons
+from stream.domain.policy import WARM_LABELS, AlertBudget, alert_reasons
+from stream.health_tally import HealthTally
 from stream.staged import PartitionScope, Staged
+from wardstream.config import settings
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 # Output "topics" are named by their attribute on contracts.Topics (the app maps them to names).
 SCORES, ALERTS, LABELS, CONTRIBUTIONS, DLQ = (
     "discharge_scores", "alerts", "readmission_labels", "kpi_contributions", "dlq")
+MODEL_HEALTH, HEALTH_PARTIALS = "model_health", "health_partials"  # stream/health_tally.py
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,7 @@ class Output:
     topic: str
     key: str | bytes | None
     value: Any  # bytes (a kpis.Contribution inside the flow, until process() serializes it)
+    route: str | None = None  # when set, the key whose partition the message goes to (not ``key``)
 
 
 def partition_key(partition: int) -> str:
@@ -105,17 +109,22 @@ def alert_id(encounter_id: str) -> str:
 
 
 class Brain:
-    """A partition's online model and alert policy."""
+    """A partition's online model and alert budget."""
 
-    def __init__(self, model: OnlineRiskModel, policy: ThresholdPolicy) -> None:
+    def __init__(self, model: OnlineRiskModel, policy: AlertBudget) -> None:
         self.model, self.policy = model, policy
+
+    @property
+    def warm(self) -> bool:
+        """The model has learned enough labels to rank discharges (policy.WARM_LABELS)."""
+        return self.model.n_learned >= WARM_LABELS
 
     @classmethod
     def from_entry(cls, entry: dict[str, Any] | None) -> "Brain":
         if not entry:
-            return cls(OnlineRiskModel(), ThresholdPolicy())
+            return cls(OnlineRiskModel(), AlertBudget())
         model = OnlineRiskModel.from_bytes(base64.b64decode(entry["model"]))
-        return cls(model, ThresholdPolicy.from_dict(entry["policy"]))
+        return cls(model, AlertBudget.from_dict(entry.get("policy")))
 
     def to_entry(self) -> dict[str, Any]:
         return {
@@ -136,15 +145,25 @@ class AdtFlow:
         partitions: MutableMapping[str, Any],
         due: MutableMapping[str, Any],
         models: MutableMapping[str, Any],
+        alert_share: Callable[[str], float] | None = None,
+        health: MutableMapping[str, Any] | None = None,
     ) -> None:
+        """``alert_share``: a facility's alert share k (default: the configuration's
+        ``Settings.alert_share_for``, read here once). ``health``: the model-health aggregates
+        and error detectors (stream/health_tally.py; None: a dict of the flow's own)."""
         self.source_topic = source_topic
+        self.alert_share = alert_share or settings().alert_share_for
         self._staged = [Staged(t) for t in (patients, partitions, due, models)]
         self.patients, self.partitions, self.due, self.models = self._staged
         # the tables a batch's journal (``redo``) covers, by the name it files them under
         self._journaled = {"patients": self.patients, "due": self.due, "models": self.models}
+        self.health = Staged({} if health is None else health)
+        self._staged.append(self.health)
+        self._journaled["health"] = self.health
+        self.tally = HealthTally(self.health)
         self._resumed: set[int] = set()  # partitions whose last journal was re-applied
         self._brains: dict[int, Brain] = {}
-        self._learned: set[int] = set()  # partitions whose model learned since the last commit
+        self._learned: set[int] = set()  # partitions whose model or budget changed since the last commit
         # (partition, day) -> earliest due time (epoch s) in that day's due list: the watermark
         # only reads the list once something in it is due
         self._due_floor: dict[tuple[int, date], float] = {}
@@ -190,6 +209,12 @@ class AdtFlow:
         entry = self.partitions.table.get(partition_key(partition)) or {}
         for name, writes in _unpack(entry.get("redo")).items():
             Staged.write(self._journaled[name].table, writes.items())
+
+    def health_partials(self) -> list[Output]:
+        """The health day records the staged batch changed, for ``hospital.health-partials``
+        (send them with the batch's outputs, before :meth:`commit`; stream/health_tally.py)."""
+        return [Output(HEALTH_PARTIALS, key, value, route=facility_id)
+                for key, facility_id, value in self.tally.partials()]
 
     def rollback(self) -> None:
         for t in self._staged:
@@ -360,10 +385,10 @@ class AdtFlow:
     def _labels(self, outcomes: list[patient.LabelOutcome], brain: Brain, out: list[Output]) -> bool:
         for o in outcomes:
             brain.model.learn(o.pending.features, o.readmitted)
-            brain.policy.observe(o.pending.score, o.readmitted)
             label = o.to_label()
             out.append(Output(LABELS, label.encounter_id, dump(label)))
             out.extend(_contributions(kpis.for_label(o)))
+            out.extend(Output(MODEL_HEALTH, k, v) for k, v in self.tally.label(o))
         return bool(outcomes)
 
     def _discharge(self, partition: int, state: patient.PatientState, dis: DischargeEvent,
@@ -375,13 +400,17 @@ class AdtFlow:
         lace = int(sum(points.values()))
         score = float(brain.model.predict(x))
         top = brain.model.explain(x, k=3)
-        threshold = float(brain.policy.threshold)
-        high_risk = score >= threshold
+        # compared with the facility's scores before this one, then added to them
+        decision = brain.policy.decide(dis.facility_id, dis.occurred_at, score, lace,
+                                       self.alert_share(dis.facility_id), brain.warm)
+        self._learned.add(partition)
+        threshold, high_risk = decision.threshold, decision.high_risk
         scored = DischargeScore(
             encounter_id=dis.encounter_id, patient_id=dis.patient_id, facility_id=dis.facility_id,
             department=dis.department, attending_provider_id=dis.attending_provider_id,
             discharged_at=dis.occurred_at, score=score, lace=lace, threshold=threshold,
             high_risk=high_risk, model_version=str(brain.model.version), top_factors=top,
+            alert_share=decision.alert_share, policy=decision.policy,
         )
         out.append(Output(SCORES, dis.encounter_id, dump(scored)))
         index = patient.is_index(dis)
@@ -392,15 +421,18 @@ class AdtFlow:
                 attending_provider_id=dis.attending_provider_id, discharged_at=dis.occurred_at,
                 score=score, lace=lace, threshold=threshold,
                 reasons=alert_reasons(top, lace, points),
+                alert_share=decision.alert_share, policy=decision.policy,
             )
             out.append(Output(ALERTS, dis.encounter_id, dump(alert)))
         out.extend(_contributions(kpis.for_discharge(dis, high_risk)))
+        self.tally.discharge(dis.facility_id, dis.occurred_at, score, x, index)
         if index:
             pending = patient.PendingDischarge(
                 encounter_id=dis.encounter_id, patient_id=dis.patient_id,
                 facility_id=dis.facility_id, department=dis.department,
                 attending_provider_id=dis.attending_provider_id, discharged_at=dis.occurred_at,
                 features=x, score=score, lace=lace, threshold=threshold, high_risk=high_risk,
+                subgroups=health.subgroups(ctx.open.sex, ctx.open.race, dis.payer, ctx.open.age),
             )
             state = patient.add_pending(state, pending)
             day = pending.due_at.date()

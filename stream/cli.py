@@ -2,29 +2,35 @@
 
 from __future__ import annotations
 
-import os
+import sys
+
+from enum import Enum
 
 import typer
 
+from wardstream.config import ConfigError, Settings, load_settings
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 GUARANTEES = ("at_least_once", "exactly_once")
+LogLevel = Enum("LogLevel", {v: v for v in LOG_LEVELS}, type=str)  # type: ignore[misc]
+Guarantee = Enum("Guarantee", {v: v for v in GUARANTEES}, type=str)  # type: ignore[misc]
 
 
 def register(app: typer.Typer) -> None:
     @app.command("worker")
     def worker(
-        loglevel: str = typer.Option(
-            "info", "--loglevel", "-l", help=f"Faust log level: {', '.join(LOG_LEVELS)}."),
+        loglevel: LogLevel = typer.Option(
+            "info", "--loglevel", "-l", help="Faust log level.", case_sensitive=False),
         namespace: str | None = typer.Option(
             None, "--namespace", "-n",
             help="Topic namespace (prefix), e.g. 'replay-1.' for a replay into a fresh run. "
                  "Default: WARDSTREAM_NAMESPACE (empty = the hospital.* topics)."),
-        guarantee: str | None = typer.Option(
+        guarantee: Guarantee | None = typer.Option(
             None, "--guarantee",
-            help="Faust processing guarantee: at_least_once (default) or exactly_once. Outputs "
-                 "are effectively-once either way (ids derive from input ids, state skips "
-                 "re-delivered offsets); Faust 0.15.3's exactly_once lost outputs on a SIGTERM "
-                 "stop (stream/README.md). Env WARDSTREAM_PROCESSING_GUARANTEE."),
+            help="Faust processing guarantee (default: WARDSTREAM_PROCESSING_GUARANTEE, else "
+                 "at_least_once). Outputs are effectively-once either way (ids derive from input "
+                 "ids, state skips re-delivered offsets); exactly_once on Faust 0.15.3 loses "
+                 "outputs on a SIGTERM stop (stream/README.md)."),
         flush_seconds: float | None = typer.Option(
             None, "--kpi-flush-seconds", min=0.1,
             help="How often changed KPI windows are emitted (wall clock; values never depend on "
@@ -37,27 +43,24 @@ def register(app: typer.Typer) -> None:
         Ctrl-C / SIGTERM: a restarted worker resumes from its changelogged state, the online
         models included. Logs carry ids only.
         """
-        if loglevel.lower() not in LOG_LEVELS:
-            raise typer.BadParameter(f"choose one of {', '.join(LOG_LEVELS)}", param_hint="--loglevel")
-        if guarantee is not None and guarantee not in GUARANTEES:
-            raise typer.BadParameter(f"choose one of {', '.join(GUARANTEES)}", param_hint="--guarantee")
-        if namespace is not None:
-            os.environ["WARDSTREAM_NAMESPACE"] = namespace
-        if guarantee is not None:
-            os.environ["WARDSTREAM_PROCESSING_GUARANTEE"] = guarantee
-        if flush_seconds is not None:
-            os.environ["KPI_FLUSH_SECONDS"] = str(flush_seconds)
-        run_worker(loglevel.lower())
+        s = load_settings()  # a bad setting stops here, before any connection
+        s = s.model_copy(update={
+            "topic_namespace": s.topic_namespace if namespace is None else namespace,
+            "stream": s.stream.model_copy(update={
+                "processing_guarantee": guarantee.value if guarantee else s.stream.processing_guarantee,
+                "kpi_flush_seconds": flush_seconds or s.stream.kpi_flush_seconds,
+            }),
+        })
+        run_worker(s, loglevel.value)
 
 
-def run_worker(loglevel: str = "info") -> None:
-    """Create the topics, import the app (it reads the env at import) and run a Faust worker."""
+def run_worker(s: Settings, loglevel: str = "info") -> None:
+    """Create the topics, build the app (:func:`stream.app.create_worker`) and run a Faust worker."""
+    from stream.app import create_worker
     from wardstream.kafka_io import ensure_topics
 
-    ensure_topics()
-    from stream.app import app as faust_app
-
-    _worker_class()(faust_app, loglevel=loglevel).execute_from_commandline()
+    ensure_topics(s=s)
+    _worker_class()(create_worker(s), loglevel=loglevel).execute_from_commandline()
 
 
 def _worker_class() -> type:
@@ -91,7 +94,11 @@ def main() -> None:
     (what :mod:`stream.runner` starts, so a half-built sibling package cannot break it)."""
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     register(app)
-    app()
+    try:
+        app()
+    except ConfigError as exc:  # a bad setting: one line, no traceback
+        print(exc, file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

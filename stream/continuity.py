@@ -8,10 +8,9 @@ in between as done. The agent then reads the messages it missed back from Kafka 
 (:class:`Refetch`) and applies them before the later one: nothing is skipped, even if the
 group's commit already went past, and nothing depends on Faust delivering them again.
 
-(Until session 6 the agent sought the partition back and waited for Faust to fetch the missing
-messages again. In the two-worker drill Faust still answered such a seek with nothing after
-three versions of a workaround around its read offset (why was not found), and the agent then
-dropped every later message of the partition, waiting.)
+(Seeking the partition back and waiting for Faust to fetch the missing messages again is not
+enough: in the two-worker drill Faust can answer such a seek with nothing, and the agent would
+then drop every later message of the partition, waiting; bench/README.md, "Drill runs".)
 
 A real gap (transaction markers, compaction) reads back as fewer messages than the range.
 

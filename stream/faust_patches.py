@@ -36,10 +36,8 @@ One for latency: Faust builds the worker's aiokafka consumer with ``fetch_max_wa
 fixed. aiokafka keeps one fetch in flight per broker, and leaves out of it every partition that
 still has records the app has not taken. So while the ADT agent works through a batch, a fetch
 can go out for the other partitions (KPI contributions, reference) only, and the broker holds it
-up to 1.5 s when none of those get data: new ADT events wait that long. With one batch in the
-agent at a time, this happened every few seconds at 400 events/s (a worker trace showed the
-agent idle for 1.0-2.0 s, then a burst of events 0.3-4 s old; bench/README.md, session 7).
-:func:`_create_worker_consumer` sets the wait to ``WARDSTREAM_FETCH_MAX_WAIT_MS`` (default 100).
+up to 1.5 s when none of those get data: new ADT events wait that long (the worker trace is in
+bench/README.md). :func:`_create_worker_consumer` sets the wait to ``WARDSTREAM_FETCH_MAX_WAIT_MS`` (default 100).
 And :func:`send_lingering` has Faust's producer send what it holds for its linger at once: the
 ADT agent waits for its batch journal's acknowledgement, so the linger was in every alert's time.
 
@@ -57,7 +55,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -190,7 +187,7 @@ async def _getmany(self: ThreadDelegateConsumer, active_partitions: Any, timeout
     return records
 
 
-FETCH_MAX_WAIT_MS = int(os.environ.get("WARDSTREAM_FETCH_MAX_WAIT_MS", "100"))
+FETCH_MAX_WAIT_MS = 100  # set by apply() (WARDSTREAM_FETCH_MAX_WAIT_MS)
 _original_create_worker_consumer = AIOKafkaConsumerThread._create_worker_consumer
 
 
@@ -228,8 +225,10 @@ def _cache_murmur2() -> None:
         aiokafka_partitioner.murmur2 = functools.lru_cache(maxsize=1 << 16)(aiokafka_partitioner.murmur2)
 
 
-def apply() -> None:
-    """Install the patches (idempotent)."""
+def apply(fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS) -> None:
+    """Install the patches (idempotent); the worker's fetches wait at most ``fetch_max_wait_ms``."""
+    global FETCH_MAX_WAIT_MS
+    FETCH_MAX_WAIT_MS = fetch_max_wait_ms
     _cache_murmur2()
     AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer  # type: ignore[method-assign]
     ThreadDelegateConsumer.seek_to_committed = _seek_to_committed  # type: ignore[method-assign]

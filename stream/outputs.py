@@ -21,10 +21,10 @@ import asyncio
 import logging
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException
 
 from wardstream.config import Settings
-from wardstream.kafka_io import confluent_config
+from wardstream.kafka_io import confluent_config, confluent_producer
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class OutputProducer:
     """One librdkafka producer per worker; :meth:`batch` groups sends to wait on."""
 
     def __init__(self, s: Settings, *, linger_s: float, client_id: str = "wardstream-stream") -> None:
-        self._p = Producer({
+        self._p = confluent_producer({
             **confluent_config(s),
             "client.id": client_id,
             "linger.ms": int(linger_s * 1000),
@@ -43,7 +43,7 @@ class OutputProducer:
             # bounded buffers: the agents wait on each batch, so little is ever queued
             "queue.buffering.max.messages": 100_000,
             "queue.buffering.max.kbytes": 65_536,
-        })
+        }, s)
 
         self.produce = self._p.produce  # (topic, value, key, on_delivery=...): queue one message
 
@@ -72,11 +72,14 @@ class Batch:
         if err is not None and self.error is None:
             self.error = err
 
-    async def send(self, topic: str, key: bytes | None, value: bytes) -> None:
-        """Queue one message (waits only while librdkafka's local queue is full)."""
+    async def send(self, topic: str, key: bytes | None, value: bytes,
+                   partition: int | None = None) -> None:
+        """Queue one message (waits only while librdkafka's local queue is full); ``partition``
+        None: the key's (murmur2)."""
+        extra = {} if partition is None else {"partition": partition}
         while True:
             try:
-                self._producer.produce(topic, value, key, on_delivery=self._delivered)
+                self._producer.produce(topic, value, key, on_delivery=self._delivered, **extra)
                 break
             except BufferError:
                 self._producer.poll()

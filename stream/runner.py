@@ -37,7 +37,7 @@ from kafka.errors import KafkaError
 
 from stream.contracts import Topics
 from wardstream.config import settings
-from wardstream.kafka_io import admin_client, group_offsets, make_consumer
+from wardstream.kafka_io import BrokerUnavailable, admin_client, end_offsets_of, group_offsets, make_consumer
 
 
 def group_id(namespace: str) -> str:
@@ -150,7 +150,7 @@ class StreamWorker:
                 done = p["adt_lag"] == 0 and self.kpis_caught_up(p)
                 snapshot = (sorted(end_offsets(topics.outputs() + [topics.kpi_contributions]).items()),
                             sorted(committed_offsets(group_id(self.namespace)).items())) if done else None
-            except KafkaError:  # the broker restarting (fault tests): ask again
+            except (KafkaError, BrokerUnavailable):  # the broker restarting (fault tests): ask again
                 last_snapshot, stable_since = None, None
                 time.sleep(poll)
                 continue
@@ -177,7 +177,7 @@ def end_offsets(topics: list[str]) -> dict[TopicPartition, int]:
     consumer = make_consumer(group_id=None)  # no group: offset look-ups only
     try:
         tps = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or ())]
-        return dict(consumer.end_offsets(tps)) if tps else {}
+        return dict(end_offsets_of(consumer, tps)) if tps else {}
     finally:
         consumer.close()
 
@@ -193,7 +193,7 @@ def last_data_offsets(topic: str, lookback: int = 20) -> dict[TopicPartition, in
         tps = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or ())]
         if not tps:
             return {}
-        ends = consumer.end_offsets(tps)
+        ends = end_offsets_of(consumer, tps)
         consumer.assign(tps)
         last = {tp: -1 for tp in tps}
         for tp in tps:

@@ -17,6 +17,15 @@ from wardstream.stack.kafka import LocalKafka
 from wardstream.stack.postgres import LocalPostgres
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that takes the stack (directly or through ``kafka_ns`` / ``fresh_db``) must carry the
+    ``e2e`` mark, so ``make test-fast`` (``-m "not e2e"``) never needs a broker or a database."""
+    unmarked = [item.nodeid for item in items
+                if "stack" in getattr(item, "fixturenames", ()) and item.get_closest_marker("e2e") is None]
+    if unmarked:
+        raise pytest.UsageError("tests that use the stack need @pytest.mark.e2e: " + ", ".join(unmarked))
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[None]:
     """Bring up the real Kafka broker and PostgreSQL server (no-op when already up)."""

@@ -25,7 +25,7 @@ from psycopg2 import sql
 
 from stream.contracts import Topics
 from wardstream.config import scoped_env, settings
-from wardstream.kafka_io import make_consumer
+from wardstream.kafka_io import BrokerUnavailable, broker_call, end_offsets_of, make_consumer
 from wardstream.stack.postgres import LocalPostgres
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def read_topic(topic: str) -> list[Any]:
         tps = [TopicPartition(topic, p) for p in parts]
         if not tps:
             return []
-        ends = consumer.end_offsets(tps)
+        ends = end_offsets_of(consumer, tps)
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         out: list[Any] = []
@@ -281,7 +281,8 @@ def group_members(namespace: str) -> int:
     from wardstream.kafka_io import admin_client
 
     with admin_client() as admin:
-        info = admin.describe_groups([group_id(namespace)])[group_id(namespace)]
+        info = broker_call("the worker's group",
+                           lambda: admin.describe_groups([group_id(namespace)]))[group_id(namespace)]
         return len(info["members"]) if info["group_state"] == "Stable" else 0
 
 
@@ -304,7 +305,7 @@ def wait_mid_stream(worker, fraction: float, timeout: float = 300) -> dict[str, 
             raise RuntimeError("worker died before the fault")
         try:
             p = worker.progress()
-        except KafkaError:  # the coordinator may move while the broker restarts
+        except (KafkaError, BrokerUnavailable):  # the coordinator may move while the broker restarts
             return None
         done = p["adt_end"] - p["adt_lag"]
         return p if p["adt_end"] and done >= fraction * p["adt_end"] else None
@@ -364,7 +365,7 @@ def settle(worker, timeout: float = 420, stall_after: float = 30) -> str | None:
                 return None
             snap = (sorted(end_offsets(topics.outputs() + [topics.kpi_contributions]).items()),
                     sorted(committed_offsets(group_id(worker.namespace)).items()))
-        except KafkaError as exc:  # e.g. NotCoordinator for a while after a broker restart
+        except (KafkaError, BrokerUnavailable) as exc:  # e.g. a broker restart longer than the wait
             log.info("look-up failed (%s); retrying", exc)
             time.sleep(1)
             continue

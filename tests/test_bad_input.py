@@ -342,6 +342,12 @@ def test_bad_input_e2e_produced_equals_processed_plus_dlq(kafka_ns, fresh_db, tm
         rows = {(p, o): r for p, o, r in cur.fetchall()}
         cur.execute("SELECT count(*) FROM discharge_scores")
         assert cur.fetchone()[0] == len(out.scores)
+        # the alert budget's fields arrive: 4 days are all cold start (the model has no labels yet)
+        cur.execute("SELECT policy, alert_share::float8, count(*) FROM discharge_scores GROUP BY 1, 2")
+        assert cur.fetchall() == [("lace_cold_start", 0.10, len(out.scores))]
+        cur.execute("SELECT count(*), count(*) FILTER (WHERE policy = 'lace_cold_start' AND alert_share = 0.10)"
+                    " FROM alerts")
+        assert cur.fetchone() == (len(out.alerts), len(out.alerts))
     conn.close()
     assert rows == {c: out.dlq[c]["reason"] for c in bad}
 

@@ -23,7 +23,8 @@ def test_demo_streams_the_period_and_summarizes_it(fresh_db, kafka_ns, monkeypat
     kinds = Counter(e["event_type"] for e in events)
     last_end = max(datetime.fromisoformat(e["occurred_at"]) for e in events).date() + timedelta(days=1)
     out = io.StringIO()
-    snap = run_demo(days=days, seed=3, beds=64, console=Console(file=out, width=120))
+    snap = run_demo(history_days=days - 15, days=15, speed=0, seed=3, beds=64,
+                    console=Console(file=out, width=120))
 
     assert snap.produced == sum(kinds.values()) == snap.rows["adt_events"]
     assert snap.rows["discharge_scores"] == kinds["discharge"]
@@ -35,3 +36,6 @@ def test_demo_streams_the_period_and_summarizes_it(fresh_db, kafka_ns, monkeypat
     assert rate_end == f"{last_end - timedelta(days=30)} (labels complete)"
     assert 0 < rate < 0.5 and los > 0
     assert "wardstream demo" in out.getvalue() and "labels complete" in out.getvalue()
+    # the summary says which discharges the model health covers: 90 days of known labels
+    assert snap.model["labelled"] > 0 and snap.model_span.startswith("discharged ")
+    assert "model health at the alert budget" in out.getvalue() and "NNE" in out.getvalue()

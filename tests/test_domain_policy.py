@@ -1,77 +1,132 @@
-"""Alert threshold policy: recall target on its buffer, window, default, serialization; reasons."""
+"""Alert budget: share k of recent scores per facility, LACE cold start, window, pacing, state; reasons."""
 
 from __future__ import annotations
 
 import json
 import random
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from stream.contracts import TopFactor
-from stream.domain.metrics import recall_precision
-from stream.domain.policy import ThresholdPolicy, alert_reasons
+from stream.domain.policy import (
+    BUDGET,
+    LACE_COLD_START,
+    AlertBudget,
+    alert_reasons,
+    lace_cutoff,
+    score_threshold,
+)
+
+T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
 
 
-def feed(pol: ThresholdPolicy, n: int, seed: int) -> list[tuple[float, bool]]:
+def stream(budget: AlertBudget, n: int, seed: int, share: float = 0.10, warm: bool = True,
+           facility: str = "F01", per_day: int = 12, drift: float = 0.0) -> list:
+    """Feed ``n`` discharges (``per_day`` a day); return the decisions."""
     rng = random.Random(seed)
-    seen = []
-    for _ in range(n):
-        y = rng.random() < 0.15
-        s = min(max(rng.gauss(0.35 if y else 0.2, 0.12), 0.0), 1.0)
-        pol.observe(s, y)
-        seen.append((s, y))
-    return seen
+    out = []
+    for i in range(n):
+        score = min(max(rng.gauss(0.15 + drift * i / n, 0.08), 0.0), 1.0)
+        lace = min(max(int(rng.gauss(8, 3)), 0), 19)
+        at = T0 + timedelta(days=i / per_day)
+        out.append(budget.decide(facility, at, score, lace, share, warm))
+    return out
 
 
-@pytest.mark.parametrize("target", [0.8, 0.9, 0.5])
-def test_threshold_reaches_recall_on_its_buffer_and_is_the_highest(target: float) -> None:
-    pol = ThresholdPolicy(recall_target=target, window=2000)
-    seen = feed(pol, 5000, seed=7)[-2000:]  # only the last `window` count
-    t = pol.threshold
-    scores, labels = [s for s, _ in seen], [y for _, y in seen]
-    recall, _ = recall_precision([s >= t for s in scores], labels)
-    assert recall >= target
-    # any higher threshold (the next distinct positive score up) misses the target
-    higher = min((s for s, y in seen if y and s > t), default=None)
-    assert higher is not None
-    r_higher, _ = recall_precision([s >= higher for s in scores], labels)
-    assert r_higher < target
+@pytest.mark.parametrize("share", [0.05, 0.10, 0.18])
+def test_the_budget_flags_its_share(share: float) -> None:
+    decisions = stream(AlertBudget(), 6000, seed=3, share=share)[1000:]
+    assert all(d.policy == BUDGET and d.alert_share == share for d in decisions)
+    flagged = sum(d.high_risk for d in decisions) / len(decisions)
+    assert abs(flagged - share) <= 0.1 * share
 
 
-def test_default_until_enough_positives() -> None:
-    pol = ThresholdPolicy(window=2000, min_positives=20, default_threshold=0.42)
-    for i in range(19):
-        pol.observe(0.9, True)
-    for i in range(500):
-        pol.observe(0.1, False)
-    assert pol.threshold == 0.42
-    pol.observe(0.8, True)
-    assert pol.threshold == 0.9  # 16 of 20 positives at 0.9: recall 0.8 exactly
-    assert pol.is_high_risk(0.9) and not pol.is_high_risk(0.85)
+def test_pacing_keeps_the_share_while_scores_drift_upwards() -> None:
+    """Scores rising by one standard deviation over the year: an unpaced quantile over-flags."""
+    paced = stream(AlertBudget(), 4400, seed=5, drift=0.08)[1000:]
+    assert abs(sum(d.high_risk for d in paced) / len(paced) - 0.10) <= 0.01
 
 
-def test_window_forgets_old_labels() -> None:
-    pol = ThresholdPolicy(window=100, min_positives=5)
-    for _ in range(100):
-        pol.observe(0.9, True)
-    assert pol.threshold == 0.9
-    for _ in range(100):
-        pol.observe(0.3, True)
-    assert pol.threshold == 0.3 and pol.n_positives == 100
+def test_a_discharge_meets_the_threshold_of_the_scores_before_it() -> None:
+    b = AlertBudget(min_scores=5)
+    for i in range(10):
+        b.decide("F01", T0, i / 10, 3, 0.10, warm=True)
+    d = b.decide("F01", T0, 0.9, 3, 0.10, warm=True)  # ties the highest before it: flagged
+    assert d.policy == BUDGET and d.threshold == 0.9 and d.high_risk
+    d = b.decide("F01", T0, 0.9, 3, 0.10, warm=True)  # the 0.9 just added now counts
+    assert d.high_risk and d.threshold == 0.9
+    assert not b.decide("F01", T0, 0.85, 3, 0.10, warm=True).high_risk
 
 
-def test_round_trip() -> None:
-    pol = ThresholdPolicy(recall_target=0.85, window=300, min_positives=3)
-    feed(pol, 1000, seed=3)
-    back = ThresholdPolicy.from_dict(json.loads(json.dumps(pol.to_dict())))
-    assert back.to_dict() == pol.to_dict() and back.threshold == pol.threshold
+def test_cold_start_until_the_model_is_warm_and_enough_warm_scores() -> None:
+    b = AlertBudget(min_scores=50)
+    cold = stream(b, 600, seed=1, warm=False)
+    assert all(d.policy == LACE_COLD_START for d in cold)
+    assert all(d.threshold == 1.0 for d in cold)  # no warm score yet: no budget threshold
+    early = stream(b, 50, seed=2)  # warm now, but the window holds < 50 warm scores
+    assert all(d.policy == LACE_COLD_START and d.threshold < 1.0 for d in early[1:])
+    assert stream(b, 1, seed=4)[0].policy == BUDGET
+
+
+def test_cold_start_flags_lace_10_or_more_capped_at_the_share() -> None:
+    rng = random.Random(9)
+    b = AlertBudget()
+    laces = [min(max(int(rng.gauss(9, 3)), 0), 19) for _ in range(3000)]  # ~40% reach 10
+    flags = [b.decide("F01", T0 + timedelta(hours=i), 0.5, v, 0.10, warm=False).high_risk
+             for i, v in enumerate(laces)]
+    assert all(v >= 10 for v, f in zip(laces, flags) if f)
+    assert 0.05 <= sum(flags[500:]) / len(flags[500:]) <= 0.10
+    # a generous share: LACE >= 10 itself
+    b = AlertBudget()
+    flags = [b.decide("F01", T0 + timedelta(hours=i), 0.5, v, 0.60, warm=False).high_risk
+             for i, v in enumerate(laces)]
+    assert flags[500:] == [v >= 10 for v in laces[500:]]
+
+
+def test_lace_cutoff_and_score_threshold() -> None:
+    assert lace_cutoff([10] * 9 + [3] * 91, 0.10) == 10
+    assert lace_cutoff([10] * 11 + [3] * 89, 0.10) == 11
+    assert lace_cutoff([15] * 11 + [3] * 89, 0.10) == 16
+    assert lace_cutoff([3] * 100, 0.10) == 10
+    assert score_threshold([0.1 * i for i in range(1, 11)], 0.10) == pytest.approx(1.0)
+    assert score_threshold([0.1 * i for i in range(1, 11)], 0.25) == pytest.approx(0.9)  # floor(2.5)
+    assert score_threshold([0.3], 0.01) == 0.3
+
+
+def test_window_keeps_28_days_of_event_time_at_most_500() -> None:
+    b = AlertBudget()
+    stream(b, 28 * 10, seed=1, per_day=10)
+    assert b.size("F01") == 280
+    b.decide("F01", T0 + timedelta(days=60), 0.1, 3, 0.10, warm=True)
+    assert b.size("F01") == 1  # everything older than 28 days before it left
+    stream(b, 900, seed=1, per_day=40)
+    assert b.size("F01") == 500
+
+
+def test_facilities_have_their_own_windows_and_shares() -> None:
+    b = AlertBudget(min_scores=20)
+    a = stream(b, 3000, seed=1, share=0.05, facility="F01")[500:]
+    c = stream(b, 3000, seed=2, share=0.20, facility="F02")[500:]
+    assert abs(sum(d.high_risk for d in a) / len(a) - 0.05) < 0.01
+    assert abs(sum(d.high_risk for d in c) / len(c) - 0.20) < 0.02
+    assert b.size("F01") == b.size("F02") == 337  # 28 days x 12, both ends included
+
+
+def test_round_trip_and_replay_give_the_same_decisions() -> None:
+    b = AlertBudget()
+    stream(b, 2000, seed=3)
+    back = AlertBudget.from_dict(json.loads(json.dumps(b.to_dict())))
+    assert back.to_dict() == b.to_dict()
+    assert stream(back, 300, seed=8) == stream(b, 300, seed=8)
+    assert AlertBudget.from_dict({"recall_target": 0.85, "buffer": []}).to_dict() == {"windows": {}}
 
 
 def test_rejects_bad_options() -> None:
     with pytest.raises(ValueError):
-        ThresholdPolicy(recall_target=0)
+        AlertBudget(window_days=0)
     with pytest.raises(ValueError):
-        ThresholdPolicy(window=0)
+        AlertBudget().decide("F01", T0, 0.5, 10, 0.0, warm=True)
 
 
 def test_alert_reasons() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 
+import pytest
 from faust.transport.consumer import Consumer
 from faust.types import TP
 from intervaltree import IntervalTree
@@ -69,6 +70,7 @@ def test_missing_offsets() -> None:
     assert not missing(offset=5, applied=4) and not missing(offset=2, applied=4)
 
 
+@pytest.mark.e2e
 def test_refetch_reads_a_range_back_from_the_broker(kafka_ns) -> None:
     from stream.contracts import Topics
 
@@ -112,6 +114,7 @@ def test_the_worker_consumer_waits_at_most_fetch_max_wait_ms_for_a_fetch(tmp_pat
     assert faust_patches.FETCH_MAX_WAIT_MS == 100  # the default (WARDSTREAM_FETCH_MAX_WAIT_MS unset)
 
 
+@pytest.mark.e2e
 def test_send_lingering_delivers_before_the_linger_expires(kafka_ns) -> None:
     """The ADT agent waits for its journal's acknowledgement: ``send_lingering`` has Faust's
     aiokafka producer send what it holds for its linger at once (here a 10 s linger; the

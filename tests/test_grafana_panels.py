@@ -34,8 +34,8 @@ def pipeline_db(fresh_db, kafka_ns, tmp_path, monkeypatch) -> str:
     from stream.runner import StreamWorker
 
     monkeypatch.setenv("WARDSTREAM_STATE_DIR", str(tmp_path / "state"))
-    # One ADT partition, so one model: the small hospital's few labels reach a single alert policy,
-    # which leaves its default threshold (and starts alerting) within the short period.
+    # One ADT partition, so one model: the small hospital's few labels reach a single model
+    # (alerts come from the first days on, by LACE while the model warms up: stream/domain/policy.py).
     monkeypatch.setenv("WARDSTREAM_ADT_PARTITIONS", "1")
     migrate()
     summary = simulate_to_kafka(SimConfig(seed=7, start=START, days=DAYS, beds=BEDS), progress=False)

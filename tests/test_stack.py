@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 
 from stream.contracts import Topics
@@ -9,6 +10,8 @@ from wardstream.config import settings
 from wardstream.kafka_io import ensure_topics, make_consumer, make_producer
 from wardstream.stack.kafka import LocalKafka
 from wardstream.stack.postgres import LocalPostgres
+
+pytestmark = pytest.mark.e2e
 
 
 def test_up_is_idempotent(stack) -> None:

@@ -41,7 +41,7 @@ def messages() -> list[tuple[int, int, bytes, bytes]]:
 
 
 def _tables() -> dict[str, dict]:
-    return {name: {} for name in ("patients", "partitions", "due", "models")}
+    return {name: {} for name in ("patients", "partitions", "due", "models", "health")}
 
 
 def _flow(tables: dict[str, dict]) -> AdtFlow:
@@ -187,7 +187,10 @@ def test_commit_files_each_write_under_its_partition(messages) -> None:
     assert set(scopes[::2]) == {p for p, *_ in messages[:200]} and set(scopes[1::2]) == {-1}
     partition_of = {key.decode(): p for p, _, key, _ in messages[:200]}
     for key, p in written.items():
-        expected = partition_of.get(key) if not key.startswith("p") else int(key[1:].split(":")[0])
+        if key[0] in "he":  # health records and error detectors: h{p}|... / e{p}|...
+            expected = int(key[1:].split("|")[0])
+        else:
+            expected = partition_of.get(key) if not key.startswith("p") else int(key[1:].split(":")[0])
         assert p == expected, key
 
 

@@ -1,8 +1,11 @@
-"""One place for configuration: everything comes from environment variables.
+"""The one configuration of the project: typed, validated settings read from environment variables.
 
-Secrets (database passwords, SASL credentials, webhook URLs, Grafana tokens) are read
-from the environment only, never from files in the repository. Defaults point at the
-local stack that ``wardstream stack up`` starts on 127.0.0.1.
+:func:`load_settings` (alias :func:`settings`) reads and validates every variable at once; each
+command builds it at its start, so a bad value stops it with one line (:class:`ConfigError`)
+before any connection. Nothing else in the project reads the environment. Secrets (database
+passwords, SASL credentials, webhook URLs, Grafana tokens) come from the environment only, never
+from files in the repository. Defaults point at the local stack of ``wardstream stack up``.
+The variables are listed in README.md ("Configuration").
 """
 
 from __future__ import annotations
@@ -10,27 +13,49 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from annotated_types import Ge, Gt, Le, Lt
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    value = os.environ.get(name)
-    return value if value not in (None, "") else default
+class ConfigError(ValueError):
+    """A setting that does not validate; ``str()`` is one line naming the variable."""
 
 
-@dataclass(frozen=True)
-class KafkaSettings:
+def _env(name: str) -> Any:
+    """An optional field read from the environment variable ``name`` (its only name)."""
+    return Field(None, validation_alias=AliasChoices(name))
+
+
+_CONFIG = SettingsConfigDict(
+    frozen=True, env_ignore_empty=True, extra="ignore", case_sensitive=True,
+    populate_by_name=True, validate_default=False,
+)
+
+
+class KafkaSettings(BaseSettings):
     """Kafka client settings shared by the producer, the Faust worker and the sinks."""
 
-    bootstrap_servers: str = "127.0.0.1:9092"
-    security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
-    sasl_mechanism: str | None = None  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
-    sasl_username: str | None = None
-    sasl_password: str | None = field(default=None, repr=False)
-    ssl_cafile: str | None = None
+    model_config = _CONFIG
+
+    bootstrap_servers: str = Field("127.0.0.1:9092", validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS"),
+                                   min_length=1)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", validation_alias=AliasChoices("KAFKA_SECURITY_PROTOCOL"))
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = _env("KAFKA_SASL_MECHANISM")
+    sasl_username: str | None = _env("KAFKA_SASL_USERNAME")
+    sasl_password: str | None = Field(None, validation_alias=AliasChoices("KAFKA_SASL_PASSWORD"), repr=False)
+    ssl_cafile: str | None = _env("KAFKA_SSL_CAFILE")
+
+    @field_validator("security_protocol", "sasl_mechanism", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
 
     def kafka_python_kwargs(self) -> dict[str, object]:
         """Keyword arguments for kafka-python's KafkaProducer / KafkaConsumer / KafkaAdminClient."""
@@ -49,32 +74,107 @@ class KafkaSettings:
         return kwargs
 
 
-@dataclass(frozen=True)
-class Settings:
-    """All runtime settings; build with :func:`settings` so tests can override env vars."""
+def _seconds(name: str, default: float, *, zero_ok: bool = False) -> Any:
+    bound = {"ge": 0} if zero_ok else {"gt": 0}
+    return Field(default, validation_alias=AliasChoices(name), **bound)
 
-    kafka: KafkaSettings
-    database_url: str
+
+class StreamSettings(BaseSettings):
+    """The stream worker's settings (stream/README.md "Configuration"); tuning defaults from bench/."""
+
+    model_config = _CONFIG
+
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once", validation_alias=AliasChoices("WARDSTREAM_PROCESSING_GUARANTEE"))
+    # how often changed KPI windows are emitted (wall clock decides only when, never a value)
+    kpi_flush_seconds: float = _seconds("KPI_FLUSH_SECONDS", 2.0)
+    # Faust's web view, off unless a port is given
+    web_port: int | None = Field(None, validation_alias=AliasChoices("WARDSTREAM_WEB_PORT"), ge=1, le=65535)
+    # messages Faust buffers per stream before it stops fetching
+    stream_buffer: int = Field(4096, validation_alias=AliasChoices("WARDSTREAM_STREAM_BUFFER"), ge=1)
+    # Faust's producer (table changelogs) and the KPI windows' producer
+    producer_linger: float = _seconds("WARDSTREAM_PRODUCER_LINGER", 0.02, zero_ok=True)
+    # the ADT outputs' producer: its linger counts in every alert's latency
+    events_linger: float = _seconds("WARDSTREAM_EVENTS_LINGER", 0.001, zero_ok=True)
+    # messages per agent batch, and how long an agent waits for its batch to fill
+    adt_batch: int = Field(500, validation_alias=AliasChoices("WARDSTREAM_ADT_BATCH"), ge=1)
+    adt_batch_within: float = _seconds("WARDSTREAM_ADT_BATCH_WITHIN", 0.01)
+    kpi_batch_within: float = _seconds("WARDSTREAM_KPI_BATCH_WITHIN", 0.2)
+    # KPI contributions per hospital.kpi-contributions message
+    contribution_bundle: int = Field(200, validation_alias=AliasChoices("WARDSTREAM_CONTRIBUTION_BUNDLE"), ge=1)
+    # a partition with messages past its state and none taken this long is sought again
+    stall_seconds: float = _seconds("WARDSTREAM_STALL_SECONDS", 30.0)
+    # the KPI flush sleeps this long once per 10 ms it runs, so the ADT agent runs meanwhile
+    flush_yield_s: float = _seconds("WARDSTREAM_FLUSH_YIELD_S", 0.001, zero_ok=True)
+    # dirty (dimension, day) pairs after which the KPI agent flushes at once
+    kpi_flush_pending_days: int = Field(2000, validation_alias=AliasChoices("WARDSTREAM_KPI_FLUSH_PENDING_DAYS"),
+                                        ge=1)
+    # per RocksDB store (tables x partitions): Faust's defaults are 64 MiB x 3 and 2 GiB
+    rocksdb_write_buffer_kb: int = Field(2048, validation_alias=AliasChoices("WARDSTREAM_ROCKSDB_WRITE_BUFFER_KB"),
+                                         ge=64)
+    rocksdb_block_cache_kb: int = Field(4096, validation_alias=AliasChoices("WARDSTREAM_ROCKSDB_BLOCK_CACHE_KB"),
+                                        ge=64)
+    # how long the broker may hold the worker's fetch (Faust fixes 1,500; stream/faust_patches.py)
+    fetch_max_wait_ms: int = Field(100, validation_alias=AliasChoices("WARDSTREAM_FETCH_MAX_WAIT_MS"), ge=0)
+
+
+class Settings(BaseSettings):
+    """All runtime settings; build them with :func:`load_settings`."""
+
+    model_config = _CONFIG
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings, validation_alias=AliasChoices("kafka"))
+    stream: StreamSettings = Field(default_factory=StreamSettings, validation_alias=AliasChoices("stream"))
+    database_url: str = Field("postgresql://wardstream:wardstream@127.0.0.1:5432/wardstream",
+                              validation_alias=AliasChoices("DATABASE_URL"), repr=False)
     # Prefix for every topic name and consumer group: "" gives the DESIGN.md names
     # (hospital.adt, ...); a replay into a fresh namespace uses e.g. "replay-1.".
-    topic_namespace: str
-    state_dir: Path
-    adt_partitions: int
-    alert_webhook_url: str | None
-    grafana_url: str | None
-    grafana_token: str | None = field(repr=False)
-    grafana_user: str | None
-    grafana_password: str | None = field(repr=False)
-    log_level: str
+    topic_namespace: str = Field("", validation_alias=AliasChoices("WARDSTREAM_NAMESPACE"))
+    state_dir: Path = Field(REPO_ROOT / ".wardstream" / "state", validation_alias=AliasChoices("WARDSTREAM_STATE_DIR"))
+    adt_partitions: int = Field(4, validation_alias=AliasChoices("WARDSTREAM_ADT_PARTITIONS"), ge=1)
+    alert_webhook_url: str | None = _env("ALERT_WEBHOOK_URL")
+    grafana_url: str | None = _env("GRAFANA_URL")
+    grafana_token: str | None = Field(None, validation_alias=AliasChoices("GRAFANA_TOKEN"), repr=False)
+    grafana_user: str | None = _env("GRAFANA_USER")
+    grafana_password: str | None = Field(None, validation_alias=AliasChoices("GRAFANA_PASSWORD"), repr=False)
+    # the console's log level (the worker's own is its --loglevel)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", validation_alias=AliasChoices("WARDSTREAM_LOG_LEVEL"))
     # Alert budget (DESIGN.md "Changes since v1"): the share k of its discharges a facility
-    # flags (WARDSTREAM_ALERT_SHARE), with per-facility overrides (WARDSTREAM_ALERT_SHARES,
-    # "F01=0.12,F02=0.08"). See :meth:`alert_share_for`.
-    alert_share: float = 0.10
-    alert_shares: dict[str, float] = field(default_factory=dict)
+    # flags, with per-facility overrides ("F01=0.12,F02=0.08"). See :meth:`alert_share_for`.
+    alert_share: float = Field(0.10, validation_alias=AliasChoices("WARDSTREAM_ALERT_SHARE"), gt=0, le=1)
+    alert_shares: Annotated[dict[str, Annotated[float, Gt(0), Le(1)]], NoDecode] = Field(
+        default_factory=dict, validation_alias=AliasChoices("WARDSTREAM_ALERT_SHARES"))
     # The sink / notifier connect as their own least-privilege role (sql/migrations/V003__roles.sql).
-    sink_database_url: str | None = None
-    sink_password: str = field(default="wardstream_sink", repr=False)
-    reader_password: str = field(default="wardstream_reader", repr=False)
+    sink_database_url: str | None = Field(None, validation_alias=AliasChoices("SINK_DATABASE_URL"), repr=False)
+    # Defaults are for the local stack only; set real secrets in the environment.
+    sink_password: str = Field("wardstream_sink", validation_alias=AliasChoices("WARDSTREAM_SINK_PASSWORD"),
+                               repr=False)
+    reader_password: str = Field("wardstream_reader", validation_alias=AliasChoices("WARDSTREAM_READER_PASSWORD"),
+                                 repr=False)
+    # while messages flow, how long the broker may hold the sink's fetch to fill a batch (0: never)
+    sink_linger_ms: int = Field(20, validation_alias=AliasChoices("WARDSTREAM_SINK_LINGER_MS"), ge=0)
+    # how long a client waits out a starting or unreachable broker (wardstream.kafka_io.broker_call)
+    broker_wait_s: float = Field(60.0, validation_alias=AliasChoices("WARDSTREAM_BROKER_WAIT_S"), gt=0)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("alert_shares", mode="before")
+    @classmethod
+    def _shares(cls, value: Any) -> Any:
+        """``"F01=0.12,F02=0.08"`` -> ``{"F01": "0.12", "F02": "0.08"}`` (then typed as floats)."""
+        if not isinstance(value, str):
+            return value
+        shares: dict[str, str] = {}
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            facility, sep, share = item.partition("=")
+            if not (sep and facility.strip()):
+                raise ValueError(f"{item!r} is not FACILITY=SHARE")
+            shares[facility.strip()] = share.strip()
+        return shares
 
     def alert_share_for(self, facility_id: str) -> float:
         """The facility's alert share k: its override, else the default."""
@@ -84,6 +184,7 @@ class Settings:
     def sink_url(self) -> str:
         """SINK_DATABASE_URL, falling back to DATABASE_URL (libpq form, for psycopg2)."""
         return self.sink_database_url or self.database_url
+
     @property
     def sqlalchemy_url(self) -> str:
         """DATABASE_URL for SQLAlchemy, pinned to the psycopg2 driver (SQLAlchemy 2.1 defaults to psycopg 3)."""
@@ -94,39 +195,76 @@ class Settings:
         return url
 
 
+def load_settings() -> Settings:
+    """Read and validate every setting from the environment; raises :class:`ConfigError`."""
+    try:
+        return Settings(kafka=_build(KafkaSettings), stream=_build(StreamSettings))
+    except ValidationError as exc:
+        raise ConfigError(describe(exc, Settings)) from None
+
+
 def settings() -> Settings:
-    """Read the settings from the environment (cheap; call it where needed)."""
-    return Settings(
-        kafka=KafkaSettings(
-            bootstrap_servers=_env("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092") or "",
-            security_protocol=_env("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT") or "PLAINTEXT",
-            sasl_mechanism=_env("KAFKA_SASL_MECHANISM"),
-            sasl_username=_env("KAFKA_SASL_USERNAME"),
-            sasl_password=_env("KAFKA_SASL_PASSWORD"),
-            ssl_cafile=_env("KAFKA_SSL_CAFILE"),
-        ),
-        database_url=_env(
-            "DATABASE_URL", "postgresql://wardstream:wardstream@127.0.0.1:5432/wardstream"
-        )
-        or "",
-        topic_namespace=_env("WARDSTREAM_NAMESPACE", "") or "",
-        state_dir=Path(_env("WARDSTREAM_STATE_DIR", str(REPO_ROOT / ".wardstream" / "state")) or ""),
-        adt_partitions=int(_env("WARDSTREAM_ADT_PARTITIONS", "4") or "4"),
-        alert_webhook_url=_env("ALERT_WEBHOOK_URL"),
-        grafana_url=_env("GRAFANA_URL"),
-        grafana_token=_env("GRAFANA_TOKEN"),
-        grafana_user=_env("GRAFANA_USER"),
-        grafana_password=_env("GRAFANA_PASSWORD"),
-        log_level=_env("WARDSTREAM_LOG_LEVEL", "INFO") or "INFO",
-        alert_share=float(_env("WARDSTREAM_ALERT_SHARE", "0.10") or "0.10"),
-        alert_shares={f.strip(): float(v) for f, v in (
-            item.split("=", 1) for item in (_env("WARDSTREAM_ALERT_SHARES", "") or "").split(",")
-            if item.strip())},
-        sink_database_url=_env("SINK_DATABASE_URL"),
-        # Defaults are for the local stack only; set real secrets in the environment.
-        sink_password=_env("WARDSTREAM_SINK_PASSWORD", "wardstream_sink") or "",
-        reader_password=_env("WARDSTREAM_READER_PASSWORD", "wardstream_reader") or "",
-    )
+    """The settings as the environment has them now (:func:`load_settings`; cheap, call it where needed)."""
+    return load_settings()
+
+
+def _build(model: type[BaseSettings]) -> Any:
+    try:
+        return model()
+    except ValidationError as exc:
+        raise ConfigError(describe(exc, model)) from None
+
+
+def describe(exc: ValidationError, model: type[BaseSettings]) -> str:
+    """One line per :class:`ConfigError`: ``VARIABLE='value': what it must be`` for each error.
+
+    >>> try:
+    ...     StreamSettings(WARDSTREAM_ADT_BATCH="many")
+    ... except ValidationError as exc:
+    ...     print(describe(exc, StreamSettings))
+    WARDSTREAM_ADT_BATCH='many': must be an integer >= 1
+    """
+    return "; ".join(_one(error, model) for error in exc.errors())
+
+
+def _one(error: Any, model: type[BaseSettings]) -> str:
+    loc = [str(part) for part in error["loc"]]
+    field = model.model_fields.get(loc[0]) or next(
+        (f for f in model.model_fields.values() if _variable(f) == loc[0]), None)
+    name = _variable(field) if field is not None else loc[0]
+    if len(loc) > 1:  # an entry of a mapping (WARDSTREAM_ALERT_SHARES)
+        name = f"{name} {loc[1]}"
+    if field is None or len(loc) > 1 or error["type"] == "value_error":
+        what = error["msg"].removeprefix("Value error, ")
+        return f"{name}={_shown(error.get('input'), name)}: {what[:1].lower()}{what[1:]}"
+    return f"{name}={_shown(error.get('input'), name)}: must be {_expected(field)}"
+
+
+def _variable(field: Any) -> str:
+    alias = field.validation_alias
+    return str(alias.choices[0]) if isinstance(alias, AliasChoices) else str(alias)
+
+
+def _shown(value: Any, name: str) -> str:
+    """The value as given, except secrets."""
+    secret = any(word in name for word in ("PASSWORD", "TOKEN", "DATABASE_URL"))
+    return "'***'" if secret else repr(value)
+
+
+def _expected(field: Any) -> str:
+    """What a field accepts, from its type and bounds: ``an integer >= 1``, ``one of a, b``."""
+    annotation = field.annotation
+    args = getattr(annotation, "__args__", ())
+    literal = next((a for a in (annotation, *args) if getattr(a, "__origin__", None) is Literal), None)
+    if literal is not None or getattr(annotation, "__origin__", None) is Literal:
+        choices = (literal or annotation).__args__
+        return "one of " + ", ".join(str(c) for c in choices)
+    base = next((t for t in (int, float) if t is annotation or t in args), None)
+    text = {int: "an integer", float: "a number"}.get(base, "a valid value")  # type: ignore[arg-type]
+    symbols = {Ge: (">=", "ge"), Gt: (">", "gt"), Le: ("<=", "le"), Lt: ("<", "lt")}
+    bounds = [f"{sym} {getattr(m, attr)}" for m in field.metadata for kind, (sym, attr) in symbols.items()
+              if isinstance(m, kind)]
+    return " ".join([text, " and ".join(bounds)]).strip()
 
 
 @contextmanager

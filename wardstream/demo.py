@@ -1,8 +1,13 @@
-"""``wardstream demo``: one simulated period through the whole pipeline, with a live view.
+"""``wardstream demo``: a simulated period through the whole pipeline, with a live view.
 
 simulator -> hospital.adt -> Faust worker (subprocess) -> output topics -> sink + notifier -> PostgreSQL.
-The view refreshes every second (events/s, worker lag, headline KPIs, alerts, model AUC vs LACE) and
-the run ends with a summary and where to look next. Each run uses a fresh topic namespace, so it never
+The run has two parts. First the *history* (``--history-days``, default 180) streams at full speed
+with a progress bar: the online model learns from the labels as they become known, and the alert
+budget leaves its LACE cold start. Then the *live* part (``--days``) streams at ``--speed``
+simulated seconds per wall second, as a hospital would, with the view refreshing every second
+(events/s, worker lag, headline KPIs, alerts delivered). The summary shows model health at the
+alert budget beside LACE at the same share, over the latest 90 days of discharges whose 30-day
+label is known, and says which days those are. Each run uses a fresh topic namespace, so it never
 mixes with an earlier run's Kafka state. On the local stack it writes into a fresh database
 ``wardstream_demo`` (dropped and re-created each run); with DATABASE_URL set, into that database
 (the same seed writes the same ids: upserts, nothing doubled).
@@ -25,10 +30,12 @@ import typer
 from rich.console import Console, Group
 from rich.live import Live
 from rich.panel import Panel
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from stream.domain.kpis import needs_labels
 from wardstream.config import REPO_ROOT, settings
+from wardstream.logs import setup_logging
 
 DEMO_DATABASE = "wardstream_demo"
 HEADLINE = ("readmission_rate", "avg_length_of_stay", "cost_per_patient", "high_risk_pct",
@@ -68,12 +75,40 @@ class Snapshot:
     worker_lag: int = 0
     rows: dict[str, int] = field(default_factory=dict)
     kpis: dict[str, tuple[float | None, str]] = field(default_factory=dict)
-    model: dict[str, Any] = field(default_factory=dict)
-    model_span: str = ""  # first to last discharge the model health covers
+    model: dict[str, Any] = field(default_factory=dict)  # model health at the budget (HEALTH)
+    model_span: str = ""  # the discharges the model health covers
     deliveries: int = 0
 
 
-def _db_snapshot(snap: Snapshot) -> None:
+# Model health at the alert budget, beside LACE flagging the same share (V007's views): the latest
+# 90-day window of labelled discharges, discharges scored by the budget policy first (after the
+# model's warm-up), all discharges when there are none yet.
+HEALTH = ("labelled", "readmissions", "target_share", "alert_rate", "ppv", "lace_ppv", "nne",
+          "lace_nne", "recall", "lace_recall", "auroc", "lace_auroc", "observed_expected")
+HEALTH_SQL = f"""
+    SELECT cohort, window_start, window_end, {", ".join(HEALTH)}
+    FROM model_health_90d
+    WHERE facility_id = (SELECT min(facility_id) FROM discharge_scores)
+      AND cohort = ANY(%s) AND labelled > 0
+    ORDER BY window_end DESC, cohort = 'budget' DESC
+    LIMIT 1"""
+
+
+def _health_snapshot(cur: Any, snap: Snapshot) -> None:
+    """Fill ``snap.model`` / ``snap.model_span`` from the model-health views."""
+    for cohorts in (["budget"], ["all"]):
+        cur.execute(HEALTH_SQL, (cohorts,))
+        row = cur.fetchone()
+        if row:
+            cohort, start, end = row[:3]
+            snap.model = dict(zip(HEALTH, row[3:]))
+            policy = "budget policy" if cohort == "budget" else "all policies (no budget-policy labels yet)"
+            snap.model_span = f"discharged {str(start)[:10]} to {str(end)[:10]} (exclusive), {policy}"
+            return
+
+
+def _db_snapshot(snap: Snapshot, health: bool = False) -> None:
+    """Row counts and headline KPIs; with ``health``, the model-health figures too (seconds)."""
     conn = psycopg2.connect(settings().database_url)
     try:
         with conn.cursor() as cur:
@@ -110,17 +145,8 @@ def _db_snapshot(snap: Snapshot) -> None:
             util, end = cur.fetchone()
             if util is not None:
                 snap.kpis["provider_utilization"] = (util, f"{str(end)[:10]} (mean of providers)")
-            cur.execute("SELECT labelled, auc, lace_auc, recall, precision, alerts_per_day "
-                        "FROM model_metrics_overall")
-            row = cur.fetchone()
-            if row:
-                snap.model = dict(zip(("labelled", "auc", "lace_auc", "recall", "precision",
-                                       "alerts_per_day"), row))
-                # which discharges those are: the ones whose 30-day label window closed (V005)
-                cur.execute("SELECT min(discharged_at), max(discharged_at) FROM v_model_labelled")
-                first, last = cur.fetchone()
-                if first is not None:
-                    snap.model_span = f"{str(first)[:10]} to {str(last)[:10]}"
+            if health:
+                _health_snapshot(cur, snap)
     finally:
         conn.close()
 
@@ -152,20 +178,32 @@ def _view(snap: Snapshot, rate: float, phase: str, webhook_count: int) -> Group:
     for name in HEADLINE:
         value, end = snap.kpis.get(name, (None, ""))
         kpis.add_row(name, _fmt(value, 2), end)
-    # only discharges whose 30-day label window closed (V005): on a short run, the model's first
-    # weeks, while it still learns (bench_model gives the figures of a year)
-    model = Table(title="model health (30-day labels complete)", show_edge=False)
+    model = Table(title="model health at the alert budget, beside LACE flagging the same share",
+                  show_edge=False)
     model.add_column("metric")
-    model.add_column("value", justify="right")
-    model.add_row("discharged", snap.model_span or "-")
-    for key in ("labelled", "auc", "lace_auc", "recall", "precision", "alerts_per_day"):
-        model.add_row(key, _fmt(snap.model.get(key), 3 if key != "labelled" else 0))
+    model.add_column("model", justify="right")
+    model.add_column("LACE", justify="right")
+    model.caption = snap.model_span or "no labelled discharges yet"
+    m = snap.model
+    model.add_row("labelled discharges (readmitted)",
+                  f"{_fmt(m.get('labelled'), 0)} ({_fmt(m.get('readmissions'), 0)})", "")
+    model.add_row("alert share (target k)", f"{_fmt(m.get('alert_rate'))} ({_fmt(m.get('target_share'), 2)})",
+                  "same share")
+    for label, key, digits in (("PPV (precision)", "ppv", 3), ("NNE = 1 / PPV", "nne", 1),
+                               ("recall", "recall", 3), ("AUROC", "auroc", 3)):
+        model.add_row(label, _fmt(m.get(key), digits), _fmt(m.get("lace_" + key), digits))
+    model.add_row("observed / expected", _fmt(m.get("observed_expected")), "")
     return Group(Panel(flow, title="wardstream demo"), kpis, model)
 
 
-def run_demo(days: int = 60, seed: int = 42, beds: int = 300, speed: float = 0.0,
-             start: date = date(2025, 1, 1), console: Console | None = None) -> Snapshot:
-    """Run the whole pipeline once; returns the final snapshot (also printed)."""
+def run_demo(days: int = 14, seed: int = 42, beds: int = 300, speed: float = 14_400.0,
+             start: date = date(2025, 1, 1), console: Console | None = None,
+             history_days: int = 180) -> Snapshot:
+    """Run the whole pipeline once; returns the final snapshot (also printed).
+
+    ``history_days`` from ``start`` stream at full speed, then ``days`` more at ``speed``
+    simulated seconds per wall second (0: everything at full speed).
+    """
     from consumers.migrate import migrate
     from consumers.notify import run_notifier
     from consumers.sink import run_sink
@@ -173,18 +211,20 @@ def run_demo(days: int = 60, seed: int = 42, beds: int = 300, speed: float = 0.0
     from producers.simulator import SimConfig
     from stream.contracts import Topics
     from stream.runner import StreamWorker, committed_offsets, end_offsets, group_id
-    from wardstream.kafka_io import ensure_topics
+    from wardstream.kafka_io import BrokerUnavailable, ensure_topics
     from wardstream.stack.kafka import LocalKafka
     from wardstream.stack.postgres import LocalPostgres
 
     console = console or Console()
-    config = SimConfig(seed=seed, start=start, days=days, beds=beds)
+    config = SimConfig(seed=seed, start=start, days=history_days + days, beds=beds)
     config.validate()
-    if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+    live_from = config.start_epoch + history_days * 86_400
+    given = settings()  # a bad setting stops the demo here, before the stack starts
+    if "bootstrap_servers" not in given.kafka.model_fields_set:  # no broker given: the local stack
         console.print(LocalKafka().up())
     pg = LocalPostgres()
     console.print(pg.up())
-    if not os.environ.get("DATABASE_URL"):
+    if "database_url" not in given.model_fields_set:
         # A fresh database per demo run on the local stack: a run with other options but the same
         # seed reuses the simulator's ids, and its rows must not merge with the previous run's.
         pg.psql_admin(f"DROP DATABASE IF EXISTS {DEMO_DATABASE} WITH (FORCE)")
@@ -228,14 +268,24 @@ def run_demo(days: int = 60, seed: int = 42, beds: int = 300, speed: float = 0.0
         guarded(run_notifier, url=webhook, stop=stop, handle_signals=False),
     ]
 
+    sim_now = [config.start_epoch]  # simulated time of the latest event sent
+
     def simulate() -> None:
-        simulate_to_kafka(config, speed=speed, progress=False, stop=stop.is_set)
+        simulate_to_kafka(config, speed=speed, progress=False, stop=stop.is_set,
+                          live_from=live_from, watch=lambda t: sim_now.__setitem__(0, t))
         sim_done.set()
+
+    history = Progress(TextColumn("history at full speed: worker"), BarColumn(),
+                       TextColumn("{task.completed:,} of {task.total:,} events"), TimeElapsedColumn(),
+                       console=console)
+    history_task = history.add_task("history", total=1)
+    history_total: int | None = None  # events up to live_from, known once the simulator passes it
 
     sim_thread = guarded(simulate)
     last_processed, last_t, rate = 0, time.monotonic(), 0.0
     quiet_since: float | None = None
     last_rows: dict[str, int] = {}
+    ticks = 0
     try:
         with Live(console=console, refresh_per_second=2) as live:
             while not stop.is_set():
@@ -247,12 +297,24 @@ def run_demo(days: int = 60, seed: int = 42, beds: int = 300, speed: float = 0.0
                 now = time.monotonic()
                 rate = 0.7 * rate + 0.3 * (processed - last_processed) / max(now - last_t, 1e-3)
                 last_processed, last_t = processed, now
-                try:
-                    _db_snapshot(snap)
+                try:  # model health costs seconds on a long history: every 15 ticks
+                    _db_snapshot(snap, health=ticks % 15 == 14)
                 except psycopg2.Error:
                     pass  # the sink may not have created rows yet; the next tick retries
-                phase = "simulating" if not sim_done.is_set() else "draining"
-                live.update(_view(snap, rate, phase, len(receiver.received) if receiver else 0))
+                ticks += 1
+                in_history = sim_now[0] < live_from and not sim_done.is_set()
+                if not in_history and history_total is None:
+                    history_total = snap.produced
+                if history_total is None or processed < history_total:
+                    phase = "history: full speed (the model learns; labels become known)"
+                elif not sim_done.is_set():
+                    phase = f"live: {speed / 3600:g} simulated hours per second" if speed else "live: full speed"
+                else:
+                    phase = "draining"
+                history.update(history_task, completed=min(processed, history_total or processed),
+                               total=max(history_total or snap.produced, 1))
+                live.update(Group(history, _view(snap, rate, phase,
+                                                 len(receiver.received) if receiver else 0)))
                 if not worker.alive():
                     raise RuntimeError(f"the worker stopped; see {logs / 'demo-worker.log'}")
                 # Done: everything produced, the worker caught up (its KPI windows too: a flush
@@ -260,7 +322,7 @@ def run_demo(days: int = 60, seed: int = 42, beds: int = 300, speed: float = 0.0
                 if (sim_done.is_set() and snap.worker_lag == 0 and snap.rows == last_rows
                         and worker.kpis_caught_up()):
                     quiet_since = quiet_since or now
-                    if now - quiet_since >= max(8.0, 3 * float(os.environ.get("KPI_FLUSH_SECONDS", 2))):
+                    if now - quiet_since >= max(8.0, 3 * given.stream.kpi_flush_seconds):
                         break
                 else:
                     quiet_since = None
@@ -277,13 +339,15 @@ def run_demo(days: int = 60, seed: int = 42, beds: int = 300, speed: float = 0.0
         if receiver:
             receiver.close()
     if errors:
+        if isinstance(errors[0], BrokerUnavailable):
+            raise errors[0]  # one line for the CLI: what was waited for, on which broker
         raise RuntimeError(f"the demo stopped on an error: {errors[0]!r}") from errors[0]
-    _db_snapshot(snap)
+    _db_snapshot(snap, health=True)
     console.print(_view(snap, 0.0, "done", len(receiver.received) if receiver else snap.deliveries))
     console.print(
         "\n[bold]Next[/]: dashboards — `docker compose up -d` then http://localhost:3000 "
         "(Grafana, provisioned from grafana/); or query PostgreSQL directly:\n"
-        f"  psql {settings().database_url} -c 'SELECT * FROM model_metrics_overall'\n"
+        f"  psql {settings().database_url} -c 'SELECT * FROM model_health_monthly'\n"
         f"  psql {settings().database_url} -c 'SELECT * FROM v_kpi_summary'\n"
         f"Kafka topics of this run are under the namespace {namespace!r} (e.g. {topics.alerts})."
     )
@@ -293,11 +357,20 @@ def run_demo(days: int = 60, seed: int = 42, beds: int = 300, speed: float = 0.0
 def register(app: typer.Typer) -> None:
     @app.command()
     def demo(
-        days: int = typer.Option(60, min=1, help="Simulated days to stream."),
+        history_days: int = typer.Option(
+            180, min=0, help="Simulated days streamed first at full speed, so the model has learned "
+            "and the 30-day labels are known when the live part starts."),
+        days: int = typer.Option(14, min=1, help="Simulated days streamed live after the history."),
+        speed: float = typer.Option(
+            14_400.0, min=0, help="Live part: simulated seconds per wall second (14400: four hours a "
+            "second; 0: as fast as possible)."),
         seed: int = typer.Option(42, help="Simulator seed (same seed, same events)."),
         beds: int = typer.Option(300, help="Beds of the simulated hospital."),
-        speed: float = typer.Option(0.0, min=0, help="Simulated seconds per wall second; 0 = as fast as possible."),
         start: datetime = typer.Option("2025-01-01", formats=["%Y-%m-%d"], help="First simulated day (UTC)."),
     ) -> None:
-        """Stream a simulated period through the whole pipeline with a live view, then a summary."""
-        run_demo(days=days, seed=seed, beds=beds, speed=speed, start=start.date())
+        """Stream a simulated history at full speed, then a live period, through the whole pipeline, with a live view and a summary of KPIs and model health at the alert budget."""
+        # the live view is the demo's console: its components' INFO lines go to the log file only
+        level = settings().log_level
+        setup_logging("demo", "WARNING" if level.upper() == "INFO" else level)
+        run_demo(days=days, seed=seed, beds=beds, speed=speed, start=start.date(),
+                 history_days=history_days)

@@ -2,22 +2,127 @@
 
 Topic creation with sensible partition counts, and producer / consumer factories that apply
 the security settings of :mod:`wardstream.config` and the delivery guarantees we rely on.
+
+A broker that has just started answers metadata requests seconds before its group and
+transaction coordinators do. :func:`broker_call` is the one place that treats those states as
+a wait: every admin, group and producer call of the project goes through it (the factories and
+look-ups here do so themselves), and it gives up after a limit with one readable line
+(:class:`BrokerUnavailable`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any, TypeVar
 
+from confluent_kafka import KafkaError as RdKafkaError
+from confluent_kafka import KafkaException as RdKafkaException
+from confluent_kafka import Producer as RdKafkaProducer
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import (
+    CoordinatorLoadInProgressError,
+    CoordinatorNotAvailableError,
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    LeaderNotAvailableError,
+    NodeNotReadyError,
+    NotCoordinatorError,
+    NotLeaderForPartitionError,
+    RequestTimedOutError,
+    TopicAlreadyExistsError,
+)
+from tenacity import RetryError, Retrying, retry_if_exception, stop_before_delay, wait_exponential
 
 from stream.contracts import Topics
 from wardstream.config import Settings, settings
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+RDKAFKA_LOG = logging.getLogger("librdkafka")  # librdkafka's log lines (confluent_config's logger)
+
+BOOTSTRAP_MS = 5000  # one connection attempt of a kafka-python client; broker_call repeats it
+
+# kafka-python errors of a broker that is starting, electing or moving a coordinator / leader
+WAIT_ERRORS: tuple[type[BaseException], ...] = (
+    CoordinatorNotAvailableError,
+    CoordinatorLoadInProgressError,
+    NotCoordinatorError,
+    LeaderNotAvailableError,
+    NotLeaderForPartitionError,
+    NodeNotReadyError,
+    KafkaConnectionError,
+    KafkaTimeoutError,  # also "Unable to bootstrap": no broker answers yet
+    RequestTimedOutError,
+)
+# librdkafka's (confluent-kafka) error names for the same states
+WAIT_RDKAFKA_ERRORS = frozenset({
+    "COORDINATOR_NOT_AVAILABLE", "COORDINATOR_LOAD_IN_PROGRESS", "NOT_COORDINATOR",
+    "LEADER_NOT_AVAILABLE", "NOT_LEADER_FOR_PARTITION", "_WAIT_COORD", "_TRANSPORT",
+    "_ALL_BROKERS_DOWN", "_TIMED_OUT",
+})
+
+
+class BrokerUnavailable(RuntimeError):
+    """Kafka stayed in a retriable state past the limit; ``str()`` is one line saying what was
+    waited for, on which broker, and the last error."""
+
+
+def is_wait(exc: BaseException) -> bool:
+    """Whether ``exc`` is a broker state to wait out (True) rather than an error (False).
+
+    >>> is_wait(CoordinatorLoadInProgressError()), is_wait(KafkaTimeoutError("Unable to bootstrap"))
+    (True, True)
+    >>> from kafka.errors import TopicAuthorizationFailedError
+    >>> is_wait(TopicAuthorizationFailedError()), is_wait(ValueError("bad"))
+    (False, False)
+    """
+    if isinstance(exc, WAIT_ERRORS):
+        return True
+    if isinstance(exc, RdKafkaException) and exc.args and isinstance(exc.args[0], RdKafkaError):
+        return exc.args[0].name() in WAIT_RDKAFKA_ERRORS
+    return False
+
+
+def _error_line(exc: BaseException) -> str:
+    """An exception as one short line (librdkafka's KafkaError by its name and text)."""
+    err = exc.args[0] if exc.args else None
+    if isinstance(err, RdKafkaError):
+        return f"{err.name()}: {err.str()}"
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text and type(exc).__name__ not in text else text or type(exc).__name__
+
+
+def broker_call(what: str, fn: Callable[[], T], *, limit: float | None = None,
+                s: Settings | None = None) -> T:
+    """``fn()``, waiting with bounded backoff (0.2 s doubling to 3 s) while Kafka is in a
+    retriable state (:func:`is_wait`); any other error is raised at once. Past ``limit``
+    seconds (default ``Settings.broker_wait_s``, WARDSTREAM_BROKER_WAIT_S) raises
+    :class:`BrokerUnavailable` naming what was waited for.
+    """
+    s = s or settings()
+    limit = limit if limit is not None else s.broker_wait_s
+
+    def note(state: Any) -> None:  # the first wait is news, the repeats are for the log file
+        log.log(logging.INFO if state.attempt_number == 1 else logging.DEBUG,
+                "waiting for Kafka (%s): %s", what, _error_line(state.outcome.exception()))
+
+    retrying = Retrying(retry=retry_if_exception(is_wait), reraise=False,
+                        wait=wait_exponential(multiplier=0.2, max=3), stop=stop_before_delay(limit),
+                        before_sleep=note)
+    try:
+        return retrying(fn)
+    except RetryError as exc:
+        last = exc.last_attempt.exception()
+        if last is None:
+            raise
+        raise BrokerUnavailable(
+            f"Kafka at {s.kafka.bootstrap_servers} not ready: waited {limit:g} s for {what} "
+            f"(WARDSTREAM_BROKER_WAIT_S; last error: {_error_line(last)})") from None
 
 
 def topic_specs(s: Settings | None = None) -> dict[str, tuple[int, dict[str, str]]]:
@@ -43,7 +148,9 @@ def topic_specs(s: Settings | None = None) -> dict[str, tuple[int, dict[str, str
 
 def make_admin(s: Settings | None = None) -> KafkaAdminClient:
     """A kafka-python admin client (the caller closes it; :func:`admin_client` for a block)."""
-    return KafkaAdminClient(**(s or settings()).kafka.kafka_python_kwargs())
+    s = s or settings()
+    kwargs = dict(s.kafka.kafka_python_kwargs(), bootstrap_timeout_ms=BOOTSTRAP_MS)
+    return broker_call("an admin connection", lambda: KafkaAdminClient(**kwargs), s=s)
 
 
 @contextmanager
@@ -58,8 +165,22 @@ def admin_client(s: Settings | None = None) -> Iterator[KafkaAdminClient]:
 
 def group_offsets(admin: KafkaAdminClient, group: str) -> dict[TopicPartition, int]:
     """A consumer group's committed offsets (partitions without a commit left out)."""
-    offsets = admin.list_group_offsets({group: None}).get(group, {})
+    offsets = broker_call(f"the offsets of consumer group {group}",
+                          lambda: admin.list_group_offsets({group: None})).get(group, {})
     return {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+
+
+def end_offsets_of(consumer: KafkaConsumer, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+    """``consumer.end_offsets``, waiting out partitions without a leader yet."""
+    tps = list(tps)
+    return broker_call("end offsets", lambda: consumer.end_offsets(tps))
+
+
+def beginning_offsets_of(consumer: KafkaConsumer,
+                         tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+    """``consumer.beginning_offsets``, waiting out partitions without a leader yet."""
+    tps = list(tps)
+    return broker_call("beginning offsets", lambda: consumer.beginning_offsets(tps))
 
 
 def delete_namespace_topics(*namespaces: str, s: Settings | None = None) -> int:
@@ -69,9 +190,11 @@ def delete_namespace_topics(*namespaces: str, s: Settings | None = None) -> int:
     if not prefixes:
         return 0
     with admin_client(s) as admin:
-        doomed = sorted(t for t in admin.list_topics() if t.startswith(prefixes))
+        doomed = sorted(t for t in broker_call("the topic list", admin.list_topics, s=s)
+                        if t.startswith(prefixes))
         for start in range(0, len(doomed), 200):
-            admin.delete_topics(doomed[start:start + 200], timeout_ms=30000)
+            chunk = doomed[start:start + 200]
+            broker_call("topic deletion", lambda: admin.delete_topics(chunk, timeout_ms=30000), s=s)
     return len(doomed)
 
 
@@ -81,7 +204,7 @@ def ensure_topics(names: Iterable[str] | None = None, s: Settings | None = None)
     specs = topic_specs(s)
     wanted = list(names) if names is not None else list(specs)
     with admin_client(s) as admin:
-        existing = set(admin.list_topics())
+        existing = set(broker_call("the topic list", admin.list_topics, s=s))
         new = [
             NewTopic(name, specs.get(name, (s.adt_partitions, {}))[0], 1,
                      topic_configs=specs.get(name, (0, {}))[1])
@@ -90,7 +213,7 @@ def ensure_topics(names: Iterable[str] | None = None, s: Settings | None = None)
         ]
         if new:
             try:
-                admin.create_topics(new)
+                broker_call("topic creation", lambda: admin.create_topics(new), s=s)
             except TopicAlreadyExistsError:
                 pass
             log.info("created topics: %s", ", ".join(t.name for t in new))
@@ -101,6 +224,7 @@ def make_producer(s: Settings | None = None, **overrides: object) -> KafkaProduc
     s = s or settings()
     kwargs: dict[str, object] = dict(
         s.kafka.kafka_python_kwargs(),
+        bootstrap_timeout_ms=BOOTSTRAP_MS,
         acks="all",
         enable_idempotence=True,
         linger_ms=20,
@@ -108,7 +232,7 @@ def make_producer(s: Settings | None = None, **overrides: object) -> KafkaProduc
         compression_type=None,
     )
     kwargs.update(overrides)
-    return KafkaProducer(**kwargs)
+    return broker_call("a producer connection", lambda: KafkaProducer(**kwargs), s=s)
 
 
 def confluent_config(s: Settings) -> dict[str, object]:
@@ -129,7 +253,35 @@ def confluent_config(s: Settings) -> dict[str, object]:
                      "sasl.password": k.sasl_password})
     if k.ssl_cafile:
         conf["ssl.ca.location"] = k.ssl_cafile
+    # librdkafka's own lines (e.g. "%4|GETPID|... Coordinator load in progress: retrying" while
+    # a broker starts) go through Python logging, so they reach the log file, not the console
+    conf["logger"] = RDKAFKA_LOG
+    conf["error_cb"] = _rdkafka_error
     return conf
+
+
+def _rdkafka_error(err: RdKafkaError) -> None:
+    """librdkafka's client-level errors (its error_cb): it retries them itself (log file only)
+    unless fatal (the project's error: the console shows it)."""
+    if err.fatal():
+        log.error("Kafka producer failed: %s: %s", err.name(), err.str())
+    else:
+        RDKAFKA_LOG.info("%s: %s", err.name(), err.str())
+
+
+def confluent_producer(conf: dict[str, object], s: Settings | None = None) -> RdKafkaProducer:
+    """A confluent-kafka Producer on ``conf``, returned once the broker answered its metadata
+    request (waits like :func:`broker_call`). librdkafka then fetches the idempotence producer
+    id itself, retrying while the transaction coordinator loads; messages queue meanwhile."""
+    s = s or settings()
+    producer = RdKafkaProducer(conf)
+
+    def metadata() -> None:
+        if not producer.list_topics(timeout=5).brokers:
+            raise RdKafkaException(RdKafkaError(RdKafkaError._ALL_BROKERS_DOWN))
+
+    broker_call("a producer connection (librdkafka)", metadata, s=s)
+    return producer
 
 
 def make_consumer(*topics: str, group_id: str | None, s: Settings | None = None,
@@ -138,10 +290,11 @@ def make_consumer(*topics: str, group_id: str | None, s: Settings | None = None,
     s = s or settings()
     kwargs: dict[str, object] = dict(
         s.kafka.kafka_python_kwargs(),
+        bootstrap_timeout_ms=BOOTSTRAP_MS,
         group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         isolation_level="read_committed",
     )
     kwargs.update(overrides)
-    return KafkaConsumer(*topics, **kwargs)
+    return broker_call("a consumer connection", lambda: KafkaConsumer(*topics, **kwargs), s=s)

@@ -114,7 +114,8 @@ SELECT $__timeGroupAlias(discharged_at, 1d), avg(threshold) AS threshold, avg(sc
 FROM discharge_scores
 WHERE {IN_FACILITY} AND {IN_DEPARTMENT} AND $__timeFilter(discharged_at)
 GROUP BY 1
-ORDER BY 1""", "percentunit", 0, "The alert policy's threshold (targets recall >= 0.80) beside the mean score.",
+ORDER BY 1""", "percentunit", 0, "The alert policy's threshold (the rolling (1 - k) quantile of the facility's recent "
+                   "scores: alert budget k) beside the mean score.",
                    w=24, core=True),
         Row("Segments: flagged share and observed readmission rate"),
         barchart("By age group", _segment("age_group", "age_group"), "age_group", "percent", 1,

@@ -128,6 +128,8 @@ class PendingDischarge:
     lace: int
     threshold: float
     high_risk: bool
+    # equity attributes (health.subgroups: sex, race, payer, age band), counted at the label
+    subgroups: dict[str, str] = field(default_factory=dict)
 
     @property
     def due_at(self) -> datetime:
@@ -146,12 +148,14 @@ class PendingDischarge:
             "lace": self.lace,
             "threshold": self.threshold,
             "high_risk": self.high_risk,
+            "subgroups": dict(self.subgroups),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PendingDischarge":
         return cls(**{**d, "discharged_at": _dt(d["discharged_at"]),
-                      "features": {k: float(v) for k, v in d["features"].items()}})
+                      "features": {k: float(v) for k, v in d["features"].items()},
+                      "subgroups": dict(d.get("subgroups") or {})})
 
 
 @dataclass

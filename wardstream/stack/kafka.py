@@ -43,19 +43,26 @@ def wait_until(check, timeout: float, what: str, interval: float = 0.5) -> None:
     raise StackError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+DEFAULT_HOME = REPO_ROOT / ".wardstream" / "kafka"
+
+
 @dataclass
 class LocalKafka:
-    """Paths and lifecycle of the local broker. ``home`` holds jars, data, logs and the pid."""
+    """Paths and lifecycle of one local broker. ``home`` holds its data, logs and pid; the jars
+    live under ``jar_home`` (default: ``home``). A second broker (e.g. a test's cold one) takes its
+    own ``home`` and ports and shares the jars: ``LocalKafka(tmp, port=..., controller_port=...,
+    jar_home=DEFAULT_HOME)``."""
 
-    home: Path = REPO_ROOT / ".wardstream" / "kafka"
+    home: Path = DEFAULT_HOME
     host: str = "127.0.0.1"
     port: int = 9092
     controller_port: int = 9093
     heap: str = "512m"
+    jar_home: Path | None = None
 
     @property
     def lib(self) -> Path:
-        return self.home / f"lib-{KAFKA_VERSION}"
+        return (self.jar_home or self.home) / f"lib-{KAFKA_VERSION}"
 
     @property
     def data(self) -> Path:
@@ -83,8 +90,8 @@ class LocalKafka:
             raise StackError("Maven (mvn) is needed to fetch the Kafka jars; install it (apt-get install maven)")
         if shutil.which("java") is None:
             raise StackError("Java 17+ is needed to run Kafka; install it (apt-get install openjdk-17-jre-headless)")
-        self.home.mkdir(parents=True, exist_ok=True)
-        tmp = self.home / "lib.partial"
+        self.lib.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.lib.parent / "lib.partial"
         shutil.rmtree(tmp, ignore_errors=True)
         cmd = ["mvn", "-q", "-B", "-f", str(STACK_FILES / "pom.xml"),
                "dependency:copy-dependencies", f"-DoutputDirectory={tmp}"]
@@ -97,6 +104,7 @@ class LocalKafka:
         return subprocess.run(["java", "-cp", f"{self.lib}/*", *args], capture_output=True, text=True, **kw)
 
     def _write_properties(self) -> Path:
+        self.home.mkdir(parents=True, exist_ok=True)
         props = self.home / "server.properties"
         props.write_text(
             "\n".join(

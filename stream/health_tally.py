@@ -1,0 +1,114 @@
+"""The ADT flow's side of model health: what a health check needs, counted where the events are.
+
+The ADT flow (``stream/adt_flow.py``) calls :class:`HealthTally` at each discharge and label, over
+its ``health`` table (a :class:`stream.staged.Staged` view, journaled like its other tables):
+
+* ``h{partition}|{facility}|{YYYY-MM-DD}``: the ABSOLUTE aggregates of that partition's discharges
+  of that facility on that day: ``n`` discharges, ``n_index`` index discharges, ``hist`` (score and
+  feature histograms, ``domain.health.psi_edges``) and ``labels`` (subgroup figures of the day's
+  index discharges whose label is known, ``domain.health.add_label``). A batch sends each record it
+  changed on ``hospital.health-partials`` (:meth:`HealthTally.partials`); the monitor keeps the last
+  one per key. Replace semantics: a record re-sent after a crash replaces the earlier one, so
+  nothing counts twice and no offsets are needed.
+* ``e{partition}|{facility}``: the error detector (``domain.health.ErrorDrift``) of the
+  partition's model on that facility's labels; it warns on ``hospital.model-health`` directly.
+
+Everything is a function of the partition's input in order: same input, same records.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+from kafka.partitioner.default import murmur2
+
+from stream.contracts import dump
+from stream.domain import health
+from stream.domain.patient import LabelOutcome
+
+
+def day_key(partition: int, facility_id: str, day: str) -> str:
+    return f"h{partition}|{facility_id}|{day}"
+
+
+def detector_key(partition: int, facility_id: str) -> str:
+    return f"e{partition}|{facility_id}"
+
+
+class HealthTally:
+    """Counts into ``table`` (the ADT flow's staged ``health`` table) for the current partition."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table  # Staged: .partition is the partition of the message being processed
+
+    def _day(self, facility_id: str, at: datetime) -> tuple[str, dict[str, Any]]:
+        key = day_key(self.table.partition, facility_id, at.astimezone(timezone.utc).date().isoformat())
+        entry = self.table.get(key)
+        if entry is None:
+            entry = {"n": 0, "n_index": 0, "hist": health.empty_histograms(), "labels": {}}
+        else:  # a copy: the staged value may be the table's own object
+            entry = orjson.loads(orjson.dumps(entry))
+        return key, entry
+
+    def discharge(self, facility_id: str, at: datetime, score: float, x: dict[str, float],
+                  index: bool) -> None:
+        """A discharge was scored: count it into its day's histograms."""
+        key, entry = self._day(facility_id, at)
+        entry["n"] += 1
+        entry["n_index"] += int(index)
+        health.add_to_histograms(entry["hist"], score, x)
+        self.table[key] = entry
+
+    def label(self, o: LabelOutcome) -> list[tuple[str, bytes]]:
+        """A label is known: count it on its discharge day; feed the error detector.
+
+        Returns the ``hospital.model-health`` messages (key, value) of a detected rise.
+        """
+        p = o.pending
+        key, entry = self._day(p.facility_id, p.discharged_at)
+        health.add_label(entry["labels"], p.subgroups, readmitted=o.readmitted,
+                         flagged=p.high_risk, score=p.score)
+        self.table[key] = entry
+        dkey = detector_key(self.table.partition, p.facility_id)
+        stored = self.table.get(dkey)
+        detector = (health.ErrorDrift.from_dict(stored) if stored
+                    else health.ErrorDrift.new(o.known_at))
+        since = detector.since  # the update starts a new run when it fires
+        fired = detector.update((p.score - float(o.readmitted)) ** 2, o.known_at)  # Brier error
+        self.table[dkey] = detector.to_dict()
+        if fired is None:
+            return []
+        recent, earlier, n = fired
+        warning = health.error_drift_check(p.facility_id, self.table.partition, since=since,
+                                           at=o.known_at, recent=recent, earlier=earlier, n=n)
+        return [(warning.check_id, dump(warning))]
+
+    def partials(self) -> list[tuple[str, str, bytes]]:
+        """``(key, facility_id, value)`` of every day record the batch changed (sent to the
+        partition of ``facility_id``; the key keeps compaction per record)."""
+        out = []
+        for key, (partition, value) in self.table.pending.items():
+            if not key.startswith("h"):
+                continue
+            _, facility_id, day = key.split("|")
+            out.append((f"{facility_id}|{partition}|{day}", facility_id, orjson.dumps(
+                {"facility_id": facility_id, "partition": partition, "day": day, **value},
+                option=orjson.OPT_SORT_KEYS)))
+        return out
+
+
+def route_partition(route: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives key ``route`` (murmur2, as every client
+    here): a facility's records all go where a message keyed by the facility would.
+
+    >>> route_partition("F01", 4) == route_partition("F01", 4) < 4
+    True
+    """
+    return (murmur2(route.encode()) & 0x7FFFFFFF) % partitions
+
+
+def parse_partial(raw: bytes) -> dict[str, Any]:
+    """A ``hospital.health-partials`` value: facility_id, partition, day and the day record."""
+    return orjson.loads(raw)
