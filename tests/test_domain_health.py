@@ -11,15 +11,14 @@ from datetime import date, datetime, timedelta, timezone
 
 import orjson
 import pytest
-from kafka.partitioner.default import murmur2
 
-from producers.simulator import SimConfig, Simulation
+from producers.simulator import SimConfig
 from stream.adt_flow import HEALTH_PARTIALS, MODEL_HEALTH, AdtFlow
 from stream.contracts import ModelHealth
 from stream.domain import health
 from stream.health_monitor import HealthMonitor
+from flow_inputs import flow_tables, partitioned_messages
 
-N = 4
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
 
 
@@ -215,22 +214,8 @@ def test_monitor_waits_for_every_label_of_an_equity_window() -> None:
 # --------------------------------------------------------------------------- the ADT flow's records
 
 
-def _partition(key: str) -> int:
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % N
-
-
-def _messages(cfg: SimConfig) -> list[tuple[int, int, bytes, bytes]]:
-    offsets = [0] * N
-    out = []
-    for e in Simulation(cfg).stream():
-        p = _partition(e.key)
-        out.append((p, offsets[p], e.key.encode(), orjson.dumps(e.event)))
-        offsets[p] += 1
-    return out
-
-
-def _tables() -> dict[str, dict]:
-    return {name: {} for name in ("patients", "partitions", "due", "models", "health")}
+_messages = partitioned_messages
+_tables = flow_tables
 
 
 def _batches(flow: AdtFlow, msgs, size: int, monitor: HealthMonitor | None = None):

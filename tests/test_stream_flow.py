@@ -13,35 +13,19 @@ from datetime import date
 
 import orjson
 import pytest
-from kafka.partitioner.default import murmur2
 
-from producers.simulator import SimConfig, Simulation
+from producers.simulator import SimConfig
 from stream.adt_flow import CONTRIBUTIONS, DLQ, LABELS, SCORES, AdtFlow, bundle
 from stream.contracts import DeadLetter
 from stream.kpi_aggregator import KpiAggregator
+from flow_inputs import Message, flow_tables, partitioned_messages
 
-N = 4
-
-
-def _partition(key: str) -> int:
-    """Kafka's default partitioner (murmur2), as the producer and Faust use it."""
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % N
+_tables = flow_tables
 
 
 @pytest.fixture(scope="module")
-def messages() -> list[tuple[int, int, bytes, bytes]]:
-    sim = Simulation(SimConfig(seed=7, start=date(2025, 1, 1), days=60))
-    offsets = [0] * N
-    out = []
-    for e in sim.stream():
-        p = _partition(e.key)
-        out.append((p, offsets[p], e.key.encode(), orjson.dumps(e.event)))
-        offsets[p] += 1
-    return out
-
-
-def _tables() -> dict[str, dict]:
-    return {name: {} for name in ("patients", "partitions", "due", "models", "health")}
+def messages() -> list[Message]:
+    return partitioned_messages(SimConfig(seed=7, start=date(2025, 1, 1), days=60))
 
 
 def _flow(tables: dict[str, dict]) -> AdtFlow:
@@ -357,13 +341,7 @@ def test_kpi_restart_re_emits_what_no_flush_covered(messages) -> None:
 @pytest.fixture(scope="module")
 def long_contributions() -> list[bytes]:
     """150 days of one small hospital's contributions: enough for day buckets to be pruned."""
-    sim = Simulation(SimConfig(seed=11, start=date(2025, 1, 1), days=150, beds=64))
-    offsets, msgs = [0] * N, []
-    for e in sim.stream():
-        p = _partition(e.key)
-        msgs.append((p, offsets[p], e.key.encode(), orjson.dumps(e.event)))
-        offsets[p] += 1
-    return _contributions(msgs)
+    return _contributions(partitioned_messages(SimConfig(seed=11, start=date(2025, 1, 1), days=150, beds=64)))
 
 
 @pytest.mark.parametrize("acknowledged", [False, True])
