@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import sys
-
 from enum import Enum
+from pathlib import Path
 
 import typer
 
@@ -35,6 +35,11 @@ def register(app: typer.Typer) -> None:
             None, "--kpi-flush-seconds", min=0.1,
             help="How often changed KPI windows are emitted (wall clock; values never depend on "
                  "it). Default: KPI_FLUSH_SECONDS or 2."),
+        log_file: str | None = typer.Option(
+            None, "--log-file",
+            help="Where the libraries' log lines (Faust, aiokafka, kafka-python) go, with every "
+                 "line of the worker; the console shows the worker's own lines and library errors. "
+                 "Default: .wardstream/logs/worker.log; '-': everything on the console."),
     ) -> None:
         """Consume hospital.adt and produce scores, alerts, labels, KPIs and the DLQ.
 
@@ -51,25 +56,31 @@ def register(app: typer.Typer) -> None:
                 "kpi_flush_seconds": flush_seconds or s.stream.kpi_flush_seconds,
             }),
         })
-        run_worker(s, loglevel.value)
+        run_worker(s, loglevel.value, log_file=log_file)
 
 
-def run_worker(s: Settings, loglevel: str = "info") -> None:
-    """Create the topics, build the app (:func:`stream.app.create_worker`) and run a Faust worker."""
+def run_worker(s: Settings, loglevel: str = "info", log_file: str | None = None) -> None:
+    """Create the topics, build the app (:func:`stream.app.create_worker`) and run a Faust worker.
+
+    ``log_file``: see ``wardstream worker --log-file`` (None: the default file; "-": none).
+    """
     from stream.app import create_worker
     from wardstream.kafka_io import ensure_topics
 
     ensure_topics(s=s)
-    _worker_class()(create_worker(s), loglevel=loglevel).execute_from_commandline()
+    _worker_class(log_file)(create_worker(s), loglevel=loglevel).execute_from_commandline()
 
 
-def _worker_class() -> type:
+def _worker_class(log_file: str | None) -> type:
     import logging
 
     import faust
 
+    from wardstream.logs import ConsoleFilter, log_file as default_log_file
+
     class Worker(faust.Worker):
-        """Faust's worker, with the chosen level applied to every library logger.
+        """Faust's worker, with the chosen level applied to every library logger, and the
+        libraries' lines in the log file rather than on the console (unless ``log_file`` is "-").
 
         Faust leaves aiokafka/faust/mode loggers effectively at DEBUG: they build a record per
         message that the handler then drops (7% of the worker's time, bench/README.md).
@@ -78,6 +89,15 @@ def _worker_class() -> type:
         def _setup_logging(self) -> None:
             super()._setup_logging()
             level = getattr(logging, str(self.loglevel).upper(), logging.INFO)
+            if log_file != "-":
+                path = default_log_file("worker") if log_file is None else Path(log_file)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                root = logging.getLogger()
+                for handler in root.handlers:  # Faust's console handlers
+                    handler.addFilter(ConsoleFilter(level, library_level=logging.ERROR))
+                to_file = logging.FileHandler(path, encoding="utf-8")
+                to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+                root.addHandler(to_file)
             for name in ("", "faust", "mode", "aiokafka", "kafka"):
                 logging.getLogger(name).setLevel(level)
             logging.getLogger("aiokafka").setLevel(max(level, logging.WARNING))

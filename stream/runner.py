@@ -67,7 +67,8 @@ class StreamWorker:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> "StreamWorker":
-        cmd = [sys.executable, "-m", "stream.cli", "-l", self.loglevel]
+        # everything on the worker's console, which this runner writes to its own log file
+        cmd = [sys.executable, "-m", "stream.cli", "-l", self.loglevel, "--log-file", "-"]
         out = subprocess.DEVNULL
         if self.log_path:
             self._log = open(self.log_path, "ab")

@@ -35,16 +35,17 @@ def is_project(name: str) -> bool:
 
 
 class ConsoleFilter(logging.Filter):
-    """Passes the project's records at ``level`` and up, a library's only when CRITICAL."""
+    """Passes the project's records at ``level`` and up, a library's only at ``library_level``
+    (CRITICAL by default) and up."""
 
-    def __init__(self, level: int) -> None:
+    def __init__(self, level: int, library_level: int = logging.CRITICAL) -> None:
         super().__init__()
-        self.level = level
+        self.level, self.library_level = level, library_level
 
     def filter(self, record: logging.LogRecord) -> bool:
         if is_project(record.name):
             return record.levelno >= self.level
-        return record.levelno >= logging.CRITICAL
+        return record.levelno >= self.library_level
 
 
 class StderrHandler(logging.StreamHandler):
