@@ -110,9 +110,13 @@ class StreamWorker:
         committed = committed_offsets(group_id(self.namespace))
         ends = end_offsets([topics.adt])
         adt_lag = sum(max(0, end - committed.get(tp, 0)) for tp, end in ends.items())
-        last = last_data_offsets(topics.kpi_contributions)
-        kpi_lag = sum(1 for tp, off in last.items() if committed.get(tp, 0) <= off)
-        return {"adt_lag": adt_lag, "adt_end": sum(ends.values()), "contribution_partitions_behind": kpi_lag}
+        behind = {}
+        for name, topic in (("contribution", topics.kpi_contributions), ("health", topics.health_partials)):
+            last = last_data_offsets(topic)
+            behind[name] = sum(1 for tp, off in last.items() if committed.get(tp, 0) <= off)
+        return {"adt_lag": adt_lag, "adt_end": sum(ends.values()),
+                "contribution_partitions_behind": behind["contribution"],
+                "health_partitions_behind": behind["health"]}
 
     def status_path(self) -> Path:
         state = self.env.get("WARDSTREAM_STATE_DIR") or str(settings().state_dir)
@@ -132,9 +136,18 @@ class StreamWorker:
         p = progress or self.progress()
         return p["contribution_partitions_behind"] == 0 and self._kpis_flushed(Topics(self.namespace))
 
+    def health_caught_up(self, progress: dict[str, int] | None = None) -> bool:
+        """The model-health monitor has applied every health partial so far."""
+        return (progress or self.progress())["health_partitions_behind"] == 0
+
     def wait_caught_up(self, timeout: float = 600, settle: float | None = None,
                        poll: float = 1.0) -> dict[str, int]:
-        """Block until every input is processed and the last KPI flush is out (see module doc)."""
+        """Block until every input is processed and the last KPI flush is out (see module doc).
+
+        It does not wait for the model-health monitor (:meth:`health_caught_up`): that monitor
+        keeps no offsets of its own, so the worker's commit watch cannot repair a commit that
+        Faust leaves behind on its partitions, and the fault drills would wait on it.
+        """
         settle = settle if settle is not None else 2.0
         topics = Topics(self.namespace)
         deadline = time.monotonic() + timeout
