@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from bench.bench_e2e import RESULTS, RssSampler, mib, namespace, produce_simulation
@@ -32,14 +35,31 @@ VARIANTS: list[tuple[str, dict[str, str]]] = [
 ]
 
 
-def drain(produced_events: int, logs: Path, label: str, env: dict[str, str], timeout: float = 600) -> dict:
-    """One worker on the current namespace until caught up; rates after its first commit."""
+def drain(produced_events: int, logs: Path, label: str, env: dict[str, str], timeout: float = 600,
+          cwd: Path | str | None = None, cmd: Sequence[str] | None = None) -> dict:
+    """One worker on the current namespace until caught up; rates after its first commit.
+
+    ``cwd`` / ``cmd``: start the worker from another checkout (``python -m stream.cli`` run in
+    ``cwd`` imports that checkout's code) and / or with another command line (an older
+    ``stream.cli`` has no ``--log-file``). Also reported: the model-health monitor's partials
+    applied (``with_health``), for a worker that has one (else the same as ``with_kpis``).
+    """
     from stream.runner import StreamWorker
 
+    class Worker(StreamWorker):
+        def start(self) -> "Worker":
+            if cwd is None and cmd is None:
+                return super().start()
+            self._log = open(self.log_path, "ab")
+            argv = list(cmd or [sys.executable, "-m", "stream.cli", "-l", self.loglevel, "--log-file", "-"])
+            self.proc = subprocess.Popen(argv, env=self.env, cwd=cwd, stdout=self._log,
+                                         stderr=subprocess.STDOUT)
+            return self
+
     t0 = time.perf_counter()
-    first = adt_done = None
+    first = adt_done = kpis_done = health_done = None
     env = {"BROKER_COMMIT_INTERVAL": "0.5", **env}
-    with StreamWorker(env=env, log_path=logs / f"{label}.log", loglevel="warning") as w:
+    with Worker(env=env, log_path=logs / f"{label}.log", loglevel="warning") as w:
         rss = RssSampler(w.proc.pid)
         rss.start()
         deadline = time.monotonic() + timeout
@@ -50,17 +70,22 @@ def drain(produced_events: int, logs: Path, label: str, env: dict[str, str], tim
                 first = now
             if adt_done is None and p["adt_lag"] == 0:
                 adt_done = now
-            if adt_done is not None and w.kpis_caught_up(p):
+            if adt_done is not None and kpis_done is None and w.kpis_caught_up(p):
+                kpis_done = now
+            if adt_done is not None and health_done is None and p.get("health_partitions_behind", 0) == 0:
+                health_done = now
+            if kpis_done is not None and health_done is not None:
                 break
             if not w.alive() or time.monotonic() > deadline:
                 raise RuntimeError(f"worker {label} died or too slow: {p}")
             time.sleep(0.25)
-        done = time.perf_counter() - t0
         rss.stop()
+    start = first or 0
     return {
-        "first_commit_s": round(first or 0, 1),
-        "adt_events_per_s": round(produced_events / max(1e-9, adt_done - (first or 0))),
-        "with_kpis_events_per_s": round(produced_events / max(1e-9, done - (first or 0))),
+        "first_commit_s": round(start, 1),
+        "adt_events_per_s": round(produced_events / max(1e-9, adt_done - start)),
+        "with_kpis_events_per_s": round(produced_events / max(1e-9, kpis_done - start)),
+        "with_health_events_per_s": round(produced_events / max(1e-9, max(kpis_done, health_done) - start)),
         "peak_rss_mib": mib(rss.peak),
     }
 
