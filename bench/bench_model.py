@@ -25,7 +25,6 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 import orjson
-from kafka.partitioner.default import murmur2
 
 import numpy as np
 from sklearn.metrics import precision_score, recall_score, roc_auc_score, roc_curve
@@ -34,6 +33,7 @@ from producers.simulator import SimConfig, Simulation
 from stream.adt_flow import AdtFlow
 from stream.domain import model as model_mod
 from stream.domain.metrics import calibration
+from wardstream.kafka_io import key_partition
 
 
 @dataclass
@@ -45,11 +45,6 @@ class Replay:
     truth: dict[str, float] = field(default_factory=dict)
     dlq: int = 0
     events: int = 0
-
-
-def partition_of(key: str, partitions: int) -> int:
-    """Kafka's default partitioner (murmur2, positive, modulo)."""
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
 def replay(days: int = 365, partitions: int = 4, seed: int = 42, by_partition: bool = False,
@@ -71,9 +66,9 @@ def replay(days: int = 365, partitions: int = 4, seed: int = 42, by_partition: b
         out = Replay()
         items = list(sim.stream())
         if by_partition:
-            items.sort(key=lambda it: partition_of(it.key, partitions))  # stable: time order kept
+            items.sort(key=lambda it: key_partition(it.key, partitions))  # stable: time order kept
         for item in items:
-            p = partition_of(item.key, partitions)
+            p = key_partition(item.key, partitions)
             for o in flow.process(orjson.dumps(item.event), p, offsets[p], item.key.encode()):
                 if o.topic == "discharge_scores":
                     v = orjson.loads(o.value)

@@ -40,12 +40,11 @@ from kafka.errors import KafkaError
 from stream import adt_flow, faust_patches, health_monitor
 from stream.continuity import Refetch, StallWatch, missing
 from stream.contracts import Topics
-from stream.health_tally import route_partition
 from stream.kpi_aggregator import KpiAggregator
 from stream.outputs import Batch, OutputProducer
 from stream.staged import Staged
 from wardstream.config import Settings, StreamSettings
-from wardstream.kafka_io import group_offsets, make_admin
+from wardstream.kafka_io import group_offsets, key_partition, make_admin
 
 log = logging.getLogger(__name__)
 
@@ -348,7 +347,7 @@ class Pipeline:
                     await batch.send(self.out[out.topic], _bytes(out.key), out.value)
                 for out in flow.health_partials():  # a facility's records to one partition
                     await batch.send(self.out[out.topic], _bytes(out.key), out.value,
-                                     route_partition(out.route, self.settings.adt_partitions))
+                                     key_partition(out.route, self.settings.adt_partitions))
                 await batch.acked()  # every output acknowledged (raises if one failed)
             except BaseException as exc:  # stopped or failed before the outputs were in: state as before
                 flow.rollback()

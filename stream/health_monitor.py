@@ -56,40 +56,22 @@ class _Totals:
             total: dict[str, Any] | None = None
             for p in self.partitions:
                 rec = self.table.get(f"d|{self.facility_id}|{d.isoformat()}|{p}")
-                if rec is None:
-                    continue
-                if total is None:
-                    total = {"n": 0, "n_index": 0, "hist": health.empty_histograms(), "labels": {}}
-                total["n"] += rec["n"]
-                total["n_index"] += rec["n_index"]
-                _add_lists(total["hist"], rec["hist"])
-                _add_lists(total["labels"], rec["labels"])
+                if rec is not None:
+                    total = total or health.empty_day()
+                    health.add_day(total, rec)
             self._days[d] = total
         return self._days[d]
 
     def span(self, start: date, end: date) -> dict[str, Any]:
         """The records of days ``[start, end)`` added up."""
-        out: dict[str, Any] = {"n": 0, "n_index": 0, "hist": health.empty_histograms(), "labels": {}}
+        out = health.empty_day()
         d = start
         while d < end:
             rec = self.day(d)
             if rec is not None:
-                out["n"] += rec["n"]
-                out["n_index"] += rec["n_index"]
-                _add_lists(out["hist"], rec["hist"])
-                _add_lists(out["labels"], rec["labels"])
+                health.add_day(out, rec)
             d += timedelta(days=1)
         return out
-
-
-def _add_lists(into: dict[str, list[float]], add: dict[str, list[float]]) -> None:
-    for name, values in add.items():
-        row = into.get(name)
-        if row is None:
-            into[name] = list(values)
-        else:
-            for i, v in enumerate(values):
-                row[i] += v
 
 
 class HealthMonitor:

@@ -22,7 +22,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 import orjson
-from kafka.partitioner.default import murmur2
 
 from stream.contracts import dump
 from stream.domain import health
@@ -47,9 +46,9 @@ class HealthTally:
         key = day_key(self.table.partition, facility_id, at.astimezone(timezone.utc).date().isoformat())
         entry = self.table.get(key)
         if entry is None:
-            entry = {"n": 0, "n_index": 0, "hist": health.empty_histograms(), "labels": {}}
-        else:  # a copy: the staged value may be the table's own object
-            entry = orjson.loads(orjson.dumps(entry))
+            entry = health.empty_day()
+        elif key not in self.table.pending:  # the committed record: count into a copy (a
+            entry = orjson.loads(orjson.dumps(entry))  # rolled-back batch must leave it as it was)
         return key, entry
 
     def discharge(self, facility_id: str, at: datetime, score: float, x: dict[str, float],
@@ -97,16 +96,6 @@ class HealthTally:
                 {"facility_id": facility_id, "partition": partition, "day": day, **value},
                 option=orjson.OPT_SORT_KEYS)))
         return out
-
-
-def route_partition(route: str, partitions: int) -> int:
-    """The partition Kafka's default partitioner gives key ``route`` (murmur2, as every client
-    here): a facility's records all go where a message keyed by the facility would.
-
-    >>> route_partition("F01", 4) == route_partition("F01", 4) < 4
-    True
-    """
-    return (murmur2(route.encode()) & 0x7FFFFFFF) % partitions
 
 
 def parse_partial(raw: bytes) -> dict[str, Any]:

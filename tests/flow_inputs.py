@@ -7,9 +7,9 @@ value), partitioned by Kafka's default partitioner over ``N`` partitions.
 from __future__ import annotations
 
 import orjson
-from kafka.partitioner.default import murmur2
 
 from producers.simulator import SimConfig, Simulation
+from wardstream.kafka_io import key_partition
 
 N = 4
 TABLES = ("patients", "partitions", "due", "models", "health")
@@ -17,17 +17,12 @@ TABLES = ("patients", "partitions", "due", "models", "health")
 Message = tuple[int, int, bytes, bytes]
 
 
-def partition_of(key: str, n: int = N) -> int:
-    """Kafka's default partitioner (murmur2), as the producer and Faust use it."""
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % n
-
-
 def partitioned_messages(cfg: SimConfig, n: int = N) -> list[Message]:
     """Every event of a simulation as the message the worker reads, in per-partition order."""
     offsets = [0] * n
     out = []
     for e in Simulation(cfg).stream():
-        p = partition_of(e.key, n)
+        p = key_partition(e.key, n)
         out.append((p, offsets[p], e.key.encode(), orjson.dumps(e.event)))
         offsets[p] += 1
     return out

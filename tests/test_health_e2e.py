@@ -11,7 +11,6 @@ from datetime import date, timedelta
 import orjson
 import psycopg2
 import pytest
-from kafka.partitioner.default import murmur2
 
 from consumers.sink import run_sink
 from producers.simulator import SimConfig, Simulation
@@ -22,7 +21,7 @@ from stream.health_monitor import HealthMonitor
 from stream.runner import StreamWorker, committed_offsets, end_offsets, group_id
 from test_sink_support import sink_db  # noqa: F401  (fixture)
 from wardstream.config import scoped_env, settings
-from wardstream.kafka_io import ensure_topics, make_producer
+from wardstream.kafka_io import ensure_topics, key_partition, make_producer
 
 pytestmark = pytest.mark.e2e
 
@@ -40,7 +39,7 @@ def _expected(events: list[dict], partitions: int) -> dict[str, ModelHealth]:
     last: dict[str, ModelHealth] = {}
     for i in range(0, len(events), 500):
         for e in events[i:i + 500]:
-            p = (murmur2(e["patient_id"].encode()) & 0x7FFFFFFF) % partitions
+            p = key_partition(e["patient_id"], partitions)
             for o in flow.process(orjson.dumps(e), p, offsets[p], commit=False):
                 if o.topic == MODEL_HEALTH:
                     m = ModelHealth.model_validate_json(o.value)

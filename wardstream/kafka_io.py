@@ -22,6 +22,7 @@ from confluent_kafka import KafkaException as RdKafkaException
 from confluent_kafka import Producer as RdKafkaProducer
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
+from kafka.partitioner.default import murmur2
 from kafka.errors import (
     CoordinatorLoadInProgressError,
     CoordinatorNotAvailableError,
@@ -123,6 +124,17 @@ def broker_call(what: str, fn: Callable[[], T], *, limit: float | None = None,
         raise BrokerUnavailable(
             f"Kafka at {s.kafka.bootstrap_servers} not ready: waited {limit:g} s for {what} "
             f"(WARDSTREAM_BROKER_WAIT_S; last error: {_error_line(last)})") from None
+
+
+def key_partition(key: str | bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives ``key`` (murmur2, positive, modulo): the
+    one every client here picks (kafka-python, aiokafka, librdkafka with ``murmur2_random``).
+
+    >>> key_partition("F01", 4) == key_partition(b"F01", 4) < 4
+    True
+    """
+    raw = key.encode() if isinstance(key, str) else key
+    return (murmur2(raw) & 0x7FFFFFFF) % partitions
 
 
 def topic_specs(s: Settings | None = None) -> dict[str, tuple[int, dict[str, str]]]:

@@ -87,6 +87,36 @@ def add_to_histograms(hist: dict[str, list[int]], score: float, x: Mapping[str, 
         hist[subject][bin_index(value, edges)] += 1
 
 
+def empty_day() -> dict[str, Any]:
+    """A (facility, day) record: ``n`` discharges, ``n_index`` index discharges, ``hist``
+    (:func:`add_to_histograms`) and ``labels`` (:func:`add_label`)."""
+    return {"n": 0, "n_index": 0, "hist": empty_histograms(), "labels": {}}
+
+
+def add_day(into: dict[str, Any], record: Mapping[str, Any]) -> None:
+    """Add a (facility, day) record to ``into`` (in place): day records sum over ADT partitions
+    and over the days of a window.
+
+    >>> total = empty_day()
+    >>> add_day(total, {"n": 2, "n_index": 1, "hist": {"score": [2, 0, 0, 0, 0, 0, 0]},
+    ...                 "labels": {"all": [1, 0, 0, 0, 0.2]}})
+    >>> add_day(total, {"n": 1, "n_index": 1, "hist": {}, "labels": {"all": [1, 1, 1, 1, 0.6]}})
+    >>> total["n"], total["hist"]["score"][0], total["labels"]["all"]
+    (3, 2, [2, 1, 1, 1, 0.8])
+    """
+    into["n"] += record["n"]
+    into["n_index"] += record["n_index"]
+    for part in ("hist", "labels"):
+        rows = into[part]
+        for name, values in record[part].items():
+            row = rows.get(name)
+            if row is None:
+                rows[name] = list(values)
+            else:
+                for i, v in enumerate(values):
+                    row[i] += v
+
+
 def psi(earlier: Sequence[float], later: Sequence[float], eps: float = PSI_EPSILON) -> float:
     """PSI of two histograms over the same bins (counts; each must have a positive total)."""
     n_e, n_a = sum(earlier), sum(later)
