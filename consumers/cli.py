@@ -87,14 +87,9 @@ def register(app: typer.Typer) -> None:
         """
         from rich.console import Console
 
-        from consumers.sink import default_topics, linger_ms_from_env, run_sink
+        from consumers.sink import default_topics, run_sink
 
         _check_stop(once, until_idle)
-        if linger_ms is None:
-            try:
-                linger_ms = linger_ms_from_env()
-            except ValueError as exc:
-                raise typer.BadParameter(str(exc)) from None
         names = _parse_topics(topics)
         if names is not None:
             known = set(default_topics())

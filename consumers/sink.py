@@ -177,11 +177,6 @@ class DatabaseWriter:
         raise AssertionError("unreachable")
 
 
-def linger_ms_from_env() -> int:
-    """WARDSTREAM_SINK_LINGER_MS (milliseconds, 0 or more; default 20); raises ConfigError."""
-    return settings().sink_linger_ms
-
-
 def run_sink(*, topics: Iterable[str] | None = None, group: str | None = None,
              until_idle: float | None = None, once: bool = False, max_batch: int = 5000,
              poll_ms: int = 500, db_url: str | None = None, stop: threading.Event | None = None,
@@ -210,7 +205,7 @@ def run_sink(*, topics: Iterable[str] | None = None, group: str | None = None,
     ensure_topics(topic_list, s)
     consumer = make_consumer(*topic_list, group_id=group or default_group(ns), s=s,
                              max_poll_records=max_batch, max_poll_interval_ms=1_800_000)
-    linger = FetchLinger(consumer, linger_ms_from_env() if linger_ms is None else linger_ms)
+    linger = FetchLinger(consumer, s.sink_linger_ms if linger_ms is None else linger_ms)
     writer = DatabaseWriter(libpq_url(db_url) if db_url else sink_url(),
                             lambda: stop.is_set() or halt.is_set(), stats)
     # One writer thread: batch N is written (the server works, psycopg2 releases the GIL) while

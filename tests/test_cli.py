@@ -73,6 +73,21 @@ def test_the_console_shows_the_projects_lines_and_the_file_everything(tmp_path, 
     assert "not at INFO" not in logged
 
 
+@pytest.mark.parametrize("command, level", [("demo", logging.WARNING), ("sink", logging.INFO)])
+def test_a_live_view_keeps_info_lines_off_its_console(command, level) -> None:
+    """The demo's console is its live view: at the default level, its INFO lines go to the file."""
+    from wardstream.logs import ConsoleFilter
+
+    try:
+        assert CliRunner().invoke(app, [command, "--help"]).exit_code == 0
+        levels = [f.level for h in logging.getLogger().handlers for f in h.filters
+                  if isinstance(f, ConsoleFilter)]
+    finally:
+        logging.getLogger().handlers[:] = [h for h in logging.getLogger().handlers
+                                           if not getattr(h, "_wardstream", False)]
+    assert levels == [level]
+
+
 def _commands(command, path: tuple[str, ...] = ()):
     yield path, command
     for name, sub in getattr(command, "commands", {}).items():

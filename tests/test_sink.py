@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from consumers.fake import generate, produce
-from consumers.sink import default_group, default_topics, linger_ms_from_env, run_sink
+from consumers.sink import default_group, default_topics, run_sink
 from consumers.state import dump_tables, table_counts
 from test_sink_support import reset_group, sink_db  # noqa: F401  (fixture)
 from wardstream.cli import app
@@ -96,13 +96,13 @@ def test_rerun_over_the_same_offsets_changes_nothing(kafka_ns, sink_db) -> None:
 
 
 def test_linger_setting(monkeypatch) -> None:
-    assert linger_ms_from_env() == 20
+    assert settings().sink_linger_ms == 20
     monkeypatch.setenv("WARDSTREAM_SINK_LINGER_MS", "75")
-    assert linger_ms_from_env() == 75
+    assert settings().sink_linger_ms == 75
     for bad in ("soon", "-5", "2.5"):
         monkeypatch.setenv("WARDSTREAM_SINK_LINGER_MS", bad)
         with pytest.raises(ValueError, match=f"^WARDSTREAM_SINK_LINGER_MS='{bad}': must be an integer >= 0$"):
-            linger_ms_from_env()
+            settings()
     bad_cli = CliRunner().invoke(app, ["sink", "--once"])  # refused at the start (main: exit 2)
     assert isinstance(bad_cli.exception, ConfigError)
     assert str(bad_cli.exception) == "WARDSTREAM_SINK_LINGER_MS='2.5': must be an integer >= 0"

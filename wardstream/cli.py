@@ -35,13 +35,19 @@ COMMAND_MODULES = (
 )
 
 
+LIVE_VIEWS = ("demo",)  # commands whose console is a rich live view
+
+
 @app.callback()
 def _setup(ctx: typer.Context,
            verbose: bool = typer.Option(False, "--verbose", "-v",
                                         help="Debug logging on the console and in the log file.")) -> None:
     """Check the settings once and set up logging before any subcommand runs."""
     s = settings()  # a bad setting stops here with one line (ConfigError, see main)
-    setup_logging(ctx.invoked_subcommand or "wardstream", s.log_level, verbose=verbose)
+    command = ctx.invoked_subcommand or "wardstream"
+    # a live view is its command's console: at the default level its INFO lines go to the file only
+    level = "WARNING" if command in LIVE_VIEWS and s.log_level == "INFO" else s.log_level
+    setup_logging(command, level, verbose=verbose)
 
 
 for _name in COMMAND_MODULES:

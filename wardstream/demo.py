@@ -34,7 +34,6 @@ from rich.table import Table
 
 from stream.domain.kpis import needs_labels
 from wardstream.config import REPO_ROOT, settings
-from wardstream.logs import setup_logging
 
 DEMO_DATABASE = "wardstream_demo"
 HEADLINE = ("readmission_rate", "avg_length_of_stay", "cost_per_patient", "high_risk_pct",
@@ -368,8 +367,5 @@ def register(app: typer.Typer) -> None:
         start: datetime = typer.Option("2025-01-01", formats=["%Y-%m-%d"], help="First simulated day (UTC)."),
     ) -> None:
         """Stream a simulated history at full speed, then a live period, through the whole pipeline, with a live view and a summary of KPIs and model health at the alert budget."""
-        # the live view is the demo's console: its components' INFO lines go to the log file only
-        level = settings().log_level
-        setup_logging("demo", "WARNING" if level.upper() == "INFO" else level)
         run_demo(days=days, seed=seed, beds=beds, speed=speed, start=start.date(),
                  history_days=history_days)
