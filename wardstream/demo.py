@@ -318,7 +318,7 @@ def run_demo(days: int = 14, seed: int = 42, beds: int = 300, speed: float = 14_
                 # Done: everything produced, the worker caught up (its KPI windows too: a flush
                 # can come seconds after the last event), and the sink/notifier quiet.
                 if (sim_done.is_set() and snap.worker_lag == 0 and snap.rows == last_rows
-                        and worker.kpis_caught_up() and worker.health_caught_up()):
+                        and worker.kpis_caught_up(p := worker.progress()) and worker.health_caught_up(p)):
                     quiet_since = quiet_since or now
                     if now - quiet_since >= max(8.0, 3 * given.stream.kpi_flush_seconds):
                         break
