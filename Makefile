@@ -1,11 +1,11 @@
 # wardstream: one entry point per job. `make demo` and `make test` work on a fresh machine.
 PYTHON ?= python3
-PIP ?= $(PYTHON) -m pip
+PIP ?= $(PYTHON) -m pip --disable-pip-version-check
 
 .PHONY: install up down status demo test test-fast bench clean dashboards
 
 install: ## install wardstream and its test tools into the current Python
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q --root-user-action=ignore -e '.[dev]'
 
 up: install ## start the local Kafka (KRaft, from Maven Central jars) and PostgreSQL
 	wardstream stack up
