@@ -26,7 +26,9 @@ from wardstream.kafka_io import ensure_topics, key_partition, make_producer
 pytestmark = pytest.mark.e2e
 
 START = date(2025, 1, 1)
-DAYS = 160  # PSI windows from day 146 (90 of warm-up + 2 x 28)
+# PSI windows from day 146 (90 of warm-up + 2 x 28); equity windows from ~day 181 (90 of warm-up
+# + 90), each evaluated once its discharges' labels are all known (30 days later)
+DAYS = 220
 SHIFT = START + timedelta(days=139)
 
 
@@ -103,3 +105,5 @@ def test_model_health_reaches_postgresql(kafka_ns, sink_db, tmp_path) -> None:
     assert any(r[1] == "ok" for r in psi)
     warned = sorted(r[4].date() for r in psi if r[1] != "ok")
     assert warned and SHIFT < warned[0] <= SHIFT + timedelta(days=14)
+    # the equity checks went through the worker and the sink too (compared with the pure flow above)
+    assert {r[0] for r in rows.values()} >= {"equity_recall", "equity_oe"}
