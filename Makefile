@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip --disable-pip-version-check
 
-.PHONY: install up down status demo test test-fast bench clean dashboards
+.PHONY: install up down status demo test test-fast bench drills clean dashboards
 
 install: ## install wardstream and its test tools into the current Python
 	$(PIP) install -q --root-user-action=ignore -e '.[dev]'
@@ -28,6 +28,9 @@ test-fast: install ## unit tests and the packages' doctests (-m "not e2e": no br
 bench: up ## benchmarks: prints a table, writes bench/results/*.json and bench/results/e2e.png
 	$(PYTHON) -m bench
 	$(PYTHON) -m bench.plot
+
+drills: up ## every fault drill 10 times in a row, with the pass counts (about an hour; not in CI)
+	$(PYTHON) tests/loop_drills.py
 
 dashboards: install ## regenerate the committed Grafana dashboard JSON from code
 	$(PYTHON) -m grafana.build

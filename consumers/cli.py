@@ -68,7 +68,7 @@ def register(app: typer.Typer) -> None:
             None, "--group", help="Consumer group. Default: '<namespace>wardstream-sink'."),
         topics: str | None = typer.Option(
             None, "--topics",
-            help="Comma-separated topics to store. Default: hospital.adt, hospital.reference and every "
+            help="Comma-separated topics to store. Default: hospital.adt-accepted, hospital.reference and every "
                  "output topic, under WARDSTREAM_NAMESPACE."),
         max_batch: int = typer.Option(5000, "--max-batch", min=1, help="Messages per database transaction."),
         linger_ms: int | None = typer.Option(

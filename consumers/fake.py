@@ -2,7 +2,7 @@
 
 Not a simulator (that is ``producers/``): just enough variety to exercise every table, merge
 rule and view — transfers, readmissions within 30 and 60 days, expired patients, missing
-satisfaction answers, E11.9 diabetes, repeated KPI keys (last value wins), DLQ records and a few
+satisfaction answers, E11.9 diabetes, repeated KPI partial keys (last record wins), DLQ records and a few
 contract-invalid ADT messages — built with the ``stream.contracts`` models.
 """
 
@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
+import orjson
 from pydantic import BaseModel
 
 from stream.contracts import (
@@ -23,7 +24,6 @@ from stream.contracts import (
     DischargeEvent,
     DischargeScore,
     FacilityRef,
-    KpiValue,
     PatientInfo,
     ProviderRef,
     ReadmissionLabel,
@@ -47,14 +47,14 @@ class FakeData:
     scores: list[tuple[str, BaseModel]] = field(default_factory=list)
     labels: list[tuple[str, BaseModel]] = field(default_factory=list)
     alerts: list[tuple[str, BaseModel]] = field(default_factory=list)
-    kpis: list[tuple[str, BaseModel]] = field(default_factory=list)
+    kpis: list[tuple[str, bytes]] = field(default_factory=list)  # hospital.kpi-partials records
     dlq: list[tuple[str, BaseModel]] = field(default_factory=list)
     invalid_adt: list[bytes] = field(default_factory=list)
 
     def by_topic(self, namespace: str = "") -> dict[str, list[tuple[str, BaseModel]]]:
         t = Topics(namespace)
-        return {t.reference: self.reference, t.adt: self.adt, t.discharge_scores: self.scores,
-                t.readmission_labels: self.labels, t.alerts: self.alerts, t.kpis: self.kpis,
+        return {t.reference: self.reference, t.adt_accepted: self.adt, t.discharge_scores: self.scores,
+                t.readmission_labels: self.labels, t.alerts: self.alerts, t.kpi_partials: self.kpis,
                 t.dlq: self.dlq}
 
 
@@ -164,15 +164,14 @@ def generate(patients: int = 60, days: int = 90, seed: int = 7, facility_id: str
             data.labels.append((d.encounter_id, ReadmissionLabel(
                 encounter_id=d.encounter_id, patient_id=d.patient_id, discharged_at=d.occurred_at,
                 readmitted=False, readmission_encounter_id=None, known_at=d.occurred_at + timedelta(days=30))))
-    # KPIs: each key twice, the second value is the one that must win.
+    # KPI day partials (stream/kpi_tally.py): each key twice, the second record must win.
     for day in range(3):
-        ws = START + timedelta(days=day)
+        ws = (START + timedelta(days=day)).date().isoformat()
         for dep in departments[:3]:
-            for v in (1.0, 2.0 + day):
-                k = KpiValue(kpi="discharges", dimension="department", dimension_id=dep, facility_id=facility_id,
-                             window="1d", window_start=ws, window_end=ws + timedelta(days=1), value=v,
-                             numerator=v, denominator=1)
-                data.kpis.append((f"1d|department|{dep}", k))
+            for v in (1, 2 + day):
+                record = {"dimension": "department", "dimension_id": dep, "facility_id": facility_id,
+                          "day": ws, "partition": 0, "micro": {"discharges": v * 1_000_000}, "patients": []}
+                data.kpis.append((f"department|{dep}|{ws}|0", orjson.dumps(record)))
     for i in range(3):
         data.dlq.append((f"P{i}", DeadLetter(
             reason="contract: missing field", source_topic="hospital.adt", source_partition=0,
@@ -182,21 +181,23 @@ def generate(patients: int = 60, days: int = 90, seed: int = 7, facility_id: str
 
 
 def produce(data: FakeData, namespace: str, producer=None, include_invalid: bool = True) -> int:
-    """Send every message of ``data`` to the topics of ``namespace``; returns the count sent."""
+    """Send every message of ``data`` to the topics the sink reads in ``namespace`` (the ADT events
+    and the invalid ones to ``hospital.adt-accepted``, as if the stream had applied them, without
+    the ``source_offset`` header); returns the count sent."""
     from wardstream.kafka_io import ensure_topics, make_producer
 
     t = Topics(namespace)
-    ensure_topics([t.adt, t.reference, *t.outputs()])
+    ensure_topics([t.adt_accepted, t.reference, t.kpi_partials, *t.outputs()])
     own = producer is None
     producer = producer or make_producer()
     sent = 0
     for topic, messages in data.by_topic(namespace).items():
         for key, model in messages:
-            producer.send(topic, key=key.encode(), value=dump(model))
+            producer.send(topic, key=key.encode(), value=model if isinstance(model, bytes) else dump(model))
             sent += 1
     if include_invalid:
         for i, raw in enumerate(data.invalid_adt):
-            producer.send(t.adt, key=f"X{i}".encode(), value=raw)
+            producer.send(t.adt_accepted, key=f"X{i}".encode(), value=raw)
             sent += 1
     producer.flush()
     if own:

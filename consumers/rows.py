@@ -33,13 +33,13 @@ from stream.contracts import (
     DischargeEvent,
     DischargeScore,
     FacilityRef,
-    KpiValue,
     ModelHealth,
     ProviderRef,
     ReadmissionLabel,
-    Topics,
     TransferEvent,
 )
+from stream.domain.kpis import FIELDS as KPI_FIELDS
+from stream.kpi_tally import Partial
 
 Row = dict[str, Any]
 
@@ -87,22 +87,16 @@ def _cleaner(raw: bytes | None) -> Callable[[Any], Any]:
 
 
 class Batch:
-    """Rows of one database transaction, one per table key, merged in arrival (offset) order.
+    """Rows of one database transaction, one per table key, merged in arrival (offset) order."""
 
-    ``adt_topic`` is the topic the ADT events come from: dead letters naming it (and the ADT
-    coordinates in ``adt_coords``) tell :mod:`consumers.purge` which events the stream rejected.
-    """
-
-    def __init__(self, adt_topic: str = Topics().adt) -> None:
+    def __init__(self) -> None:
         self._rows: dict[str, dict[tuple, Row]] = {}
         self.messages = 0
-        self.adt_topic = adt_topic
-        self.adt_coords: list[tuple[int, int]] = []  # (partition, offset) of every ADT message
 
     # ------------------------------------------------------------------ generic merges
 
     def _put(self, table: str, key: tuple, row: Row) -> None:
-        """Last writer wins (outputs: scores, labels, alerts, kpis, dead letters, facts)."""
+        """Last writer wins (outputs: scores, labels, alerts, KPI partials, dead letters, facts)."""
         self._rows.setdefault(table, {})[key] = row
 
     def _fill(self, table: str, key: tuple, row: Row) -> None:
@@ -115,13 +109,13 @@ class Batch:
         """Insert-only rows (raw events): the first copy is kept."""
         self._rows.setdefault(table, {}).setdefault(key, row)
 
-    # ------------------------------------------------------------------ hospital.adt
+    # ------------------------------------------------------------------ hospital.adt-accepted
 
     def add_adt(self, ev: AdmissionEvent | DischargeEvent | TransferEvent, partition: int,
                 offset: int, raw: bytes | None = None) -> None:
-        """``raw``: the message as received; stored as the payload when it needs no cleaning."""
+        """An event the stream applied, at its ``hospital.adt`` (partition, offset); ``raw``: the
+        message as received, stored as the payload when it needs no cleaning."""
         self.messages += 1
-        self.adt_coords.append((partition, offset))
         clean = _cleaner(raw)
         self._stubs(ev.facility_id, ev.department, ev.attending_provider_id, ev.patient_id, clean)
         payload = raw.decode() if raw is not None and clean is _same else _json(ev.model_dump(mode="json"))
@@ -257,13 +251,21 @@ class Batch:
         row.update(source_partition=partition, source_offset=offset)
         self._put("alerts", (row["alert_id"],), row)
 
-    def add_kpi(self, k: KpiValue, partition: int, offset: int, raw: bytes | None = None) -> None:
+    def add_kpi_partial(self, p: Partial) -> None:
+        """A ``hospital.kpi-partials`` record (``stream/kpi_tally.py``): a day record replaces the
+        row of its (dimension, dimension_id, day, ADT partition); the view ``kpi_windows`` computes
+        the windows from them. A provider's capacity record is not stored: ``providers.capacity``
+        already comes from ``hospital.reference`` (the stream routes it through this topic only to
+        reach the combiner that holds the provider's days)."""
         self.messages += 1
-        clean = _cleaner(raw)
-        row = clean(_fields(k))
-        row.update(source_partition=partition, source_offset=offset)
-        key = (row["kpi"], row["dimension"], row["dimension_id"], row["window"], row["window_start"])
-        self._put("kpi_windows", key, row)
+        if p.day is None or p.bucket is None:
+            return
+        micro = p.bucket.micro
+        row: Row = {"dimension": p.dimension, "dimension_id": clean(p.dimension_id), "day": p.day,
+                    "adt_partition": p.partition, "facility_id": clean(p.facility_id),
+                    **{f"{f}_micro": micro.get(f) for f in KPI_FIELDS},
+                    "patients": clean(sorted(p.bucket.patients))}
+        self._put("kpi_partials", (row["dimension"], row["dimension_id"], row["day"], row["adt_partition"]), row)
 
     def add_health(self, h: ModelHealth, partition: int, offset: int, raw: bytes | None = None) -> None:
         self.messages += 1
@@ -285,10 +287,6 @@ class Batch:
         """The rows of ``table`` sorted by key (a fixed lock order: concurrent sinks cannot deadlock)."""
         items = self._rows.get(table, {})
         return [items[k] for k in sorted(items, key=_sort_key)]
-
-    def dead_letter_coords(self) -> list[tuple[int, int]]:
-        """(partition, offset) of this batch's dead letters about ``adt_topic`` messages."""
-        return [(p, o) for t, p, o in self._rows.get("dead_letters", {}) if t == self.adt_topic]
 
     def tables(self) -> list[str]:
         return [t for t, rows in self._rows.items() if rows]

@@ -8,8 +8,9 @@ after the database commit. A database outage makes the write retry with exponent
 crash between the two commits re-reads a few messages, which the upserts make harmless.
 A message the database refuses for good (a constraint) is isolated, logged and skipped rather
 than stalling the sink.
-An ADT event the stream dead-lettered (duplicate, orphan, out of order, far future) is taken
-back out in the same transaction, whichever of the two topics is read first (:mod:`consumers.purge`).
+Data flows one way: the ADT facts come from ``hospital.adt-accepted``, the events the stream
+applied (stored at their ``hospital.adt`` coordinates, :func:`add_accepted`), never from
+``hospital.adt`` itself; a dead letter (``hospital.dlq``) is stored as such and removes nothing.
 
 Python API (the demo and tests)::
 
@@ -26,7 +27,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -45,13 +46,13 @@ from stream.contracts import (
     Alert,
     DeadLetter,
     DischargeScore,
-    KpiValue,
     ModelHealth,
     ReadmissionLabel,
     Topics,
     parse_adt,
     parse_reference,
 )
+from stream.kpi_tally import Partial
 from wardstream.config import settings
 from wardstream.kafka_io import end_offsets_of, ensure_topics, make_consumer
 
@@ -85,29 +86,59 @@ class SinkStats:
 def default_topics(namespace: str | None = None) -> list[str]:
     """Every topic the sink stores (under the namespace of WARDSTREAM_NAMESPACE)."""
     t = Topics(settings().topic_namespace if namespace is None else namespace)
-    return [t.adt, t.reference, t.discharge_scores, t.readmission_labels, t.alerts, t.kpis, t.dlq,
-            t.model_health]
+    return [t.adt_accepted, t.reference, t.discharge_scores, t.readmission_labels, t.alerts, t.kpi_partials,
+            t.dlq, t.model_health]
 
 
 def default_group(namespace: str | None = None) -> str:
     return f"{settings().topic_namespace if namespace is None else namespace}wardstream-sink"
 
 
-Adder = Callable[[Batch, bytes, int, int], None]
+Headers = Sequence[tuple[str, bytes]]
+# (batch, value, partition, offset, headers): decodes one message into the batch
+Adder = Callable[[Batch, bytes, int, int, Headers], None]
+
+# Header of a hospital.adt-accepted message: its offset on hospital.adt, ASCII digits (the same
+# name as stream.adt_flow.SOURCE_OFFSET, not imported: the sink does not load the stream's model).
+SOURCE_OFFSET_HEADER = "source_offset"
+
+
+def source_offset(headers: Headers, offset: int) -> int:
+    """The ``source_offset`` header as an int; ``offset`` (the message's own) when it is missing.
+
+    >>> source_offset([("source_offset", b"42")], 7), source_offset([], 7)
+    (42, 7)
+    """
+    for name, value in headers or ():
+        if name == SOURCE_OFFSET_HEADER:
+            return int(value)  # not digits: ValueError, the message counts as invalid
+    return offset
+
+
+def add_accepted(batch: Batch, value: bytes, partition: int, offset: int, headers: Headers) -> None:
+    """A ``hospital.adt-accepted`` message as the ADT facts of its event.
+
+    The stream forwards each event it applied unchanged to the same partition number, with its
+    ``hospital.adt`` offset in the ``source_offset`` header: the rows keep those ``hospital.adt``
+    coordinates (``source_partition``, ``source_offset``, ``last_event_offset``), as the DLQ's
+    ``source_*`` fields and replays name events. A message without the header (not sent by the
+    stream, e.g. written by hand) is stored at its own offset on ``hospital.adt-accepted``.
+    """
+    batch.add_adt(parse_adt(value), partition, source_offset(headers, offset), value)
 
 
 def _adders(namespace: str) -> dict[str, Adder]:
     """Topic name -> function decoding a message value into the batch (raises when invalid)."""
     t = Topics(namespace)
     return {
-        t.adt: lambda b, v, p, o: b.add_adt(parse_adt(v), p, o, v),
-        t.reference: lambda b, v, p, o: b.add_reference(parse_reference(v)),
-        t.discharge_scores: lambda b, v, p, o: b.add_score(DischargeScore.model_validate_json(v), p, o, v),
-        t.readmission_labels: lambda b, v, p, o: b.add_label(ReadmissionLabel.model_validate_json(v), p, o, v),
-        t.alerts: lambda b, v, p, o: b.add_alert(Alert.model_validate_json(v), p, o, v),
-        t.kpis: lambda b, v, p, o: b.add_kpi(KpiValue.model_validate_json(v), p, o, v),
-        t.dlq: lambda b, v, p, o: b.add_dead_letter(DeadLetter.model_validate_json(v), p, o, v),
-        t.model_health: lambda b, v, p, o: b.add_health(ModelHealth.model_validate_json(v), p, o, v),
+        t.adt_accepted: add_accepted,
+        t.reference: lambda b, v, p, o, h: b.add_reference(parse_reference(v)),
+        t.discharge_scores: lambda b, v, p, o, h: b.add_score(DischargeScore.model_validate_json(v), p, o, v),
+        t.readmission_labels: lambda b, v, p, o, h: b.add_label(ReadmissionLabel.model_validate_json(v), p, o, v),
+        t.alerts: lambda b, v, p, o, h: b.add_alert(Alert.model_validate_json(v), p, o, v),
+        t.kpi_partials: lambda b, v, p, o, h: b.add_kpi_partial(Partial.parse(v)),
+        t.dlq: lambda b, v, p, o, h: b.add_dead_letter(DeadLetter.model_validate_json(v), p, o, v),
+        t.model_health: lambda b, v, p, o, h: b.add_health(ModelHealth.model_validate_json(v), p, o, v),
     }
 
 
@@ -184,11 +215,12 @@ def run_sink(*, topics: Iterable[str] | None = None, group: str | None = None,
              handle_signals: bool = True, linger_ms: int | None = None) -> SinkStats:
     """Run the sink until stopped (signal / ``stop``), caught up (``once``) or idle (``until_idle`` s).
 
-    ``topics`` default to every output topic plus ``hospital.adt`` and ``hospital.reference`` of
-    the current namespace; ``group`` defaults to ``<namespace>wardstream-sink``; ``db_url`` to
-    SINK_DATABASE_URL (else DATABASE_URL). While messages flow, each fetch may wait
-    ``linger_ms`` to fill a batch (default WARDSTREAM_SINK_LINGER_MS, else 20; 0: never): fewer,
-    larger transactions on a live stream (:class:`FetchLinger`). Returns the run's :class:`SinkStats`.
+    ``topics`` default to every output topic plus ``hospital.adt-accepted`` and
+    ``hospital.reference`` of the current namespace; ``group`` defaults to
+    ``<namespace>wardstream-sink``; ``db_url`` to SINK_DATABASE_URL (else DATABASE_URL). While
+    messages flow, each fetch may wait ``linger_ms`` to fill a batch (default
+    WARDSTREAM_SINK_LINGER_MS, else 20; 0: never): fewer, larger transactions on a live stream
+    (:class:`FetchLinger`). Returns the run's :class:`SinkStats`.
     """
     s = settings()
     ns = s.topic_namespace
@@ -240,7 +272,7 @@ def run_sink(*, topics: Iterable[str] | None = None, group: str | None = None,
                     last_data = time.monotonic()
                     if once and end_offsets is None:
                         end_offsets = _end_offsets(consumer)
-                    batch = Batch(Topics(ns).adt)
+                    batch = Batch()
                     valid = _decode(records, adders, stats, batch)
                     settle()
                     pending.append((executor.submit(_write, batch, valid, adders, writer, stats),
@@ -320,7 +352,7 @@ def _decode(records, adders: dict[str, Adder], stats: SinkStats, batch: Batch) -
     for r in records:
         stats.messages += 1
         try:
-            adders[r.topic](batch, r.value, r.partition, r.offset)
+            adders[r.topic](batch, r.value, r.partition, r.offset, r.headers)
         except (ValidationError, ValueError, TypeError) as exc:
             stats.invalid[r.topic] += 1
             kind = exc.errors()[0]["type"] if isinstance(exc, ValidationError) and exc.errors() else type(exc).__name__
@@ -345,8 +377,8 @@ def _write(batch: Batch, valid: list, adders: dict[str, Adder], writer: Database
         # the sink without committing, so nothing is skipped.)
         written = Counter()
         for r in valid:
-            single = Batch(batch.adt_topic)
-            adders[r.topic](single, r.value, r.partition, r.offset)
+            single = Batch()
+            adders[r.topic](single, r.value, r.partition, r.offset, r.headers)
             try:
                 written.update(writer.write(single))
                 stats.stored += 1

@@ -15,12 +15,11 @@ The merge rules match :class:`consumers.rows.Batch`:
 
 * ``fill``: reference data, a non-null value replaces, a null keeps (stubs never erase);
 * ``latest``: last writer wins, skipped when nothing changes (no dead tuples on replays);
-* ``kpi``: last writer wins by source offset (hospital.kpis: the last message is the value);
 * encounters: current department / attending by (event time, offset), other columns set once;
 * ``first``: raw events, insert-only.
 
-After the upserts, :func:`write_batch` removes ADT events that ``dead_letters`` names (and
-re-derives what they touched): see :mod:`consumers.purge`.
+Nothing is deleted: the ADT facts come from the events the stream applied
+(``hospital.adt-accepted``), so a dead letter never names a stored event.
 """
 
 from __future__ import annotations
@@ -32,13 +31,8 @@ from dataclasses import dataclass
 
 from psycopg2.extras import execute_values
 
-from consumers.purge import (
-    drop_orphan_patients,
-    find_dead_lettered,
-    lock_adt_partitions,
-    remove_dead_lettered,
-)
 from consumers.rows import ENCOUNTER_SET_ONCE, Batch
+from stream.domain.kpis import FIELDS as KPI_FIELDS
 
 
 @dataclass(frozen=True)
@@ -46,7 +40,7 @@ class Table:
     name: str
     columns: tuple[str, ...]
     key: tuple[str, ...]
-    policy: str  # fill | latest | kpi | first | patients | encounters
+    policy: str  # fill | latest | first | patients | encounters
     casts: tuple[tuple[str, str], ...] = ()
 
     def _q(self, c: str) -> str:
@@ -88,15 +82,11 @@ class Table:
             changed = " OR ".join(f"(EXCLUDED.{q(c)} IS NOT NULL AND EXCLUDED.{q(c)} IS DISTINCT FROM t.{q(c)})"
                                   for c in rest)
             return head + f"UPDATE SET {sets}, updated_at = now() WHERE {changed}"
-        if self.policy in ("latest", "kpi"):
+        if self.policy == "latest":
             sets = ", ".join(f"{q(c)} = EXCLUDED.{q(c)}" for c in rest)
             old = ", ".join(f"t.{q(c)}" for c in rest)
             new = ", ".join(f"EXCLUDED.{q(c)}" for c in rest)
-            where = f"({old}) IS DISTINCT FROM ({new})"
-            if self.policy == "kpi":
-                where = (f"{where} AND (EXCLUDED.source_partition <> t.source_partition "
-                         f"OR EXCLUDED.source_offset >= t.source_offset)")
-            return head + f"UPDATE SET {sets} WHERE {where}"
+            return head + f"UPDATE SET {sets} WHERE ({old}) IS DISTINCT FROM ({new})"
         if self.policy == "patients":
             sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in rest)
             return head + (f"UPDATE SET {sets} WHERE EXCLUDED.as_of IS NOT NULL "
@@ -146,10 +136,9 @@ TABLES: tuple[Table, ...] = (
                            "act_at", "baseline", "n", "window_start", "window_end", "message",
                            "source_partition", "source_offset"),
           ("check_id",), "latest"),
-    Table("kpi_windows", ("kpi", "dimension", "dimension_id", "window", "window_start", "window_end",
-                          "facility_id", "value", "numerator", "denominator", "source_partition",
-                          "source_offset"),
-          ("kpi", "dimension", "dimension_id", "window", "window_start"), "kpi"),
+    Table("kpi_partials", ("dimension", "dimension_id", "day", "adt_partition", "facility_id",
+                           *(f"{f}_micro" for f in KPI_FIELDS), "patients"),
+          ("dimension", "dimension_id", "day", "adt_partition"), "latest", (("patients", "text[]"),)),
     Table("dead_letters", ("source_topic", "source_partition", "source_offset", "reason", "raw",
                            "raw_encoding", "failed_at", "dlq_partition", "dlq_offset"),
           ("source_topic", "source_partition", "source_offset"), "latest"),
@@ -161,19 +150,7 @@ COPY_MIN_ROWS = 1000  # method "auto": a table with at least this many rows in a
 
 
 def write_batch(cur, batch: Batch, method: str = "auto") -> dict[str, int]:
-    """Upsert every row of ``batch`` in FK order, then take the ADT events the stream dead-lettered
-    back out (:mod:`consumers.purge`), all inside the caller's transaction; rows per table."""
-    lock_adt_partitions(cur, batch)
-    written = upsert_batch(cur, batch, method)
-    affected = find_dead_lettered(cur, batch)
-    if affected is not None:
-        upsert_batch(cur, remove_dead_lettered(cur, affected), method)
-        drop_orphan_patients(cur, affected.patients)
-    return written
-
-
-def upsert_batch(cur, batch: Batch, method: str = "auto") -> dict[str, int]:
-    """Upsert every row of ``batch`` in FK order (no dead-letter check); rows per table."""
+    """Upsert every row of ``batch`` in FK order, inside the caller's transaction; rows per table."""
     if method not in ("auto", "copy", "values"):
         raise ValueError(f"unknown write method {method!r}")
     written: dict[str, int] = {}

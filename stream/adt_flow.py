@@ -62,6 +62,7 @@ from stream.domain.lace import lace_points
 from stream.domain.model import OnlineRiskModel
 from stream.domain.policy import WARM_LABELS, AlertBudget, alert_reasons
 from stream.health_tally import HealthTally
+from stream.kpi_tally import KpiTally
 from stream.staged import PartitionScope, Staged
 from wardstream.config import settings
 
@@ -70,9 +71,11 @@ log = logging.getLogger(__name__)
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 # Output "topics" are named by their attribute on contracts.Topics (the app maps them to names).
-SCORES, ALERTS, LABELS, CONTRIBUTIONS, DLQ = (
-    "discharge_scores", "alerts", "readmission_labels", "kpi_contributions", "dlq")
+SCORES, ALERTS, LABELS, ACCEPTED, DLQ = (
+    "discharge_scores", "alerts", "readmission_labels", "adt_accepted", "dlq")
 MODEL_HEALTH, HEALTH_PARTIALS = "model_health", "health_partials"  # stream/health_tally.py
+KPI_PARTIALS = "kpi_partials"  # stream/kpi_tally.py
+SOURCE_OFFSET = "source_offset"  # header of an accepted event: its offset on hospital.adt
 
 
 @dataclass(frozen=True)
@@ -81,8 +84,10 @@ class Output:
 
     topic: str
     key: str | bytes | None
-    value: Any  # bytes (a kpis.Contribution inside the flow, until process() serializes it)
+    value: bytes
     route: str | None = None  # when set, the key whose partition the message goes to (not ``key``)
+    partition: int | None = None  # when set, the partition it goes to
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 def partition_key(partition: int) -> str:
@@ -147,10 +152,12 @@ class AdtFlow:
         models: MutableMapping[str, Any],
         alert_share: Callable[[str], float] | None = None,
         health: MutableMapping[str, Any] | None = None,
+        kpi: MutableMapping[str, Any] | None = None,
     ) -> None:
         """``alert_share``: a facility's alert share k (default: the configuration's
         ``Settings.alert_share_for``, read here once). ``health``: the model-health aggregates
-        and error detectors (stream/health_tally.py; None: a dict of the flow's own)."""
+        and error detectors (stream/health_tally.py); ``kpi``: the KPI day partials
+        (stream/kpi_tally.py); None: a dict of the flow's own."""
         self.source_topic = source_topic
         self.alert_share = alert_share or settings().alert_share_for
         self._staged = [Staged(t) for t in (patients, partitions, due, models)]
@@ -161,6 +168,10 @@ class AdtFlow:
         self._staged.append(self.health)
         self._journaled["health"] = self.health
         self.tally = HealthTally(self.health)
+        self.kpi = Staged({} if kpi is None else kpi)
+        self._staged.append(self.kpi)
+        self._journaled["kpi"] = self.kpi
+        self.kpi_tally = KpiTally(self.kpi)
         self._resumed: set[int] = set()  # partitions whose last journal was re-applied
         self._brains: dict[int, Brain] = {}
         self._learned: set[int] = set()  # partitions whose model or budget changed since the last commit
@@ -216,6 +227,16 @@ class AdtFlow:
         return [Output(HEALTH_PARTIALS, key, value, route=facility_id)
                 for key, facility_id, value in self.tally.partials()]
 
+    def kpi_partials(self) -> list[Output]:
+        """The KPI day partials the staged batch changed, for ``hospital.kpi-partials`` (send
+        them with the batch's outputs, before :meth:`commit`; stream/kpi_tally.py)."""
+        return [Output(KPI_PARTIALS, key, value, route=to)
+                for key, to, value in self.kpi_tally.partials()]
+
+    def partials(self) -> list[Output]:
+        """Both kinds of partials of the staged batch."""
+        return self.kpi_partials() + self.health_partials()
+
     def rollback(self) -> None:
         for t in self._staged:
             t.rollback()
@@ -255,9 +276,8 @@ class AdtFlow:
                 key: bytes | None = None, *, commit: bool = True) -> list[Output]:
         """Steps 1-5 of stream/README.md for one message of ``hospital.adt``.
 
-        With ``commit=False`` the state changes wait for :meth:`commit` (send the outputs first).
-        Every KPI contribution carries its source ``[partition, offset, n]`` (its n-th output), so
-        the aggregator can drop one that a re-processed message sends again.
+        With ``commit=False`` the state changes wait for :meth:`commit` (send the outputs first,
+        and :meth:`partials` after the batch).
         """
         for t in self._staged:
             t.partition = partition
@@ -268,8 +288,7 @@ class AdtFlow:
             raise
         if commit:
             self.commit()
-        return [Output(CONTRIBUTIONS, o.key, _json(o.value.to_dict(source=(partition, offset, n))))
-                if o.topic == CONTRIBUTIONS else o for n, o in enumerate(out)]
+        return out
 
     def _process(self, raw: bytes | None, partition: int, offset: int,
                  key: bytes | None) -> list[Output]:
@@ -303,18 +322,19 @@ class AdtFlow:
             watermark = event.occurred_at
         state = self._state(event.patient_id)  # the expiry may have changed it
 
+        out.append(Output(ACCEPTED, key, raw, partition=partition,
+                          headers=((SOURCE_OFFSET, str(offset).encode()),)))
         if isinstance(event, AdmissionEvent):
             state, outcomes = patient.apply_admission(state, event)
             self._save(state)
-            out.extend(_contributions(kpis.for_admission(event)))
+            self.kpi_tally.add(kpis.for_admission(event))
             learned |= self._labels(outcomes, brain, out)
         elif isinstance(event, TransferEvent):
             assert state is not None and state.open is not None  # check() guarantees it
             before = state.open
             state = patient.apply_transfer(state, event)
             self._save(state)
-            out.extend(_contributions(kpis.for_transfer(
-                event, before.department, before.attending_provider_id)))
+            self.kpi_tally.add(kpis.for_transfer(event, before.department, before.attending_provider_id))
         else:
             assert state is not None
             state = self._discharge(partition, state, event, watermark, brain, out)
@@ -387,7 +407,7 @@ class AdtFlow:
             brain.model.learn(o.pending.features, o.readmitted)
             label = o.to_label()
             out.append(Output(LABELS, label.encounter_id, dump(label)))
-            out.extend(_contributions(kpis.for_label(o)))
+            self.kpi_tally.add(kpis.for_label(o))
             out.extend(Output(MODEL_HEALTH, k, v) for k, v in self.tally.label(o))
         return bool(outcomes)
 
@@ -424,7 +444,7 @@ class AdtFlow:
                 alert_share=decision.alert_share, policy=decision.policy,
             )
             out.append(Output(ALERTS, dis.encounter_id, dump(alert)))
-        out.extend(_contributions(kpis.for_discharge(dis, high_risk)))
+        self.kpi_tally.add(kpis.for_discharge(dis, high_risk))
         self.tally.discharge(dis.facility_id, dis.occurred_at, score, x, index)
         if index:
             pending = patient.PendingDischarge(
@@ -454,37 +474,6 @@ class AdtFlow:
             source_offset=offset, raw=text, raw_encoding=encoding, failed_at=watermark or EPOCH,
         )
         return Output(DLQ, key, dump(letter))  # DESIGN.md: the DLQ keeps the original key
-
-
-def bundle(outputs: list[Output], size: int) -> list[Output]:
-    """A batch's KPI contributions as few messages: one JSON array per key, ``size`` at most.
-
-    The aggregator's cost goes with the number of messages (Faust fetches and dispatches each
-    in Python; bench/README.md), and a batch sends ~3.6 contributions per event to a few
-    hundred keys at most. Each item keeps its own source, so a bundle re-sent after a crash may
-    be cut differently and the aggregator still drops exactly the items it has added. Items
-    keep their order per key, which is all the aggregator's marks need.
-
-    >>> outs = [Output(CONTRIBUTIONS, k, v) for k, v in [("a", b"1"), ("b", b"2"), ("a", b"3")]]
-    >>> [(o.key, o.value) for o in bundle(outs, size=50)]
-    [('a', b'[1,3]'), ('b', b'[2]')]
-    >>> [o.value for o in bundle(outs, size=1)]
-    [b'[1]', b'[3]', b'[2]']
-    """
-    by_key: dict[Any, list[bytes]] = {}
-    for o in outputs:
-        by_key.setdefault(o.key, []).append(o.value)
-    return [Output(CONTRIBUTIONS, key, b"[" + b",".join(values[i:i + size]) + b"]")
-            for key, values in by_key.items() for i in range(0, len(values), size)]
-
-
-def _contributions(items: Any) -> list[Output]:
-    """Contributions stay objects until :meth:`AdtFlow.process` stamps their source on them."""
-    return [Output(CONTRIBUTIONS, c.key, c) for c in items]
-
-
-def _json(value: Any) -> bytes:
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
 def _contract_reason(exc: Exception) -> str:

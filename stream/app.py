@@ -18,7 +18,6 @@ Every topic, table, agent and timer is declared in :class:`Pipeline` (``_topics_
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import ssl
 import time
@@ -26,7 +25,6 @@ import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import faust
@@ -37,10 +35,10 @@ from faust.types.enums import ProcessingGuarantee
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
-from stream import adt_flow, faust_patches, health_monitor
+from stream import adt_flow, faust_patches, health_monitor, kpi_tally
 from stream.continuity import Refetch, StallWatch, missing
-from stream.contracts import Topics
-from stream.kpi_aggregator import KpiAggregator
+from stream.contracts import ProviderRef, Topics, parse_reference
+from stream.kpi_combiner import KpiCombiner
 from stream.outputs import Batch, OutputProducer
 from stream.staged import Staged
 from wardstream.config import Settings, StreamSettings
@@ -188,6 +186,12 @@ async def _acked(sent: list[asyncio.Future[Any]]) -> None:
         f.result()
 
 
+async def _ack(stream: faust.StreamT, events: list[EventT]) -> None:
+    """Acknowledge ``events`` to Faust (from ``noack_take``): their offsets may be committed."""
+    for event in events:
+        await stream.ack(event)
+
+
 class _FaustBatch:
     """Outputs sent through Faust's producer (the transaction manager under exactly_once).
 
@@ -201,11 +205,12 @@ class _FaustBatch:
         self.sent: list[asyncio.Future[Any]] = []
         self._producer: Any = None  # started at the first send
 
-    async def send(self, topic: str, key: bytes | None, value: bytes,
-                   partition: int | None = None) -> None:
+    async def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None,
+                   headers: tuple[tuple[str, bytes], ...] = ()) -> None:
         if self._producer is None:
             self._producer = await self.app.maybe_start_producer()
-        self.sent.append(await self._producer.send(topic, key, value, partition, None, None))
+        self.sent.append(await self._producer.send(topic, key, value, partition, None,
+                                                   list(headers) or None))
 
     async def acked(self) -> None:
         await _acked(self.sent)
@@ -238,12 +243,16 @@ class Pipeline:
         self._journal_sends = _record_sends(self.partition_state)  # only the ADT flow's commit writes it
         self.flow = adt_flow.AdtFlow(source_topic=self.topics.adt, patients=self.patients,
                                      partitions=self.partition_state, due=self.due, models=self.models,
-                                     alert_share=s.alert_share_for, health=self.health)
+                                     alert_share=s.alert_share_for, health=self.health, kpi=self.kpi)
         self.health_state = Staged(self.health_days)
         self.monitor = health_monitor.HealthMonitor(self.health_state)
-        self.kpi_state = (Staged(self.kpi_days), Staged(self.kpi_meta))
-        self.aggregator = KpiAggregator(days=self.kpi_state[0], meta=self.kpi_state[1], capacity={},
-                                        ready=lambda: app.tables.recovery.completed.is_set())
+        self.kpi_state = Staged(self.kpi_days)
+        self.combiner = KpiCombiner(days=self.kpi_state,
+                                    ready=lambda: app.tables.recovery.completed.is_set())
+        # the combiner's records applied since the last flush began: acknowledged (so Kafka may
+        # commit them) once a flush that covers them is acknowledged by Kafka
+        self._kpi_stream: faust.StreamT | None = None
+        self._kpi_unacked: list[EventT] = []
         self._refetch = Refetch(s)
         self._commits = faust_patches.CommitWatch()
         self._stalls = StallWatch(after_s=self.tuning.stall_seconds)
@@ -254,9 +263,7 @@ class Pipeline:
         # delivered. Each lane has its own queue and broker connection.
         self._output_producers: dict[str, OutputProducer] = {}
         self._next_flush = 0.0
-        self._flush_lock = asyncio.Lock()  # one flush at a time: each marks what it covered when done
-        self.status_path = Path(app.conf.datadir) / "kpi-flush.json"
-        self._last_status: dict[str, Any] = {}
+        self._flush_lock = asyncio.Lock()  # one flush at a time: each acknowledges what it covered
         self._register()
 
     def _topics_and_tables(self) -> None:
@@ -268,7 +275,7 @@ class Pipeline:
                              value_serializer="raw", partitions=partitions)
 
         self.adt_topic = topic(topics.adt)
-        self.contributions_topic = topic(topics.kpi_contributions)
+        self.kpi_partials_topic = topic(topics.kpi_partials)
         self.reference_topic = topic(topics.reference, partitions=1)
         self.health_partials_topic = topic(topics.health_partials)
         # the output topics by name (sent as bytes, stream/outputs.py); the topics are created by
@@ -277,10 +284,11 @@ class Pipeline:
             adt_flow.SCORES: topics.discharge_scores,
             adt_flow.ALERTS: topics.alerts,
             adt_flow.LABELS: topics.readmission_labels,
-            adt_flow.CONTRIBUTIONS: topics.kpi_contributions,
+            adt_flow.ACCEPTED: topics.adt_accepted,
             adt_flow.DLQ: topics.dlq,
             adt_flow.MODEL_HEALTH: topics.model_health,
             adt_flow.HEALTH_PARTIALS: topics.health_partials,
+            adt_flow.KPI_PARTIALS: topics.kpi_partials,
         }
         self.kpis_topic = topics.kpis
         options = rocksdb_options(self.tuning)
@@ -294,8 +302,8 @@ class Pipeline:
         self.partition_state = table("partition_state", "p{partition}: event-time watermark, last offset")
         self.due = table("due", "p{partition}:{day}: patients with a pending discharge due that day")
         self.models = table("models", "p{partition}: the partition's river model (bytes) and alert policy")
-        self.kpi_days = table("kpi_days", "dimension|id|day: the day bucket of KPI inputs")
-        self.kpi_meta = table("kpi_meta", "q{partition}: last contribution offset, last flushed offset; "
+        self.kpi = table("kpi", "k{partition}|dimension|id|day: the ADT partition's KPI day partial")
+        self.kpi_days = table("kpi_days", "dimension|id|day: the latest KPI partial per ADT partition; "
                                           "cap|{provider_id}: capacity")
         self.health = table("health", "h{partition}|{facility}|{day}: health aggregates; "
                                       "e{partition}|{facility}: error detector")
@@ -308,7 +316,7 @@ class Pipeline:
         app.timer(interval=5.0, name="stream.app.watch_partitions")(self.watch_partitions)
         app.on_before_shutdown.connect(self._close_outputs)
         app.agent(self.adt_topic, concurrency=1, name="stream.app.process_adt")(self.process_adt)
-        app.agent(self.contributions_topic, concurrency=1, name="stream.app.aggregate_kpis")(self.aggregate_kpis)
+        app.agent(self.kpi_partials_topic, concurrency=1, name="stream.app.combine_kpis")(self.combine_kpis)
         app.agent(self.reference_topic, concurrency=1, name="stream.app.load_reference")(self.load_reference)
         app.agent(self.health_partials_topic, concurrency=1, name="stream.app.monitor_health")(self.monitor_health)
         app.timer(interval=self.tuning.kpi_flush_seconds, name="stream.app.flush_kpis")(self.flush_kpis)
@@ -317,41 +325,37 @@ class Pipeline:
     # -- agents ------------------------------------------------------------------------------
 
     async def process_adt(self, stream: faust.StreamT) -> None:
-        """hospital.adt -> scores, alerts, labels, KPI contributions, DLQ (stream/README.md).
+        """hospital.adt -> scores, alerts, labels, accepted events, KPI and health partials, DLQ
+        (stream/README.md).
 
         A batch at a time: process every message (state staged in memory), send the outputs,
-        wait until Kafka acknowledged each of them, then write the state; Faust acks the batch's
-        offsets after that. A crash anywhere leaves the tables at the previous batch, whose
-        outputs are all in Kafka, so the offset guard never skips a message with lost outputs,
-        and re-processing a message sends the same outputs again (their consumers drop or
-        upsert copies).
+        wait until Kafka acknowledged each of them, then write the state, and only then
+        acknowledge the batch's messages to Faust (``noack_take``: Faust's ``take_events``
+        acknowledges a batch even when its body raised). A crash anywhere leaves the tables at
+        the previous batch, whose outputs are all in Kafka, so the offset guard never skips a
+        message with lost outputs, and re-processing a message sends the same outputs again
+        (their consumers upsert copies; partials replace).
         """
-        flow = self.flow
-        async for events in stream.take_events(self.tuning.adt_batch, within=self.tuning.adt_batch_within):
+        flow, n = self.flow, self.settings.adt_partitions
+        async for events in stream.noack_take(self.tuning.adt_batch, within=self.tuning.adt_batch_within):
             last: dict[int, EventT] = {}
             try:
                 batch = self._outputs()
-                contributions: list[adt_flow.Output] = []  # sent bundled, after the batch
                 taken = await self._in_line(events, flow.applied_offset)
                 for item in taken:
                     last[item.partition] = item.context
                     with _as_event(item.context):
                         outputs = flow.process(item.value, item.partition, item.offset, key=item.key,
                                                commit=False)
-                    for out in outputs:
-                        if out.topic == adt_flow.CONTRIBUTIONS:
-                            contributions.append(out)
-                        else:  # scores, alerts, labels, dead letters go out at once
-                            await batch.send(self.out[out.topic], _bytes(out.key), out.value)
-                for out in adt_flow.bundle(contributions, self.tuning.contribution_bundle):
-                    await batch.send(self.out[out.topic], _bytes(out.key), out.value)
-                for out in flow.health_partials():  # a facility's records to one partition
+                    for out in outputs:  # scores, alerts, labels, accepted events, dead letters
+                        await batch.send(self.out[out.topic], _bytes(out.key), out.value,
+                                         out.partition, out.headers)
+                for out in flow.partials():  # a dimension's (a facility's) records to one partition
                     await batch.send(self.out[out.topic], _bytes(out.key), out.value,
-                                     key_partition(out.route, self.settings.adt_partitions))
+                                     key_partition(out.route, n))
                 await batch.acked()  # every output acknowledged (raises if one failed)
             except BaseException as exc:  # stopped or failed before the outputs were in: state as before
                 flow.rollback()
-                faust_patches.hold(events)
                 if self._stopping(exc):
                     return
                 raise
@@ -367,58 +371,62 @@ class Pipeline:
             finally:
                 self._journal_sends.clear()
             flow.commit_state(scope)
+            await _ack(stream, events)
             self._moved(taken)
 
-    async def aggregate_kpis(self, stream: faust.StreamT) -> None:
-        """hospital.kpi-contributions -> day buckets (flushed to hospital.kpis by the timer).
+    async def combine_kpis(self, stream: faust.StreamT) -> None:
+        """hospital.kpi-partials -> the combiner's table (flushed to hospital.kpis by the timer).
 
-        A batch at a time, its table writes staged and written once per key at the end (a bucket
-        changes many times in a batch); a crash before that re-delivers the batch, and the
-        buckets' source marks drop the contributions already added. The KPI aggregator writes
-        each bucket a batch touched once per batch, and nothing waits on it but the flush: it
-        takes its time to fill a batch (WARDSTREAM_KPI_BATCH_WITHIN).
+        A batch at a time, its table writes staged and written once per key at the end. The
+        records are acknowledged only by the flush that covers them (:meth:`_flush`), so Kafka's
+        committed offset is the combiner's progress: a restart delivers the rest again, and the
+        combiner re-sends their windows (replace semantics: nothing counts twice).
         """
-        aggregator, kpi_state = self.aggregator, self.kpi_state
-        async for events in stream.take_events(self.tuning.adt_batch, within=self.tuning.kpi_batch_within):
-            last: dict[int, EventT] = {}
+        combiner, state = self.combiner, self.kpi_state
+        self._kpi_stream = stream
+        async for events in stream.noack_take(self.tuning.adt_batch, within=self.tuning.kpi_batch_within):
+            last = {event.message.partition: event for event in events}
             try:
-                taken = await self._in_line(events, aggregator.applied_offset)
-                for item in taken:
-                    last[item.partition] = item.context
-                    for table in kpi_state:
-                        table.partition = item.partition
-                    with _as_event(item.context):
-                        aggregator.add(item.value, item.partition, item.offset)
+                for event in events:
+                    state.partition = event.message.partition
+                    with _as_event(event):
+                        combiner.put(event.value)
             except BaseException:
-                for table in kpi_state:
-                    table.rollback()
-                aggregator.forget_cache()  # its in-memory buckets hold the rolled-back adds
-                faust_patches.hold(events)
+                state.rollback()
+                combiner.forget_cache()  # its in-memory buckets hold the rolled-back records
                 raise
-            for table in kpi_state:
-                table.commit(lambda partition: _as_event(last[partition]))
-            self._moved(taken)
+            state.commit(lambda partition: _as_event(last[partition]))
+            self._kpi_unacked.extend(events)
             # dirty (dimension, day) pairs after which the agent flushes at once: in a backlog (a
             # replay, a catch-up) simulated months pass between two timer ticks, and their buckets
             # could not leave memory before their windows went out (bench/README.md "Worker memory")
-            if aggregator.pending_days() > self.tuning.kpi_flush_pending_days:
+            if combiner.pending_days() > self.tuning.kpi_flush_pending_days:
                 await self._flush()
             await asyncio.sleep(0)
 
     async def load_reference(self, stream: faust.StreamT) -> None:
-        """hospital.reference -> provider capacity (provider_utilization's denominator), forwarded
-        to the KPI aggregator partition that holds the provider (``KpiAggregator.capacity_record``)."""
+        """hospital.reference -> provider capacity (provider_utilization's denominator), as one
+        more record on hospital.kpi-partials, on the partition of the provider's records."""
         async for event in stream.events():
-            forward = KpiAggregator.capacity_record(event.value)
-            if forward is not None:
-                await self.contributions_topic.send(key=forward[0].encode(), value=forward[1])
+            try:
+                record = parse_reference(event.value)
+            except ValueError:
+                log.warning("ignoring an invalid reference record at offset %s", event.message.offset)
+                continue
+            if isinstance(record, ProviderRef):
+                key, to, value = kpi_tally.capacity_partial(record.provider_id, record.facility_id,
+                                                            record.capacity)
+                await self.kpi_partials_topic.send(
+                    key=key.encode(), value=value,
+                    partition=key_partition(to, self.settings.adt_partitions))
 
     async def monitor_health(self, stream: faust.StreamT) -> None:
         """hospital.health-partials -> hospital.model-health (stream/health_monitor.py): a batch's
         records kept, the checks of the windows they touched sent and acknowledged, then the
-        records written. Replace semantics: a batch re-delivered after a crash changes nothing."""
+        records written and acknowledged. Replace semantics: a batch delivered again after a
+        crash changes nothing."""
         monitor, state = self.monitor, self.health_state
-        async for events in stream.take_events(self.tuning.adt_batch, within=self.tuning.kpi_batch_within):
+        async for events in stream.noack_take(self.tuning.adt_batch, within=self.tuning.kpi_batch_within):
             last = {event.message.partition: event for event in events}
             scope = lambda partition: _as_event(last[partition])  # noqa: E731
             try:
@@ -433,11 +441,11 @@ class Pipeline:
             except BaseException as exc:
                 state.rollback()
                 monitor.forget()
-                faust_patches.hold(events)
                 if self._stopping(exc):
                     return
                 raise
             state.commit(scope)
+            await _ack(stream, events)
             await asyncio.sleep(0)
 
     # -- continuity ----------------------------------------------------------------------------
@@ -474,8 +482,7 @@ class Pipeline:
         """Commit partitions whose Faust commit stays behind their state (faust_patches, 3.); seek
         partitions that have data past their state but get nothing (stream/continuity.py)."""
         consumer = self.app.consumer
-        inputs = (self.adt_topic.get_topic_name(), self.contributions_topic.get_topic_name())
-        tps = [tp for tp in consumer.assignment() if tp.topic in inputs]
+        tps = [tp for tp in consumer.assignment() if tp.topic == self.adt_topic.get_topic_name()]
         if not tps or self._rebalancing():
             return
         applied = {tp: self._state_offset(tp) for tp in tps}
@@ -511,11 +518,8 @@ class Pipeline:
         return {tp: by.get((tp.topic, tp.partition)) for tp in tps}
 
     def _state_offset(self, tp: Any) -> int:
-        """The last offset an agent's written state holds for ``tp`` (-1: none)."""
-        if tp.topic == self.adt_topic.get_topic_name():
-            entry = self.partition_state.get(adt_flow.partition_key(tp.partition))
-        else:
-            entry = self.kpi_meta.get(f"q{tp.partition}")
+        """The last offset the ADT flow's written state holds for ``tp`` (-1: none)."""
+        entry = self.partition_state.get(adt_flow.partition_key(tp.partition))
         return int((entry or {"offset": -1})["offset"])
 
     async def _unstall(self, applied: dict[Any, int]) -> None:
@@ -586,9 +590,12 @@ class Pipeline:
         self._next_flush = started + (time.monotonic() - started) / FLUSH_DUTY
 
     async def _flush(self) -> None:
-        """Send the changed KPI windows; once Kafka has them all, record the offsets they cover."""
-        app, aggregator, yield_s = self.app, self.aggregator, self.tuning.flush_yield_s
+        """Send the changed KPI windows; once Kafka has them all, acknowledge the records they
+        cover (so Kafka may commit them)."""
+        app, yield_s = self.app, self.tuning.flush_yield_s
         async with self._flush_lock:
+            covered, self._kpi_unacked = self._kpi_unacked, []
+            batches = self.combiner.flush_batches()  # the dirty set of the records in ``covered``
             try:
                 sent = self._outputs("kpis")
                 slice_start = time.monotonic()
@@ -601,8 +608,8 @@ class Pipeline:
                         await asyncio.sleep(yield_s)
                         slice_start = time.monotonic()
 
-                for batch in aggregator.flush_batches():
-                    if app.should_stop:  # not marked covered: the next worker sends these windows
+                for batch in batches:
+                    if app.should_stop:  # not acknowledged: the next worker sends these windows
                         return
                     for n, (key, value) in enumerate(batch, start=1):
                         await sent.send(self.kpis_topic, key.encode(), value)
@@ -614,22 +621,14 @@ class Pipeline:
                 if not self._stopping(exc):  # the windows not sent are re-sent by the next worker
                     raise
                 return
-            aggregator.delivered()
-            self._write_status({"covered": aggregator.covered()})
-
-    def _write_status(self, status: dict[str, Any]) -> None:
-        """Which contribution offsets the KPI flushes have covered (read by stream.runner)."""
-        if status == self._last_status:
-            return
-        tmp = self.status_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(status))
-        tmp.replace(self.status_path)
-        self._last_status = status
+            if self._kpi_stream is not None:
+                await _ack(self._kpi_stream, covered)
 
     async def _on_assigned(self, app: faust.App, assigned: Any, **kwargs: Any) -> None:
         # The tables are the truth after a rebalance: drop in-memory copies.
         self.flow.forget_cache()
-        self.aggregator.forget_cache()
+        self.combiner.forget_cache()
+        self._kpi_unacked.clear()  # delivered again from the committed offsets
         self.monitor.forget()
         self._commits.forget()
         self._stalls.forget()

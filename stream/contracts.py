@@ -76,9 +76,16 @@ class Topics:
         return self._t("hospital.reference")
 
     @property
-    def kpi_contributions(self) -> str:
-        """Internal: per-event KPI increments re-keyed by dimension for the KPI aggregator."""
-        return self._t("hospital.kpi-contributions")
+    def kpi_partials(self) -> str:
+        """Internal, compacted: per ADT partition, the absolute KPI inputs of a (dimension, day)
+        (replace, not add; stream/kpi_tally.py). The KPI combiner and the sink read it."""
+        return self._t("hospital.kpi-partials")
+
+    @property
+    def adt_accepted(self) -> str:
+        """The ``hospital.adt`` events the stream applied (the DLQ has the others), as sent, on
+        the same partition, in the order applied: what the sink stores as ADT facts."""
+        return self._t("hospital.adt-accepted")
 
     @property
     def model_health(self) -> str:
@@ -95,8 +102,8 @@ class Topics:
                 self.model_health]
 
     def all(self) -> list[str]:
-        return [self.adt, self.reference, self.kpi_contributions, self.health_partials,
-                *self.outputs()]
+        return [self.adt, self.reference, self.kpi_partials, self.health_partials,
+                self.adt_accepted, *self.outputs()]
 
 
 # --------------------------------------------------------------------------- enums
@@ -316,7 +323,7 @@ class KpiValue(_Model):
 def kpi_value_json(kpi: str, dimension: str, dimension_id: str, facility_id: str, window: str,
                    window_start: str, window_end: str, value: float | None, numerator: float,
                    denominator: float) -> bytes:
-    """``dump(KpiValue(...))`` for values the aggregator computed itself, without the model.
+    """``dump(KpiValue(...))`` for values the KPI combiner computed itself, without the model.
 
     A flush sends hundreds of thousands of these, and building and serializing a model each was
     a quarter of its time. Same bytes (the tests compare both on every message of a run);

@@ -44,11 +44,6 @@ ADT agent waits for its batch journal's acknowledgement, so the linger was in ev
 One for speed: aiokafka hashes every message key with a pure-Python murmur2 to pick its
 partition (3% of the worker under a backlog, most of it for KPI windows whose keys recur at every
 flush); :func:`_cache_murmur2` memoizes that pure function, the partitions stay the same.
-
-And one for ``Stream.take_events``, which the agents use: it acks every event of a batch when
-the agent moves on, also when the agent's batch failed or was cancelled by a stop (its state
-rolled back), so the restart would skip those events. :func:`hold` marks such events: their
-ack is dropped, and Kafka delivers them again.
 """
 
 from __future__ import annotations
@@ -59,29 +54,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from aiokafka import partitioner as aiokafka_partitioner
-from faust.streams import Stream
 from faust.transport.consumer import Consumer, ThreadDelegateConsumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
-from faust.types import TP, EventT
+from faust.types import TP
 
 log = logging.getLogger(__name__)
 
 _original_seek_to_committed = ThreadDelegateConsumer.seek_to_committed
 _original_getmany = ThreadDelegateConsumer._getmany
-_original_ack = Stream.ack
-_held: set[Any] = set()  # messages whose next ack is dropped (their batch was rolled back)
-
-
-def hold(events: list[EventT]) -> None:
-    """Never ack these events (an agent rolled back their batch): they are delivered again."""
-    _held.update(event.message for event in events)
-
-
-async def _ack(self: Stream, event: EventT) -> bool:
-    if event.message in _held:
-        _held.discard(event.message)
-        return False
-    return await _original_ack(self, event)
 
 
 class _Seeks:
@@ -233,4 +213,3 @@ def apply(fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS) -> None:
     AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer  # type: ignore[method-assign]
     ThreadDelegateConsumer.seek_to_committed = _seek_to_committed  # type: ignore[method-assign]
     ThreadDelegateConsumer._getmany = _getmany  # type: ignore[method-assign]
-    Stream.ack = _ack  # type: ignore[method-assign]

@@ -72,11 +72,13 @@ class Batch:
         if err is not None and self.error is None:
             self.error = err
 
-    async def send(self, topic: str, key: bytes | None, value: bytes,
-                   partition: int | None = None) -> None:
+    async def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None,
+                   headers: tuple[tuple[str, bytes], ...] = ()) -> None:
         """Queue one message (waits only while librdkafka's local queue is full); ``partition``
         None: the key's (murmur2)."""
-        extra = {} if partition is None else {"partition": partition}
+        extra: dict[str, Any] = {} if partition is None else {"partition": partition}
+        if headers:
+            extra["headers"] = list(headers)
         while True:
             try:
                 self._producer.produce(topic, value, key, on_delivery=self._delivered, **extra)

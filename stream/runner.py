@@ -13,16 +13,15 @@ The namespace, broker and state directory come from the environment (``WARDSTREA
 etc., inherited by the subprocess; pass ``env=`` to override). "Caught up" means:
 
 1. the worker's consumer group (``{namespace}wardstream-stream``) has committed every
-   ``hospital.adt`` offset and every data offset of ``hospital.kpi-contributions``;
-2. the worker's last completed KPI flush covered every contribution (it writes the offsets it
-   covered to ``{WARDSTREAM_STATE_DIR}/faust/{group}/kpi-flush.json`` after each flush);
-3. then nothing moved (end offsets of every output topic, the group's commits) for ``settle``
+   ``hospital.adt`` offset and every data offset of ``hospital.kpi-partials`` (the KPI
+   combiner acknowledges a partial only once a flush of its windows is in Kafka, so its
+   committed offset says the windows are out: progress travels through Kafka, not a file);
+2. then nothing moved (end offsets of every output topic, the group's commits) for ``settle``
    seconds (the producer's last batches are out).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -36,7 +35,6 @@ from kafka import TopicPartition
 from kafka.errors import KafkaError
 
 from stream.contracts import Topics
-from wardstream.config import settings
 from wardstream.kafka_io import BrokerUnavailable, admin_client, end_offsets_of, group_offsets, make_consumer
 
 
@@ -111,30 +109,16 @@ class StreamWorker:
         ends = end_offsets([topics.adt])
         adt_lag = sum(max(0, end - committed.get(tp, 0)) for tp, end in ends.items())
         behind = {}
-        for name, topic in (("contribution", topics.kpi_contributions), ("health", topics.health_partials)):
+        for name, topic in (("kpi", topics.kpi_partials), ("health", topics.health_partials)):
             last = last_data_offsets(topic)
             behind[name] = sum(1 for tp, off in last.items() if committed.get(tp, 0) <= off)
         return {"adt_lag": adt_lag, "adt_end": sum(ends.values()),
-                "contribution_partitions_behind": behind["contribution"],
+                "kpi_partitions_behind": behind["kpi"],
                 "health_partitions_behind": behind["health"]}
 
-    def status_path(self) -> Path:
-        state = self.env.get("WARDSTREAM_STATE_DIR") or str(settings().state_dir)
-        return Path(state) / "faust" / group_id(self.namespace) / "kpi-flush.json"
-
-    def _kpis_flushed(self, topics: Topics) -> bool:
-        """The worker's last completed KPI flush covered every contribution written so far."""
-        try:
-            covered = {int(k): v for k, v in json.loads(self.status_path().read_text())["covered"].items()}
-        except (OSError, ValueError, KeyError):
-            return False
-        last = last_data_offsets(topics.kpi_contributions)
-        return all(covered.get(tp.partition, -1) >= off for tp, off in last.items() if off >= 0)
-
     def kpis_caught_up(self, progress: dict[str, int] | None = None) -> bool:
-        """Every KPI contribution so far is applied and covered by a completed KPI flush."""
-        p = progress or self.progress()
-        return p["contribution_partitions_behind"] == 0 and self._kpis_flushed(Topics(self.namespace))
+        """Every KPI partial so far is committed, i.e. its windows are out (see module doc)."""
+        return (progress or self.progress())["kpi_partitions_behind"] == 0
 
     def health_caught_up(self, progress: dict[str, int] | None = None) -> bool:
         """The model-health monitor has applied every health partial so far."""
@@ -162,7 +146,7 @@ class StreamWorker:
             try:
                 p = self.progress()
                 done = p["adt_lag"] == 0 and self.kpis_caught_up(p)
-                snapshot = (sorted(end_offsets(topics.outputs() + [topics.kpi_contributions]).items()),
+                snapshot = (sorted(end_offsets(topics.outputs() + [topics.kpi_partials]).items()),
                             sorted(committed_offsets(group_id(self.namespace)).items())) if done else None
             except (KafkaError, BrokerUnavailable):  # the broker restarting (fault tests): ask again
                 last_snapshot, stable_since = None, None

@@ -360,10 +360,10 @@ def settle(worker, timeout: float = 420, stall_after: float = 30) -> str | None:
             raise RuntimeError(f"worker exited with {worker.proc.returncode}; log {worker.log_path}")
         try:
             p = worker.progress()
-            if p["adt_lag"] == 0 and p["contribution_partitions_behind"] == 0:
+            if p["adt_lag"] == 0 and p["kpi_partitions_behind"] == 0:
                 worker.wait_caught_up(timeout=max(30.0, deadline - time.monotonic()))
                 return None
-            snap = (sorted(end_offsets(topics.outputs() + [topics.kpi_contributions]).items()),
+            snap = (sorted(end_offsets(topics.outputs() + [topics.kpi_partials]).items()),
                     sorted(committed_offsets(group_id(worker.namespace)).items()))
         except (KafkaError, BrokerUnavailable) as exc:  # e.g. a broker restart longer than the wait
             log.info("look-up failed (%s); retrying", exc)

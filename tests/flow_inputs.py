@@ -12,7 +12,7 @@ from producers.simulator import SimConfig, Simulation
 from wardstream.kafka_io import key_partition
 
 N = 4
-TABLES = ("patients", "partitions", "due", "models", "health")
+TABLES = ("patients", "partitions", "due", "models", "health", "kpi")
 
 Message = tuple[int, int, bytes, bytes]
 

@@ -66,7 +66,7 @@ def test_demo_is_the_first_client_of_a_cold_broker(cold_kafka, fresh_db, monkeyp
                                            if not getattr(h, "_wardstream", False)]
 
     assert snap.produced == events == snap.rows["adt_events"]
-    assert snap.rows["discharge_scores"] > 0 and snap.rows["kpi_windows"] > 0
+    assert snap.rows["discharge_scores"] > 0 and snap.rows["kpi_partials"] > 0
     assert snap.rows["dead_letters"] == 0
     # the console (the demo's view, and stdout/stderr of this process and of librdkafka's C code)
     # shows no library lines; they are in the command's log file

@@ -46,7 +46,6 @@ VARIABLES: dict[str, tuple[str, str, object]] = {
     "WARDSTREAM_ADT_BATCH": ("stream.adt_batch", "2000", 2000),
     "WARDSTREAM_ADT_BATCH_WITHIN": ("stream.adt_batch_within", "0.2", 0.2),
     "WARDSTREAM_KPI_BATCH_WITHIN": ("stream.kpi_batch_within", "0.05", 0.05),
-    "WARDSTREAM_CONTRIBUTION_BUNDLE": ("stream.contribution_bundle", "1", 1),
     "WARDSTREAM_STALL_SECONDS": ("stream.stall_seconds", "10", 10.0),
     "WARDSTREAM_FLUSH_YIELD_S": ("stream.flush_yield_s", "0", 0.0),
     "WARDSTREAM_KPI_FLUSH_PENDING_DAYS": ("stream.kpi_flush_pending_days", "500", 500),
@@ -182,8 +181,8 @@ def test_create_worker_builds_and_registers_everything(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     app_id, guarantee, agents, tables, patched, fetch_wait = json.loads(done.stdout)
     assert (app_id, guarantee, patched, fetch_wait) == ("cfg.wardstream-stream", "at_least_once", True, 250)
-    assert {"stream.app.process_adt", "stream.app.aggregate_kpis", "stream.app.load_reference"} <= set(agents)
-    assert {"patients", "partition_state", "due", "models", "kpi_days", "kpi_meta"} <= set(tables)
+    assert {"stream.app.process_adt", "stream.app.combine_kpis", "stream.app.load_reference"} <= set(agents)
+    assert {"patients", "partition_state", "due", "models", "kpi", "kpi_days"} <= set(tables)
     assert (tmp_path / "faust" / "cfg.wardstream-stream").is_dir()
 
 

@@ -28,7 +28,7 @@ def test_demo_streams_the_period_and_summarizes_it(fresh_db, kafka_ns, monkeypat
 
     assert snap.produced == sum(kinds.values()) == snap.rows["adt_events"]
     assert snap.rows["discharge_scores"] == kinds["discharge"]
-    assert snap.rows["dead_letters"] == 0 and snap.rows["kpi_windows"] > 0
+    assert snap.rows["dead_letters"] == 0 and snap.rows["kpi_partials"] > 0
     # outcome KPIs come from the window whose labels are all known, the others from the latest
     rate, rate_end = snap.kpis["readmission_rate"]
     los, los_end = snap.kpis["avg_length_of_stay"]

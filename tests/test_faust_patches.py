@@ -148,3 +148,39 @@ def test_send_lingering_delivers_before_the_linger_expires(kafka_ns) -> None:
     took, lingered = asyncio.run(deliver())
     assert lingered and took < 8
     send_lingering(SimpleNamespace(_producer=None))  # before the producer starts: nothing to do
+
+
+# Every private name of faust-streaming / aiokafka the worker reads, calls or replaces, with where
+# (README.md "Faust workarounds" lists them): an upgrade that renames one fails here, not silently.
+PRIVATE_NAMES = [
+    ("faust.streams", "_current_event", "stream.app._as_event: a batch's table writes under its event"),
+    ("faust.transport.consumer", "ThreadDelegateConsumer._getmany", "faust_patches: fetches overlapping a seek"),
+    ("faust.transport.consumer", "ThreadDelegateConsumer.seek_to_committed", "faust_patches: never-committed partitions"),
+    ("faust.transport.consumer", "Consumer._commit", "faust_patches.CommitWatch"),
+    ("faust.transport.consumer", "Consumer._committed_offset", "faust_patches.CommitWatch (set in __init__)"),
+    ("faust.transport.consumer", "Consumer._read_offset", "stream.app._unstall (log line; set in __init__)"),
+    ("faust.transport.drivers.aiokafka", "AIOKafkaConsumerThread._create_worker_consumer",
+     "faust_patches: the fetch wait"),
+    ("aiokafka.consumer.consumer", "AIOKafkaConsumer._fetch_max_wait_ms", "faust_patches: the fetch wait (set in __init__)"),
+    ("aiokafka.partitioner", "murmur2", "faust_patches: memoized"),
+    ("aiokafka.producer.producer", "AIOKafkaProducer._message_accumulator", "faust_patches.send_lingering (set in __init__)"),
+    ("aiokafka.producer.message_accumulator", "MessageAccumulator._batches", "faust_patches.send_lingering (set in __init__)"),
+    ("aiokafka.producer.message_accumulator", "MessageAccumulator._waiter_future", "faust_patches.send_lingering (set in __init__)"),
+    ("aiokafka.producer.message_accumulator", "MessageBatch._builder", "faust_patches.send_lingering (set in __init__)"),
+]
+
+
+@pytest.mark.parametrize("module,name,where", PRIVATE_NAMES, ids=[f"{m}:{n}" for m, n, _ in PRIVATE_NAMES])
+def test_every_private_name_the_worker_uses_still_exists(module: str, name: str, where: str) -> None:
+    import importlib
+    import inspect
+
+    obj = importlib.import_module(module)
+    *owners, attr = name.split(".")
+    for owner in owners:
+        obj = getattr(obj, owner)
+    if hasattr(obj, attr):
+        return
+    # an instance attribute: assigned in the class's __init__ (or a method it calls)
+    source = inspect.getsource(obj)
+    assert f"self.{attr} =" in source or f"self.{attr}:" in source, f"{module}.{name} is gone ({where})"

@@ -44,7 +44,7 @@ def pipeline_db(fresh_db, kafka_ns, tmp_path, monkeypatch) -> str:
         worker.wait_caught_up(timeout=900)
     stats = run_sink(once=True, handle_signals=False)
     assert stats.stored > 0 and stats.rejected == 0, stats.as_dict()
-    assert stats.rows["kpi_windows"] > 0 and stats.rows["alerts"] > 0, stats.as_dict()
+    assert stats.rows["kpi_partials"] > 0 and stats.rows["alerts"] > 0, stats.as_dict()
     return fresh_db
 
 
@@ -107,8 +107,8 @@ def test_every_panel_runs_as_the_reader_and_has_the_right_shape(pipeline_db):
 
 
 def _assert_stream_kpis_equal_sql_views(cur) -> None:
-    """Issue 4: the stream's 1d KPI windows (hospital.kpis -> kpi_windows) equal the SQL view
-    kpi_daily, which recomputes every KPI from the sink's normalized tables."""
+    """Issue 4: the 1d KPI windows (hospital.kpi-partials -> kpi_partials -> the view kpi_windows)
+    equal the SQL view kpi_daily, which recomputes every KPI from the sink's normalized tables."""
     cur.execute(
         """SELECT w.kpi, w.dimension, w.dimension_id, w.window_start, w.value, d.value
            FROM kpi_windows w

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 
+import orjson
 import psycopg2
 import pytest
 from typer.testing import CliRunner
@@ -12,6 +13,7 @@ from typer.testing import CliRunner
 from consumers.fake import generate, produce
 from consumers.sink import default_group, default_topics, run_sink
 from consumers.state import dump_tables, table_counts
+from stream.kpi_tally import Partial
 from test_sink_support import reset_group, sink_db  # noqa: F401  (fixture)
 from wardstream.cli import app
 from wardstream.config import ConfigError, settings
@@ -34,7 +36,7 @@ def test_tables_hold_exactly_the_produced_events(kafka_ns, sink_db) -> None:
 
     adt = [ev for _, ev in data.adt]
     discharges = [ev for ev in adt if ev.event_type == "discharge"]
-    assert stats.invalid == Counter({f"{kafka_ns}hospital.adt": len(data.invalid_adt)})
+    assert stats.invalid == Counter({f"{kafka_ns}hospital.adt-accepted": len(data.invalid_adt)})
     assert stats.rejected == 0
     assert stats.stored == stats.messages - len(data.invalid_adt)
     counts = table_counts(sink_db)
@@ -68,13 +70,11 @@ def test_tables_hold_exactly_the_produced_events(kafka_ns, sink_db) -> None:
     with psycopg2.connect(sink_db) as conn, conn.cursor() as cur:
         cur.execute("SELECT encounter_id, department FROM encounters")
         assert dict(cur.fetchall()) == latest
-        # hospital.kpis: the last message per key is the stored value
-        cur.execute('SELECT kpi, dimension, dimension_id, "window", window_start, value FROM kpi_windows')
-        stored = {r[:5]: r[5] for r in cur.fetchall()}
+        # hospital.kpi-partials: the last record per key is the stored row
+        cur.execute("SELECT dimension, dimension_id, day::text, adt_partition, discharges_micro FROM kpi_partials")
+        stored = {"|".join(map(str, r[:4])): r[4] for r in cur.fetchall()}
     conn.close()
-    expected = {}
-    for _, k in data.kpis:
-        expected[(k.kpi, k.dimension, k.dimension_id, k.window, k.window_start)] = k.value
+    expected = {key: orjson.loads(raw)["micro"]["discharges"] for key, raw in data.kpis}
     assert stored == expected
 
     # offsets were committed: a second run of the same group finds nothing new
@@ -199,9 +199,11 @@ def test_copy_values_and_auto_write_paths_give_identical_tables(fresh_db, monkey
             batch.add_adt(m, 0, offset)
         elif kind in ("ProviderRef", "FacilityRef"):
             batch.add_reference(m)
+        elif kind == "bytes":
+            batch.add_kpi_partial(Partial.parse(m))
         else:
             {"DischargeScore": batch.add_score, "ReadmissionLabel": batch.add_label, "Alert": batch.add_alert,
-             "KpiValue": batch.add_kpi, "DeadLetter": batch.add_dead_letter}[kind](m, 0, offset)
+             "DeadLetter": batch.add_dead_letter}[kind](m, 0, offset)
     sizes = sorted(len(batch.rows(t)) for t in tables.TABLE_NAMES if batch.rows(t))
     monkeypatch.setattr(tables, "COPY_MIN_ROWS", sizes[len(sizes) // 2])
     assert sizes[0] < tables.COPY_MIN_ROWS <= sizes[-1]  # "auto" takes both paths in this batch
@@ -241,9 +243,9 @@ def test_awkward_but_valid_strings_are_stored_verbatim(kafka_ns, sink_db) -> Non
                   attending_provider_id="D,1", discharged_at=datetime(2025, 1, 5, tzinfo=timezone.utc),
                   score=0.9, lace=12, threshold=0.3, reasons=["", "quote \" here", "{braces}"])
     t = Topics(kafka_ns)
-    ensure_topics([t.adt, t.alerts])
+    ensure_topics([t.adt_accepted, t.alerts])
     p = make_producer()
-    p.send(t.adt, key=odd.patient_id.encode(), value=dump(odd))
+    p.send(t.adt_accepted, key=odd.patient_id.encode(), value=dump(odd))
     p.send(t.alerts, key=b"Z", value=dump(alert))
     p.flush()
     p.close()

@@ -74,5 +74,5 @@ def _batch_as_produced(data) -> Batch:
     records = sorted(consumer, key=lambda r: (r.topic, r.partition, r.offset))
     consumer.close()
     for r in records:
-        adders[r.topic](batch, r.value, r.partition, r.offset)
+        adders[r.topic](batch, r.value, r.partition, r.offset, r.headers)
     return batch

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import orjson
+
 from consumers.fake import generate
 from consumers.rows import Batch, clean
 from consumers.tables import TABLES
-from stream.contracts import KpiValue, TransferEvent
+from stream.contracts import TransferEvent
+from stream.kpi_tally import Partial, capacity_partial
 
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
 
@@ -46,14 +49,30 @@ def test_full_encounter_merge_sets_admission_and_discharge_columns_once() -> Non
     assert all(r["as_of"] is not None for r in b.rows("patients"))
 
 
-def test_kpi_last_message_wins_within_a_batch() -> None:
+def _partial(admissions: int, partition: int = 0) -> bytes:
+    return orjson.dumps({"dimension": "facility", "dimension_id": "F1", "facility_id": "F1",
+                         "day": "2025-01-01", "partition": partition,
+                         "micro": {"admissions": admissions * 1_000_000, "census_delta": 0},
+                         "patients": ["P2", "P1"]})
+
+
+def test_kpi_partial_last_record_per_key_wins_within_a_batch() -> None:
     b = Batch()
-    for offset, v in enumerate((1.0, 5.0, 3.0)):
-        b.add_kpi(KpiValue(kpi="discharges", dimension="facility", dimension_id="F1", facility_id="F1",
-                           window="1d", window_start=T0, window_end=T0 + timedelta(days=1), value=v,
-                           numerator=v, denominator=1), 0, offset)
-    (row,) = b.rows("kpi_windows")
-    assert row["value"] == 3.0 and row["source_offset"] == 2
+    for v in (1, 5, 3):
+        b.add_kpi_partial(Partial.parse(_partial(v)))
+    b.add_kpi_partial(Partial.parse(_partial(7, partition=1)))  # another key: its own row
+    rows = b.rows("kpi_partials")
+    assert [(r["adt_partition"], r["admissions_micro"]) for r in rows] == [(0, 3_000_000), (1, 7_000_000)]
+    row = rows[0]
+    assert row["census_delta_micro"] == 0 and row["discharges_micro"] is None  # absent, not 0
+    assert row["patients"] == ["P1", "P2"] and row["day"] == T0.date()
+
+
+def test_a_capacity_record_stores_nothing() -> None:
+    """providers.capacity comes from hospital.reference; the topic's copy is for the combiner."""
+    b = Batch()
+    b.add_kpi_partial(Partial.parse(capacity_partial("D1", "F1", 12)[2]))
+    assert len(b) == 1 and b.row_count() == 0
 
 
 def test_nul_characters_are_replaced() -> None:

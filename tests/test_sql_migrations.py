@@ -131,12 +131,20 @@ def test_sink_role_writes_facts_only(sink_db) -> None:
         with conn.cursor() as cur:
             cur.execute("INSERT INTO facilities (facility_id) VALUES ('F9')")
             cur.execute("UPDATE facilities SET beds = 10 WHERE facility_id = 'F9'")
-            # V004: dead-lettered ADT events are taken back out of adt_events and what they derived
-            for table in ("adt_events", "encounters", "diagnoses", "procedures", "charges", "patients"):
-                cur.execute(f"DELETE FROM {table} WHERE false")
+            # V008: KPI partials are upserted (the last record per key wins)
+            for _ in range(2):
+                cur.execute("INSERT INTO kpi_partials (dimension, dimension_id, day, adt_partition, facility_id, "
+                            "patients) VALUES ('facility', 'F9', '2025-01-01', 0, 'F9', '{}') ON CONFLICT "
+                            "(dimension, dimension_id, day, adt_partition) DO UPDATE SET patients = '{P1}'")
         conn.commit()
-        for stmt in ("DELETE FROM facilities",
+        # V009 took back V004's DELETE: the sink stores accepted events and never deletes
+        deletes = [f"DELETE FROM {table}" for table in ("adt_events", "encounters", "diagnoses",
+                                                        "procedures", "charges", "patients")]
+        for stmt in (*deletes,
+                     "DELETE FROM facilities",
                      "DELETE FROM dead_letters",
+                     "DELETE FROM kpi_partials",
+                     "UPDATE kpi_windows_v1 SET value = 0",  # V008: the old table is read-only
                      "INSERT INTO schema_migrations VALUES (999, 'x', 'x', 'x', now(), 0)",
                      "CREATE TABLE evil (id int)",
                      "TRUNCATE encounters"):

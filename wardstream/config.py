@@ -100,8 +100,6 @@ class StreamSettings(BaseSettings):
     adt_batch: int = Field(500, validation_alias=AliasChoices("WARDSTREAM_ADT_BATCH"), ge=1)
     adt_batch_within: float = _seconds("WARDSTREAM_ADT_BATCH_WITHIN", 0.01)
     kpi_batch_within: float = _seconds("WARDSTREAM_KPI_BATCH_WITHIN", 0.2)
-    # KPI contributions per hospital.kpi-contributions message
-    contribution_bundle: int = Field(200, validation_alias=AliasChoices("WARDSTREAM_CONTRIBUTION_BUNDLE"), ge=1)
     # a partition with messages past its state and none taken this long is sought again
     stall_seconds: float = _seconds("WARDSTREAM_STALL_SECONDS", 30.0)
     # the KPI flush sleeps this long once per 10 ms it runs, so the ADT agent runs meanwhile

@@ -110,7 +110,7 @@ def _db_snapshot(snap: Snapshot, health: bool = False) -> None:
     conn = psycopg2.connect(settings().database_url)
     try:
         with conn.cursor() as cur:
-            for table in ("adt_events", "discharge_scores", "readmissions", "alerts", "kpi_windows",
+            for table in ("adt_events", "discharge_scores", "readmissions", "alerts", "kpi_partials",
                           "dead_letters"):
                 cur.execute(f"SELECT count(*) FROM {table}")  # noqa: S608 (fixed names)
                 snap.rows[table] = cur.fetchone()[0]

@@ -146,13 +146,14 @@ def topic_specs(s: Settings | None = None) -> dict[str, tuple[int, dict[str, str
     return {
         t.adt: (n, keep),
         t.reference: (1, {"cleanup.policy": "compact"}),
-        t.kpi_contributions: (n, {}),
+        # replace semantics: the last partial per key is all that is needed
+        t.kpi_partials: (n, {"cleanup.policy": "compact"}),
+        t.adt_accepted: (n, keep),
         t.discharge_scores: (n, keep),
         t.readmission_labels: (n, keep),
         t.alerts: (n, keep),
         t.kpis: (n, {}),
         t.dlq: (1, keep),
-        # replace semantics: the last partial per key is all that is needed
         t.health_partials: (n, {"cleanup.policy": "compact"}),
         t.model_health: (n, keep),
     }

@@ -1,6 +1,7 @@
 """Pieces every board shares: template variables, KPI display settings, SQL snippets, panel options.
 
-Panels read the stream's KPI values from ``kpi_windows`` (``hospital.kpis``, last message wins) and
+Panels read the stream's KPI windows from the view ``kpi_windows`` (computed from the stream's day
+partials, ``sql/migrations/V008__kpi_partials.sql``) and
 the analysis views of ``sql/migrations/V002__kpi_views.sql``; no panel recomputes a KPI formula.
 A rolling KPI is plotted at its ``window_end`` (the value "as of" that instant).
 """

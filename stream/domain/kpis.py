@@ -1,9 +1,11 @@
 """Every KPI formula, in one place: per-event contributions, day buckets, window values.
 
 Flow: each ADT event (and each readmission label) yields :class:`Contribution` s, one per
-dimension (facility, department, provider) and UTC day. The aggregator adds them to a
-:class:`DayBucket` per ``dimension|dimension_id|day`` and computes each window's KPIs with
-:func:`window_values` from the buckets of the window's days (windows from :func:`day_windows`).
+dimension (facility, department, provider) and UTC day. The ADT flow adds them to a
+:class:`DayBucket` per (ADT partition, dimension, day) (``stream/kpi_tally.py``); the KPI
+combiner sums the partitions' buckets of a ``dimension|dimension_id|day`` and computes each
+window's KPIs with :func:`window_values` from the buckets of the window's days (windows from
+:func:`day_windows`). PostgreSQL computes the same windows from the same buckets (``sql/``).
 
 Sums are kept as integers in millionths (``DayBucket.micro``): integer addition is associative,
 so a bucket's value is exactly the same whatever order its contributions arrive in (they come
@@ -80,50 +82,18 @@ def day_start(day: date) -> datetime:
 
 @dataclass(frozen=True)
 class Contribution:
+    """One event's (or label's) increments of one dimension's inputs on one day."""
+
     dimension: str
     dimension_id: str
     facility_id: str
     day: date
     fields: dict[str, float]
     patient_id: str | None = None
-    # (ADT partition, offset, n): the n-th output of that message; set on the wire by the flow
-    source: tuple[int, int, int] | None = None
 
     @property
     def key(self) -> str:
         return f"{self.dimension}|{self.dimension_id}"
-
-    @property
-    def bucket_key(self) -> str:
-        return bucket_key(self.dimension, self.dimension_id, self.day)
-
-    def to_dict(self, source: tuple[int, int, int] | None = None) -> dict[str, Any]:
-        """The wire form; ``source`` stamps one (the flow's hot path: cheaper than a copy)."""
-        source = source or self.source
-        return {
-            "dimension": self.dimension,
-            "dimension_id": self.dimension_id,
-            "facility_id": self.facility_id,
-            "day": self.day.isoformat(),
-            "fields": dict(self.fields),
-            "patient_id": self.patient_id,
-            **({"src": list(source)} if source else {}),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Contribution":
-        unknown = set(d["fields"]) - set(FIELDS)
-        if unknown:
-            raise ValueError(f"unknown KPI fields: {sorted(unknown)}")
-        return cls(
-            dimension=d["dimension"],
-            dimension_id=d["dimension_id"],
-            facility_id=d["facility_id"],
-            day=date.fromisoformat(d["day"]),
-            fields={k: float(v) for k, v in d["fields"].items()},
-            patient_id=d.get("patient_id"),
-            source=tuple(int(x) for x in d["src"]) if d.get("src") else None,  # type: ignore[arg-type]
-        )
 
 
 def bucket_key(dimension: str, dimension_id: str, day: date) -> str:
@@ -316,7 +286,7 @@ def window_values(
     ``daily_census`` is the census at the end of each day of the window (its last item is the
     census at ``window_end``); ``capacity`` is the provider's (None when unknown). ``totals``,
     the buckets' summed ``micro`` fields, may be given when the caller has them already (the
-    aggregator takes them from running sums instead of adding up to 30 buckets per window).
+    combiner takes them from running sums instead of adding up to 30 buckets per window).
 
     >>> b = DayBucket({"discharges": 2, "los_sum": 7.0, "cost_sum": 3000.0}, {"P1", "P2"})
     >>> v = window_values([b, DayBucket({"discharges": 1, "los_sum": 2.0, "cost_sum": 900.0}, {"P1"})],

@@ -1,0 +1,343 @@
+"""The KPI combiner behind ``combine_kpis``: day partials in, changed KPI windows out.
+
+Formulas, buckets and windows come from :mod:`stream.domain.kpis`; the records from
+``stream/kpi_tally.py``. This module keeps, per ``dimension|id|day``, the latest partial of each
+ADT partition and their sum, and decides *which* windows to (re-)emit, so that the last message
+per window equals the value over every partial, whatever the flush timing:
+
+* ``days[dimension|id|YYYY-MM-DD]`` (a Faust table) = ``{"f": facility_id, "p": {ADT partition:
+  DayBucket}}``: replace semantics, so a record sent again changes nothing and needs no marks.
+  ``days[cap|{provider}]`` = the provider's capacity (its record on the same topic).
+* A record marks the windows of its day dirty for the KPIs whose inputs its batch changed (the
+  record says which); the flush (a wall-clock timer) sends them. The agent does not acknowledge
+  a record before a flush that covers it has been acknowledged by Kafka (``stream/app.py``), so
+  Kafka's committed offset on ``hospital.kpi-partials`` is the combiner's one offset truth:
+  after a crash the records past it are delivered again, and since each one names what its
+  batch changed, their windows go out again even where the table holds their values already.
+  Nothing else is remembered about flushes.
+* A census change on day d moves the census at the end of every later day too, so it dirties
+  the census KPIs of every window holding a known day >= d.
+* Memory is bounded by time, not by history: after each flush a dimension's day buckets older
+  than ``keep_days`` behind its last day leave memory (they stay in the table) and their census
+  deltas are folded into one number (``_base``). A record for an older day first brings the
+  days its windows need back from the table (``_recall``). A capacity change re-sends only
+  the windows of the days still in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from bisect import bisect_left
+from collections import defaultdict
+from collections.abc import Callable, Iterator, MutableMapping
+from datetime import date, timedelta
+from typing import Any
+
+from stream.contracts import format_ts, kpi_value_json
+from stream.domain import kpis
+from stream.kpi_tally import Partial
+
+log = logging.getLogger(__name__)
+
+Dim = tuple[str, str]  # (dimension, dimension_id)
+CENSUS_INPUTS = {"census_delta"}
+CAPACITY = "capacity"  # pseudo-input: the provider's capacity changed
+CAPACITY_KEY = "cap|"  # days[cap|{provider_id}] = {"capacity": ...}
+MAX_WINDOW = timedelta(days=max(kpis.WINDOWS.values()))
+KEEP_DAYS = 120  # days of buckets kept in memory behind a dimension's last day (labels come <= 31 days late)
+
+
+def kpi_key(kpi: str, dimension: str, dimension_id: str, window: str, window_start: str) -> str:
+    """The ``hospital.kpis`` message key (the sink upserts by it); ``window_start`` formatted."""
+    return f"{kpi}|{dimension}|{dimension_id}|{window}|{window_start}"
+
+
+def summed(parts: dict[str, Any]) -> kpis.DayBucket:
+    """The day bucket of a dimension: its ADT partitions' buckets added up (exact integers;
+    the patient sets are disjoint, since a patient's events stay on one partition)."""
+    total = kpis.DayBucket()
+    for part in parts.values():
+        b = kpis.DayBucket.from_dict(part)
+        for k, v in b.micro.items():
+            total.micro[k] = total.micro.get(k, 0) + v
+        total.patients |= b.patients
+    total.fields = {k: v / kpis.SCALE for k, v in total.micro.items()}
+    return total
+
+
+def _inputs_of(b: kpis.DayBucket) -> set[str]:
+    return set(b.micro) | ({kpis.PATIENTS} if b.patients else set())
+
+
+class KpiCombiner:
+    def __init__(self, *, days: MutableMapping[str, Any], ready: Callable[[], bool] = lambda: True,
+                 keep_days: int = KEEP_DAYS) -> None:
+        if timedelta(days=keep_days) < 2 * MAX_WINDOW:
+            raise ValueError(f"keep_days must be at least {2 * MAX_WINDOW.days} (two of the longest window)")
+        self.days, self.ready = days, ready
+        self.keep = timedelta(days=keep_days)
+        self.capacity: dict[str, float] = {}
+        self._loaded = False
+        self._buckets: dict[Dim, dict[date, kpis.DayBucket]] = {}
+        self._facility: dict[Dim, str] = {}
+        # dimension -> (old, new) last known day, since the last flush: windows ending in
+        # (old + 1, new + 1] are no longer future windows and go out at the next flush
+        self._advance: dict[Dim, tuple[date, date]] = {}
+        self._dirty: dict[Dim, dict[date, set[str]]] = defaultdict(lambda: defaultdict(set))
+        # days before _floor[dim] are in the table only; _base[dim] = their census_delta sum (micro)
+        self._floor: dict[Dim, date] = {}
+        self._base: dict[Dim, int] = {}
+        self._base_census: set[Dim] = set()  # dims whose pruned days moved the census at all
+
+    # ------------------------------------------------------------------ state
+
+    def forget_cache(self) -> None:
+        """After a rebalance the tables are the truth: reload them before the next use (and
+        drop what was dirty: the records not acknowledged are delivered again)."""
+        self._loaded = False
+
+    def _load(self) -> None:
+        """Rebuild the in-memory buckets from the table."""
+        for cache in (self._buckets, self._facility, self._advance, self._dirty, self._floor,
+                      self._base, self._base_census, self.capacity):
+            cache.clear()
+        for key, entry in list(self.days.items()):
+            if not entry:
+                continue
+            if key.startswith(CAPACITY_KEY):
+                self.capacity[key[len(CAPACITY_KEY):]] = entry["capacity"]
+                continue
+            dimension, dim_id, day_s = key.rsplit("|", 2)
+            dim = (dimension, dim_id)
+            self._buckets.setdefault(dim, {})[date.fromisoformat(day_s)] = summed(entry["p"])
+            self._facility[dim] = entry["f"]
+        for dim in list(self._buckets):
+            self._prune(dim)
+        self._loaded = True
+
+    def _prune(self, dim: Dim) -> None:
+        """Move ``dim``'s day buckets older than the horizon out of memory (not out of the table).
+
+        Kept: ``keep_days`` behind the last day, and every day a pending window may need (the
+        longest window before a dirty day or a pending advance).
+        """
+        buckets = self._buckets.get(dim)
+        if not buckets:
+            return
+        floor = max(buckets) - self.keep
+        dirty = self._dirty.get(dim)
+        if dirty:
+            floor = min(floor, min(dirty) - MAX_WINDOW)
+        if dim in self._advance:
+            floor = min(floor, self._advance[dim][0] - MAX_WINDOW)
+        if floor <= self._floor.get(dim, date.min):
+            return
+        old = [day for day in buckets if day < floor]
+        for day in old:
+            delta = buckets.pop(day).micro.get("census_delta", 0)
+            if delta:
+                self._base[dim] = self._base.get(dim, 0) + delta
+                self._base_census.add(dim)
+        self._floor[dim] = floor
+
+    def _recall(self, dim: Dim, day: date) -> None:
+        """Before a record for ``day``: bring back from the table the pruned days its windows
+        hold (from the longest window before it)."""
+        floor = self._floor.get(dim)
+        start = day - MAX_WINDOW
+        if floor is None or start >= floor:
+            return
+        buckets = self._buckets.setdefault(dim, {})
+        for d in kpis.window_days(start, floor):
+            entry = self.days.get(kpis.bucket_key(*dim, d))
+            if entry:
+                bucket = buckets[d] = summed(entry["p"])
+                self._base[dim] = self._base.get(dim, 0) - bucket.micro.get("census_delta", 0)
+        self._floor[dim] = start
+
+    def _ensure_loaded(self) -> None:
+        if not self._loaded:
+            self._load()
+
+    # ------------------------------------------------------------------ inputs
+
+    def put(self, raw: bytes) -> None:
+        """Apply one ``hospital.kpi-partials`` record (called inside the agent, under the
+        record's partition): it replaces the one kept for its key."""
+        self._ensure_loaded()
+        p = Partial.parse(raw)
+        if p.day is None:
+            self._set_capacity(p.dimension_id, p.capacity)
+            return
+        assert p.bucket is not None and p.partition is not None
+        dim, day = (p.dimension, p.dimension_id), p.day
+        self._recall(dim, day)
+        key = kpis.bucket_key(*dim, day)
+        entry = self.days.get(key) or {"f": p.facility_id, "p": {}}
+        parts = {**entry["p"], str(p.partition): p.bucket.to_dict()}
+        self.days[key] = {"f": p.facility_id, "p": parts}
+        days = self._buckets.setdefault(dim, {})
+        old = days.get(day)
+        if old is None or p.new:
+            # a new day (or a record that created its bucket, delivered again after a crash:
+            # its day is known already): the windows ending after the known day before it, up
+            # to the day after it, are no longer future windows
+            before = max((d for d in days if d < day), default=None)
+            if before is not None:
+                self._advance_over(dim, before, day)
+        new = days[day] = summed(parts)
+        self._facility[dim] = p.facility_id
+        self._dirty[dim][day] |= p.changed | (_inputs_of(new) if old is None else _changed(old, new))
+
+    def _advance_over(self, dim: Dim, before: date, day: date) -> None:
+        """Note that the windows ending in ``(before + 1, day + 1]`` go out at the next flush."""
+        old, new = self._advance.get(dim, (before, day))
+        self._advance[dim] = (min(old, before), max(new, day))
+
+    def _set_capacity(self, provider: str, capacity: float | None) -> None:
+        """A provider's capacity record; one delivered again re-sends its windows too."""
+        if capacity is None:
+            self.capacity.pop(provider, None)
+            self.days.pop(f"{CAPACITY_KEY}{provider}", None)
+        else:
+            self.capacity[provider] = capacity
+            self.days[f"{CAPACITY_KEY}{provider}"] = {"capacity": capacity}
+        dim = ("provider", provider)
+        for day in self._buckets.get(dim, {}):
+            self._dirty[dim][day].add(CAPACITY)
+
+    # ------------------------------------------------------------------ output
+
+    def flush(self) -> list[tuple[str, bytes]]:
+        """(key, KpiValue JSON) for every KPI window whose inputs changed since the last flush."""
+        return [kv for batch in self.flush_batches() for kv in batch]
+
+    def flush_batches(self) -> Iterator[list[tuple[str, bytes]]]:
+        """The same as :meth:`flush`, one dimension at a time (the caller may yield in between).
+
+        The dirty set is taken when this is called, so records put meanwhile wait for the next
+        flush (and the caller acknowledges only the records put before the call).
+        """
+        if not self._loaded:
+            if not self.ready():
+                return iter(())
+            self._load()
+        dirty, self._dirty = self._dirty, defaultdict(lambda: defaultdict(set))
+        advance, self._advance = self._advance, {}
+        return self._batches(dirty, advance)
+
+    def _batches(self, dirty: dict[Dim, dict[date, set[str]]],
+                 advance: dict[Dim, tuple[date, date]]) -> Iterator[list[tuple[str, bytes]]]:
+        for dim in {**dirty, **advance}:
+            yield self._emit(dim, dirty.get(dim, {}), advance.get(dim))
+            self._prune(dim)
+
+    def pending_days(self) -> int:
+        """How many (dimension, day) pairs wait for the next flush (each pins its buckets)."""
+        return sum(len(days) for days in self._dirty.values())
+
+    def _emit(self, dim: Dim, dirty_days: dict[date, set[str]],
+              advance: tuple[date, date] | None = None) -> list[tuple[str, bytes]]:
+        """The KPI messages of ``dim``'s windows that hold a dirty day or newly closed in.
+
+        Future windows (ending after the dimension's last known day + 1) are not sent: the
+        current window holds the last day, and a later window goes out once the dimension has
+        data on a later day (``advance``). So new events re-send 3 windows per day, not 38.
+        """
+        dimension, dim_id = dim
+        buckets = self._buckets.get(dim, {})
+        known = sorted(buckets)
+        if not known:
+            return []
+        limit = known[-1] + _ONE_DAY
+        # window -> changed inputs
+        windows: dict[tuple[str, date, date], set[str]] = defaultdict(set)
+        census_from: date | None = None
+        for day, changed in dirty_days.items():
+            for w in kpis.day_windows(day):
+                if w[2] <= limit:
+                    windows[w] |= changed
+            if changed & (CENSUS_INPUTS | {CAPACITY}):
+                census_from = day if census_from is None else min(census_from, day)
+        if census_from is not None:
+            for day in known:
+                if day > census_from:
+                    for w in kpis.day_windows(day):
+                        if w[2] <= limit:
+                            windows[w] |= CENSUS_INPUTS
+        if advance is not None:
+            for end in kpis.window_days(advance[0] + 2 * _ONE_DAY, min(advance[1], known[-1]) + 2 * _ONE_DAY):
+                for name, n in kpis.WINDOWS.items():
+                    start = end - timedelta(days=n)
+                    i = bisect_left(known, start)
+                    if i < len(known) and known[i] < end:  # the window holds a known day
+                        windows[(name, start, end)] |= _inputs(buckets, known, start, end,
+                                                               dim in self._base_census)
+        if not windows:
+            return []
+        # Census at the end of every day, and running sums of the buckets (a window's totals are
+        # two lookups), from ``origin``: the first day any of these windows holds (not the first
+        # day in memory, up to keep_days earlier). The census before it is one sum.
+        first = min(known[0], self._floor.get(dim, known[0]))
+        origin = max(first, min(start for _, start, _ in windows))
+        last_end = max(end for _, _, end in windows)
+        census_at: dict[date, float] = {}
+        total = self._base.get(dim, 0) + sum(  # micro units: exact, whatever the origin
+            buckets[d].micro.get("census_delta", 0) for d in known[:bisect_left(known, origin)])
+        running: dict[str, int] = {}
+        sums: list[dict[str, int]] = [{}]  # sums[i] = the days from origin to origin + i
+        for day in kpis.window_days(origin, max(last_end, known[-1] + _ONE_DAY)):
+            b = buckets.get(day)
+            if b is not None:
+                total += b.micro.get("census_delta", 0)
+                running = {**running, **{k: running.get(k, 0) + v for k, v in b.micro.items()}}
+            census_at[day] = total / kpis.SCALE
+            sums.append(running)
+        capacity = self.capacity.get(dim_id) if dimension == "provider" else None
+        facility_id = self._facility.get(dim, "")
+        out: list[tuple[str, bytes]] = []
+        for (window, start, end), changed in sorted(windows.items()):
+            names = kpis.affected_kpis(changed | ({"census_delta"} if CAPACITY in changed else set()),
+                                       dimension)
+            if not names:
+                continue
+            wdays = kpis.window_days(start, end)
+            before, upto = sums[max(0, (start - origin).days)], sums[(end - origin).days]
+            values = kpis.window_values(
+                [b for d in wdays if (b := buckets.get(d)) is not None],
+                [census_at.get(d, 0.0) for d in wdays],
+                float(capacity) if capacity else None,
+                dimension,
+                totals={k: v - before.get(k, 0) for k, v in upto.items()},
+            )
+            ws, we = format_ts(kpis.day_start(start)), format_ts(kpis.day_start(end))
+            for name in names:
+                value, num, den = values[name]
+                out.append((kpi_key(name, dimension, dim_id, window, ws),
+                            kpi_value_json(name, dimension, dim_id, facility_id, window, ws, we,
+                                           value, num, den)))
+        return out
+
+
+_ONE_DAY = timedelta(days=1)
+
+
+def _changed(old: kpis.DayBucket, new: kpis.DayBucket) -> set[str]:
+    """The inputs whose value differs between two buckets of the same day."""
+    out = {k for k in set(old.micro) | set(new.micro) if old.micro.get(k, 0) != new.micro.get(k, 0)}
+    return out | ({kpis.PATIENTS} if old.patients != new.patients else set())
+
+
+def _inputs(buckets: dict[date, kpis.DayBucket], known: list[date], start: date, end: date,
+            census_before: bool = False) -> set[str]:
+    """Every input a window's KPIs have: its buckets' fields, and the census once any day up to
+    its end moved it, pruned days included (the same KPIs that the flushes of its days' changes
+    would have sent)."""
+    out: set[str] = set()
+    for day in known[bisect_left(known, start):bisect_left(known, end)]:
+        b = buckets[day]
+        out |= set(b.micro) | ({kpis.PATIENTS} if b.patients else set())
+    if "census_delta" not in out and (census_before or any("census_delta" in buckets[d].micro
+                                                           for d in known[:bisect_left(known, end)])):
+        out |= CENSUS_INPUTS
+    return out
