@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip --disable-pip-version-check
 
-.PHONY: install up down status demo test test-fast bench drills clean dashboards
+.PHONY: install up up-cluster down status demo test test-fast bench drills clean dashboards
 
 install: ## install wardstream and its test tools into the current Python
 	$(PIP) install -q --root-user-action=ignore -e '.[dev]'
@@ -10,7 +10,10 @@ install: ## install wardstream and its test tools into the current Python
 up: install ## start the local Kafka (KRaft, from Maven Central jars) and PostgreSQL
 	wardstream stack up
 
-down: ## stop the local stack cleanly
+up-cluster: install ## a local 3-broker Kafka cluster (9092/9094/9096) and PostgreSQL; then eval "$$(wardstream stack env)"
+	wardstream stack up --brokers 3
+
+down: ## stop the local stack cleanly (one broker or the cluster)
 	wardstream stack down
 
 status:

@@ -2,7 +2,7 @@
 
 Each run: a fresh namespace, a ``wardstream worker`` started on an empty topic (its idle RSS is
 the baseline), then the simulated period produced while it runs, until every ADT event is applied
-(committed), plus two KPI flush periods (the KPI aggregator may still lag: reported). The
+(committed), plus two KPI flush periods (the KPI combiner may still lag: reported). The
 peak RSS of the worker's process tree (psutil, children included, sampled every 0.25 s) is
 compared with the number of patients and of events it holds state for. Both runs use the
 smallest hospital the simulator allows (64 beds) so that ten years fit in the bench's time.
@@ -84,7 +84,7 @@ def measure(cfg: SimConfig, logs: Path, label: str) -> dict[str, object]:
             time.sleep(10)  # a few more RSS samples after the last event
             rss.stop()
             final = rss.sample()
-            kpi_behind = w.progress()["contribution_partitions_behind"]
+            kpi_behind = w.progress()["kpi_partitions_behind"]
         state = _dir_size(Path(os.environ["WARDSTREAM_STATE_DIR"]))
     grown = max(0, rss.peak - baseline)
     # peak RSS once half of the events were applied, for the growth over the second half

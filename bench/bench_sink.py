@@ -33,7 +33,6 @@ from consumers.fake import generate, produce
 from consumers.rows import Batch
 from consumers.state import table_counts
 from consumers.tables import TABLES, write_batch
-from stream.contracts import Topics
 from wardstream.stack.postgres import LocalPostgres
 
 
@@ -74,7 +73,7 @@ def _read_back(namespace: str) -> tuple[Batch, list]:
     from wardstream.kafka_io import make_consumer
 
     consumer = make_consumer(*default_topics(namespace), group_id=None, consumer_timeout_ms=3000)
-    batch = Batch(Topics(namespace).adt)  # dead letters name the namespaced topic, as in the sink
+    batch = Batch()
     records = _decode(list(consumer), _adders(namespace), SinkStats(), batch)  # skips the few invalid
     consumer.close()
     return batch, records
@@ -87,7 +86,7 @@ def small_batches(namespace: str, records: list, sizes: tuple[int, ...] = (5, 20
 
     from consumers.sink import SinkStats, _adders, _decode
 
-    adders, adt = _adders(namespace), Topics(namespace).adt
+    adders = _adders(namespace)
     out: dict[str, float] = {}
     for size in sizes:
         for method in ("copy", "values", "auto"):
@@ -98,7 +97,7 @@ def small_batches(namespace: str, records: list, sizes: tuple[int, ...] = (5, 20
                     backend = psutil.Process(cur.fetchone()[0])
                 cpu0, t0, n = sum(backend.cpu_times()[:2]), time.perf_counter(), 0
                 for i in range(0, min(limit, len(records)), size):
-                    batch = Batch(adt)
+                    batch = Batch()
                     _decode(records[i:i + size], adders, SinkStats(), batch)
                     with conn.cursor() as cur:
                         write_batch(cur, batch, method)

@@ -75,8 +75,9 @@ def _latency(ax, lat: dict) -> None:
 
 
 def _replay(ax, rep: dict) -> None:
-    _bars(ax, ["simulate\n-> Kafka", "replay copy", f"worker\n({rep['worker_year_s_is'].split()[0]})"],
-          [rep["simulate_to_kafka_s"], rep["replay_copy_s"], rep["worker_year_s"]],
+    runs = [n for n in (1, 2) if f"replay_{n}w_s" in rep]  # measured whole, into PostgreSQL
+    _bars(ax, ["simulate\n-> Kafka", "replay copy", *(f"{n} worker{'s' * (n > 1)}\n+ sink" for n in runs)],
+          [rep["simulate_to_kafka_s"], rep["replay_copy_s"], *(rep[f"replay_{n}w_s"] for n in runs)],
           f"Replay of {rep['sim_days']} days x {rep['sim_facilities']} hospitals ({rep['events']:,} events)",
           "seconds (log)", log=True)
 

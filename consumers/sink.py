@@ -83,6 +83,26 @@ class SinkStats:
         }
 
 
+BROKER_RETRY_S = 1.0  # between polls while the broker does not answer
+
+
+class _Outage:
+    """Logs a broker outage once when it starts and once when it ends (not at every poll)."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+
+    def waiting(self, exc: KafkaError) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+            log.warning("broker unavailable (%s); polling again until it answers", type(exc).__name__)
+
+    def over(self) -> None:
+        if self.since is not None:
+            log.warning("broker back after %.0fs", time.monotonic() - self.since)
+            self.since = None
+
+
 def default_topics(namespace: str | None = None) -> list[str]:
     """Every topic the sink stores (under the namespace of WARDSTREAM_NAMESPACE)."""
     t = Topics(settings().topic_namespace if namespace is None else namespace)
@@ -212,18 +232,19 @@ def run_sink(*, topics: Iterable[str] | None = None, group: str | None = None,
              until_idle: float | None = None, once: bool = False, max_batch: int = 5000,
              poll_ms: int = 500, db_url: str | None = None, stop: threading.Event | None = None,
              on_batch: Callable[[SinkStats], None] | None = None,
-             handle_signals: bool = True, linger_ms: int | None = None) -> SinkStats:
+             handle_signals: bool = True, linger_ms: int | None = None,
+             namespace: str | None = None) -> SinkStats:
     """Run the sink until stopped (signal / ``stop``), caught up (``once``) or idle (``until_idle`` s).
 
     ``topics`` default to every output topic plus ``hospital.adt-accepted`` and
-    ``hospital.reference`` of the current namespace; ``group`` defaults to
+    ``hospital.reference`` of ``namespace`` (default: WARDSTREAM_NAMESPACE's); ``group`` defaults to
     ``<namespace>wardstream-sink``; ``db_url`` to SINK_DATABASE_URL (else DATABASE_URL). While
     messages flow, each fetch may wait ``linger_ms`` to fill a batch (default
     WARDSTREAM_SINK_LINGER_MS, else 20; 0: never): fewer, larger transactions on a live stream
     (:class:`FetchLinger`). Returns the run's :class:`SinkStats`.
     """
     s = settings()
-    ns = s.topic_namespace
+    ns = s.topic_namespace if namespace is None else namespace
     topic_list = list(topics) if topics is not None else default_topics(ns)
     adders = _adders(ns)
     unknown = [t for t in topic_list if t not in adders]
@@ -244,6 +265,7 @@ def run_sink(*, topics: Iterable[str] | None = None, group: str | None = None,
     # batch N+1 is fetched and decoded. Offsets of N are committed once N's transaction committed.
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-writer")
     pending: list[tuple[Future, dict]] = []
+    outage = _Outage()
     ctx = stop_on_signals(stop) if handle_signals else nullcontext()
     end_offsets: dict | None = None
     last_data = time.monotonic()
@@ -265,7 +287,15 @@ def run_sink(*, topics: Iterable[str] | None = None, group: str | None = None,
     try:
         with ctx:
             while not stop.is_set():
-                polled = consumer.poll(timeout_ms=50 if pending else poll_ms, max_records=max_batch)
+                try:
+                    polled = consumer.poll(timeout_ms=50 if pending else poll_ms, max_records=max_batch)
+                except KafkaError as exc:
+                    if not exc.retriable:
+                        raise
+                    outage.waiting(exc)  # a broker restarting: poll again, nothing is lost
+                    stop.wait(BROKER_RETRY_S)
+                    continue
+                outage.over()
                 records = [r for recs in polled.values() for r in recs]
                 linger.flowing(bool(records))
                 if records:

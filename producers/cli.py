@@ -21,6 +21,8 @@ ShiftKind = Enum("ShiftKind", {k.replace("-", "_"): k for k in drift.KINDS}, typ
 Client = Enum("Client", {k.replace("-", "_"): k for k in ("auto", "confluent", "kafka-python")},  # type: ignore[misc]
               type=str)
 """The --client choices (producers.kafka_sink.CLIENTS)."""
+Format = Enum("Format", {"json": "json", "hl7": "hl7"}, type=str)  # type: ignore[misc]
+"""The --format choices: contract v1 JSON events, or the HL7 v2 feed (producers.hl7_out)."""
 
 
 def _date(value: str, flag: str = "--start") -> date:
@@ -65,7 +67,21 @@ def simulate(
     beds: int = typer.Option(300, help=f"Beds per facility (at least {MIN_BEDS})."),
     facilities: int = typer.Option(1, help="Number of hospitals (F01, F02, ...)."),
     speed: float = typer.Option(0.0, help="Simulated seconds per wall second; 0 = as fast as possible."),
-    out: Path | None = typer.Option(None, "--out", help="Write events to this JSON-lines file instead of Kafka."),
+    out: Path | None = typer.Option(None, "--out", help="Write events to this file instead of Kafka "
+                                    "(JSON lines; with --format hl7, HL7 messages: a segment per line, "
+                                    "a blank line after each message)."),
+    fmt: Format | None = typer.Option(
+        None, "--format", help="json (contract v1 events, the default) or hl7 (HL7 v2.5 ADT: each event "
+        "as its A01 / A02 / A03, plus A08 updates, A11-A13 cancellations and A40 merges, which "
+        "wardstream mllp does not map yet: it answers AR and dead-letters them; needs --out or --mllp)."),
+    mllp: str | None = typer.Option(
+        None, "--mllp", help="Send the HL7 feed to this MLLP listener (HOST:PORT, e.g. 127.0.0.1:2575), "
+        "each message after the previous one's ACK; AE is retried with backoff, an AR of an "
+        "A01 / A02 / A03 stops the run. Implies --format hl7."),
+    mllp_timeout: float = typer.Option(30.0, "--mllp-timeout", help="Seconds to wait for each ACK "
+                                       "before sending the message again."),
+    mllp_retries: int = typer.Option(8, "--mllp-retries", help="Re-sends of one message (after AE, a "
+                                     "timeout or a lost connection) before giving up."),
     truth_out: Path | None = typer.Option(None, "--truth-out",
                                           help="Write the truth (p_readmit, readmitted per discharge) here."),
     shift_at: str | None = typer.Option(
@@ -107,6 +123,10 @@ def simulate(
     _writable(out, "--out")
     _writable(truth_out, "--truth-out")
     console = Console(stderr=True)
+    if mllp is not None or fmt == Format.hl7:
+        _simulate_hl7(config, out, mllp, truth_out, console, speed=speed, progress=not no_progress,
+                      timeout=mllp_timeout, retries=mllp_retries, fmt=fmt)
+        return
     if out is not None:
         sim = Simulation(config)
         summary = simulate_to_file(sim, out, speed=speed, progress=not no_progress, console=console)
@@ -118,6 +138,46 @@ def simulate(
                                     truth_out=truth_out, console=console, client=client.value)
         n_truth = summary.by_type.get("discharge", 0)
     print_summary(summary, console, (truth_out, n_truth) if truth_out else None)
+    if summary.interrupted:
+        raise typer.Exit(130)
+
+
+def _simulate_hl7(config: SimConfig, out: Path | None, mllp: str | None, truth_out: Path | None,
+                  console: Console, *, speed: float, progress: bool, timeout: float, retries: int,
+                  fmt: "Format | None") -> None:
+    """``--format hl7``: the feed into ``out`` or to the MLLP listener ``mllp`` (producers.hl7_out)."""
+    from producers import hl7_out
+    from producers.mllp.client import MllpError
+
+    if fmt == Format.json:
+        raise typer.BadParameter("--mllp sends HL7: use --format hl7 (or leave --format out)",
+                                 param_hint="--format")
+    if (out is None) == (mllp is None):
+        raise typer.BadParameter("give one destination: --out FILE or --mllp HOST:PORT",
+                                 param_hint="--format")
+    if timeout <= 0 or retries < 0:
+        raise typer.BadParameter("--mllp-timeout must be > 0 and --mllp-retries >= 0", param_hint="--mllp")
+    sim = Simulation(config)
+    acks = hl7_out.AckCounts()
+    try:
+        if out is not None:
+            summary = hl7_out.hl7_to_file(sim, out, speed=speed, progress=progress, console=console)
+        else:
+            try:
+                host, port = hl7_out.parse_address(mllp or "")
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc), param_hint="--mllp") from None
+            summary = hl7_out.hl7_to_mllp(sim, host, port, timeout=timeout, retries=retries, acks=acks,
+                                          speed=speed, progress=progress, console=console)
+    except (hl7_out.Rejected, MllpError, OSError) as exc:
+        if acks.by_trigger:
+            console.print(acks.table())
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    n_truth = write_truth(sim, truth_out) if truth_out else 0
+    print_summary(summary, console, (truth_out, n_truth) if truth_out else None)
+    if acks.by_trigger:
+        console.print(acks.table())
     if summary.interrupted:
         raise typer.Exit(130)
 

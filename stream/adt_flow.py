@@ -192,6 +192,7 @@ class AdtFlow:
         so a state restored from the changelogs never holds a write newer than its journal.
         A model that learned is serialized here, once per commit, not once per label.
         """
+        self.kpi_tally.stage()
         for partition in sorted(self._learned):
             self.models.partition = partition
             self.models[partition_key(partition)] = self._brains[partition].to_entry()
@@ -238,6 +239,7 @@ class AdtFlow:
         return self.kpi_partials() + self.health_partials()
 
     def rollback(self) -> None:
+        self.kpi_tally.forget()
         for t in self._staged:
             t.rollback()
         self.forget_cache()  # the live models may have learned from what is rolled back

@@ -103,7 +103,7 @@ def create_app(s: Settings) -> faust.App:
         datadir=str(datadir),
         processing_guarantee=s.stream.processing_guarantee,
         topic_partitions=s.adt_partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=s.replication_factor,
         web_enabled=bool(port),
         web_port=port or 6066,
         key_serializer="raw",
@@ -220,6 +220,8 @@ WATCH_TIMEOUT_S = 15.0  # a watch step that takes longer is cut short and logged
 REBALANCE_PATIENCE_S = 60.0
 JOURNAL_POLL_S = 0.001
 FLUSH_DUTY = 0.25  # at most this share of the worker's time goes to timed KPI flushes
+FLUSH_MAX_SKIP_S = 10.0  # the longest pause between two timed flushes (a flush that waited on a
+# broker outage is long without having cost any CPU)
 FLUSH_YIELD_EVERY = 100  # KPI messages sent between two yields to the event loop
 # A yield is a sleep of WARDSTREAM_FLUSH_YIELD_S once the flush has run FLUSH_SLICE_S since the
 # last one (else sleep(0)). With sleep(0) only, the flush was always ready to run again, and the
@@ -253,6 +255,7 @@ class Pipeline:
         # commit them) once a flush that covers them is acknowledged by Kafka
         self._kpi_stream: faust.StreamT | None = None
         self._kpi_unacked: list[EventT] = []
+        self._assignments = 0  # rebalances so far: a flush begun before one acknowledges nothing
         self._refetch = Refetch(s)
         self._commits = faust_patches.CommitWatch()
         self._stalls = StallWatch(after_s=self.tuning.stall_seconds)
@@ -582,20 +585,27 @@ class Pipeline:
 
         While a backlog is replayed every flush re-emits the same current windows; skipping
         ticks after a long flush (duty cycle) cuts that volume without changing any final value.
+        Not while Faust rebalances or stops and the combiner holds records: Faust waits for
+        every message taken to be acknowledged first, and the combiner acknowledges by a flush.
         """
         started = time.monotonic()
-        if started < self._next_flush:
+        urgent = (self.app.rebalancing or self.app.should_stop) and self._kpi_unacked
+        if started < self._next_flush and not urgent:
             return
         await self._flush()
-        self._next_flush = started + (time.monotonic() - started) / FLUSH_DUTY
+        self._next_flush = started + min((time.monotonic() - started) / FLUSH_DUTY, FLUSH_MAX_SKIP_S)
 
     async def _flush(self) -> None:
         """Send the changed KPI windows; once Kafka has them all, acknowledge the records they
         cover (so Kafka may commit them)."""
-        app, yield_s = self.app, self.tuning.flush_yield_s
+        yield_s = self.tuning.flush_yield_s
         async with self._flush_lock:
             covered, self._kpi_unacked = self._kpi_unacked, []
+            assignments = self._assignments
             batches = self.combiner.flush_batches()  # the dirty set of the records in ``covered``
+            if batches is None:  # its table is not recovered yet
+                self._kpi_unacked[:0] = covered
+                return
             try:
                 sent = self._outputs("kpis")
                 slice_start = time.monotonic()
@@ -609,8 +619,6 @@ class Pipeline:
                         slice_start = time.monotonic()
 
                 for batch in batches:
-                    if app.should_stop:  # not acknowledged: the next worker sends these windows
-                        return
                     for n, (key, value) in enumerate(batch, start=1):
                         await sent.send(self.kpis_topic, key.encode(), value)
                         if n % FLUSH_YIELD_EVERY == 0:
@@ -621,14 +629,19 @@ class Pipeline:
                 if not self._stopping(exc):  # the windows not sent are re-sent by the next worker
                     raise
                 return
-            if self._kpi_stream is not None:
-                await _ack(self._kpi_stream, covered)
+            if self._kpi_stream is not None and assignments == self._assignments:
+                await _ack(self._kpi_stream, covered)  # (after a rebalance they come again)
+            elif covered:
+                log.info("KPI flush of %d partials done across a rebalance: not acknowledged", len(covered))
 
     async def _on_assigned(self, app: faust.App, assigned: Any, **kwargs: Any) -> None:
         # The tables are the truth after a rebalance: drop in-memory copies.
         self.flow.forget_cache()
         self.combiner.forget_cache()
+        if self._kpi_unacked:
+            log.info("rebalance: %d partials taken but not flushed are delivered again", len(self._kpi_unacked))
         self._kpi_unacked.clear()  # delivered again from the committed offsets
+        self._assignments += 1
         self.monitor.forget()
         self._commits.forget()
         self._stalls.forget()

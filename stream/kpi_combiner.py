@@ -70,6 +70,12 @@ def _inputs_of(b: kpis.DayBucket) -> set[str]:
 
 
 class KpiCombiner:
+    """Partials in (:meth:`put`), the KPI windows they changed out (:meth:`flush_batches`).
+
+    ``days`` is the agent's ``kpi_days`` table (a plain dict in tests); ``ready`` says whether
+    the table is recovered (no flush before it is); ``keep_days`` bounds the buckets in memory.
+    """
+
     def __init__(self, *, days: MutableMapping[str, Any], ready: Callable[[], bool] = lambda: True,
                  keep_days: int = KEEP_DAYS) -> None:
         if timedelta(days=keep_days) < 2 * MAX_WINDOW:
@@ -210,17 +216,18 @@ class KpiCombiner:
 
     def flush(self) -> list[tuple[str, bytes]]:
         """(key, KpiValue JSON) for every KPI window whose inputs changed since the last flush."""
-        return [kv for batch in self.flush_batches() for kv in batch]
+        return [kv for batch in self.flush_batches() or () for kv in batch]
 
-    def flush_batches(self) -> Iterator[list[tuple[str, bytes]]]:
-        """The same as :meth:`flush`, one dimension at a time (the caller may yield in between).
+    def flush_batches(self) -> Iterator[list[tuple[str, bytes]]] | None:
+        """The same as :meth:`flush`, one dimension at a time (the caller may yield in between);
+        None while the table is not recovered.
 
         The dirty set is taken when this is called, so records put meanwhile wait for the next
         flush (and the caller acknowledges only the records put before the call).
         """
         if not self._loaded:
             if not self.ready():
-                return iter(())
+                return None
             self._load()
         dirty, self._dirty = self._dirty, defaultdict(lambda: defaultdict(set))
         advance, self._advance = self._advance, {}

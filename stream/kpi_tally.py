@@ -46,35 +46,66 @@ def record_key(dimension: str, dimension_id: str, day: str, partition: int | Non
     return f"{dimension}|{dimension_id}|{day}" + ("" if partition is None else f"|{partition}")
 
 
+@dataclass
+class _Open:
+    """A bucket the batch is adding to (kept as an object until :meth:`KpiTally.stage`)."""
+
+    partition: int
+    facility_id: str
+    bucket: kpis.DayBucket
+    changed: set[str]
+    new: bool
+
+
 class KpiTally:
     """Adds contributions into ``table`` (the ADT flow's staged ``kpi`` table) for the current
-    partition (``table.partition``, set by the flow)."""
+    partition (``table.partition``, set by the flow).
+
+    A batch adds to live bucket objects; :meth:`stage` writes each one it changed to the table
+    once (the flow calls it before its journal and its partials are taken).
+    """
 
     def __init__(self, table: Any) -> None:
         self.table = table
+        self._open: dict[str, _Open] = {}
 
     def add(self, contributions: Iterable[kpis.Contribution]) -> None:
         """Add to the buckets; each bucket the batch changed remembers which inputs (``c``) and
         whether the batch created it (``n``), which its record carries (:meth:`partials`)."""
+        partition = self.table.partition
         for c in contributions:
-            key = table_key(self.table.partition, c)
-            entry = self.table.get(key)
-            staged = key in self.table.pending
-            if entry is None:
-                bucket, changed, new = kpis.DayBucket(), set(), True
-            else:  # a copy: a rolled-back batch must leave the committed record as it was
-                bucket = kpis.DayBucket.from_dict(entry["b"])
-                changed, new = (set(entry["c"]), entry["n"]) if staged else (set(), False)
-            more = bucket.add(c)
-            if more:
-                self.table[key] = {"f": c.facility_id, "b": bucket.to_dict(),
-                                   "c": sorted(changed | more), "n": new}
+            key = table_key(partition, c)
+            o = self._open.get(key)
+            if o is None:
+                entry = self.table.get(key)
+                if entry is None:
+                    o = _Open(partition, c.facility_id, kpis.DayBucket(), set(), True)
+                else:  # a copy: a rolled-back batch must leave the committed record as it was
+                    staged = key in self.table.pending
+                    o = _Open(partition, entry["f"], kpis.DayBucket.from_dict(entry["b"]),
+                              set(entry["c"]) if staged else set(), staged and entry["n"])
+                self._open[key] = o
+            o.changed |= o.bucket.add(c)
+
+    def stage(self) -> None:
+        """Write the buckets the batch changed to the (staged) table."""
+        for key, o in self._open.items():
+            if o.changed:
+                self.table.partition = o.partition
+                self.table[key] = {"f": o.facility_id, "b": o.bucket.to_dict(), "c": sorted(o.changed),
+                                   "n": o.new}
+        self._open.clear()
+
+    def forget(self) -> None:
+        """Drop the batch's buckets (it is rolled back)."""
+        self._open.clear()
 
     def partials(self) -> list[tuple[str, str, bytes]]:
         """``(key, route, value)`` of every bucket the batch changed: the bucket, the inputs the
         batch changed (``changed``: a KPI field or ``patients``) and whether the batch created it
         (``new``). A combiner that gets records again after a crash knows from them what their
         windows need, whatever it holds already."""
+        self.stage()
         out = []
         for key, (partition, entry) in self.table.pending.items():
             if not key.startswith("k") or entry is None:

@@ -28,6 +28,7 @@ app = typer.Typer(
 COMMAND_MODULES = (
     "wardstream.stack.cli",
     "producers.cli",
+    "producers.mllp.cli",
     "stream.cli",
     "consumers.cli",
     "grafana.cli",

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from annotated_types import Ge, Gt, Le, Lt
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -130,6 +130,11 @@ class Settings(BaseSettings):
     topic_namespace: str = Field("", validation_alias=AliasChoices("WARDSTREAM_NAMESPACE"))
     state_dir: Path = Field(REPO_ROOT / ".wardstream" / "state", validation_alias=AliasChoices("WARDSTREAM_STATE_DIR"))
     adt_partitions: int = Field(4, validation_alias=AliasChoices("WARDSTREAM_ADT_PARTITIONS"), ge=1)
+    # Copies of every topic the project creates, and how many must have a write before an
+    # acks=all producer hears it succeeded: 1 and 1 on one broker, 3 and 2 on a cluster
+    # (`wardstream stack env` prints them for the running stack).
+    replication_factor: int = Field(1, validation_alias=AliasChoices("WARDSTREAM_REPLICATION_FACTOR"), ge=1)
+    min_insync_replicas: int = Field(1, validation_alias=AliasChoices("WARDSTREAM_MIN_INSYNC_REPLICAS"), ge=1)
     alert_webhook_url: str | None = _env("ALERT_WEBHOOK_URL")
     grafana_url: str | None = _env("GRAFANA_URL")
     grafana_token: str | None = Field(None, validation_alias=AliasChoices("GRAFANA_TOKEN"), repr=False)
@@ -159,6 +164,15 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("min_insync_replicas")
+    @classmethod
+    def _insync(cls, value: int, info: ValidationInfo) -> int:
+        """No more in-sync replicas than copies: such a topic would refuse every acks=all write."""
+        copies = info.data.get("replication_factor")
+        if copies is not None and value > copies:
+            raise ValueError(f"must be at most WARDSTREAM_REPLICATION_FACTOR ({copies})")
+        return value
 
     @field_validator("alert_shares", mode="before")
     @classmethod

@@ -137,9 +137,24 @@ def key_partition(key: str | bytes, partitions: int) -> int:
     return (murmur2(raw) & 0x7FFFFFFF) % partitions
 
 
+def durability(s: Settings) -> dict[str, str]:
+    """The config every topic of the project gets: ``min.insync.replicas`` from
+    WARDSTREAM_MIN_INSYNC_REPLICAS (with acks=all, a write succeeds once that many copies have it;
+    2 of 3 on a cluster keeps writes going with one broker down and loses none)."""
+    return {"min.insync.replicas": str(s.min_insync_replicas)}
+
+
 def topic_specs(s: Settings | None = None) -> dict[str, tuple[int, dict[str, str]]]:
-    """Every topic with (partitions, config). ADT partitions bound the worker parallelism."""
+    """Every topic with (partitions, config). ADT partitions bound the worker parallelism. Each is
+    created with WARDSTREAM_REPLICATION_FACTOR copies (:func:`ensure_topics`) and the
+    :func:`durability` config."""
     s = s or settings()
+    specs = _topic_layout(s)
+    return {name: (parts, {**durability(s), **config}) for name, (parts, config) in specs.items()}
+
+
+def _topic_layout(s: Settings) -> dict[str, tuple[int, dict[str, str]]]:
+    """Each topic's partitions and its own config (retention, compaction)."""
     t = Topics(s.topic_namespace)
     n = s.adt_partitions
     keep = {"retention.ms": "-1"}  # event topics are the system of record: replay needs them
@@ -212,18 +227,18 @@ def delete_namespace_topics(*namespaces: str, s: Settings | None = None) -> int:
 
 
 def ensure_topics(names: Iterable[str] | None = None, s: Settings | None = None) -> None:
-    """Create the wardstream topics that do not exist yet (idempotent)."""
+    """Create the wardstream topics that do not exist yet (idempotent), with
+    WARDSTREAM_REPLICATION_FACTOR copies; a name outside :func:`topic_specs` gets the ADT
+    partition count and the :func:`durability` config."""
     s = s or settings()
     specs = topic_specs(s)
     wanted = list(names) if names is not None else list(specs)
     with admin_client(s) as admin:
         existing = set(broker_call("the topic list", admin.list_topics, s=s))
-        new = [
-            NewTopic(name, specs.get(name, (s.adt_partitions, {}))[0], 1,
-                     topic_configs=specs.get(name, (0, {}))[1])
-            for name in wanted
-            if name not in existing
-        ]
+        new = []
+        for name in (n for n in wanted if n not in existing):
+            partitions, config = specs.get(name) or (s.adt_partitions, durability(s))
+            new.append(NewTopic(name, partitions, s.replication_factor, topic_configs=config))
         if new:
             try:
                 broker_call("topic creation", lambda: admin.create_topics(new), s=s)

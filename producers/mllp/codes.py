@@ -65,7 +65,10 @@ VITALS_LOINC: dict[str, str] = {
 }
 
 # ICD-10 category (3 characters) -> the chronic-condition names of the contract's patient block
-CHRONIC_BY_CATEGORY: dict[str, str] = {code[:3]: name for name, code in CONDITION_CODES.items()}
+CHRONIC_BY_CATEGORY: dict[str, str] = {
+    **{code[:3]: name for name, code in CONDITION_CODES.items()},
+    "C50": "cancer",  # breast cancer (the simulator's other cancer code, producers.population)
+}
 
 
 def icd10(code: str) -> str:
