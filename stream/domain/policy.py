@@ -186,7 +186,9 @@ class AlertBudget:
         return len(self._windows.get(facility_id, ()))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"windows": {f: [list(e) for e in w] for f, w in sorted(self._windows.items())}}
+        """The windows as JSON-ready data (entries stay tuples: JSON writes them as arrays; a
+        copy per entry cost a fifth of the ADT agent's time with 10 facilities on a partition)."""
+        return {"windows": {f: list(w) for f, w in sorted(self._windows.items())}}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "AlertBudget":
