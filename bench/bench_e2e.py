@@ -80,7 +80,7 @@ def fresh_db() -> Iterator[str]:
 def topics_ready(timeout: float = 30) -> None:
     """Create the namespace's topics and wait until the broker serves their partition metadata
     (a consumer that subscribes before that gets no partitions until its next metadata refresh)."""
-    from stream.contracts import Topics
+    from contracts.events import Topics
     from wardstream.kafka_io import ensure_topics, make_consumer
 
     ensure_topics()
@@ -374,7 +374,7 @@ def default_guarantee() -> str:
 
 
 def run(quick: bool = False, variants: list[str] | None = None) -> dict:
-    from stream.contracts import Topics
+    from contracts.events import Topics
 
     days = 14 if quick else 60
     cfg = SimConfig(seed=7, days=days)

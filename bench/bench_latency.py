@@ -36,7 +36,7 @@ import psycopg2
 
 from bench.bench_e2e import RESULTS, CpuMeter, Service, fresh_db, namespace, topics_ready
 from producers.simulator import SimConfig, Simulation
-from stream.contracts import Topics, dump
+from contracts.events import Topics, dump
 
 class Hooks(http.server.ThreadingHTTPServer):
     """Records the receive time of each alert POST by its Idempotency-Key (= alert_id)."""

@@ -177,7 +177,7 @@ def kafka_pid() -> int | None:
 
 def traffic(ns: str, events: int) -> dict[str, object]:
     """KPI partials per ADT event and ``hospital.kpis`` messages per distinct window (module doc)."""
-    from stream.contracts import Topics
+    from contracts.events import Topics
     from stream.runner import end_offsets
 
     t = Topics(ns)

@@ -21,7 +21,7 @@ import orjson
 
 from producers.kafka_sink import _Sender, have_confluent, simulate_to_kafka
 from producers.simulator import SimConfig, Simulation
-from stream.contracts import Topics
+from contracts.events import Topics
 from wardstream.config import settings
 from wardstream.kafka_io import delete_namespace_topics
 from wardstream.kafka_io import ensure_topics

@@ -29,7 +29,7 @@ from pathlib import Path
 from bench.bench_e2e import RESULTS, RssSampler, mib, namespace, produce_simulation
 from bench.floors import faust_noop
 from producers.simulator import SimConfig
-from stream.contracts import Topics
+from contracts.events import Topics
 
 # (label, extra worker env): the defaults, then settings the profile points at
 VARIANTS: list[tuple[str, dict[str, str]]] = [

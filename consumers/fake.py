@@ -3,7 +3,7 @@
 Not a simulator (that is ``producers/``): just enough variety to exercise every table, merge
 rule and view — transfers, readmissions within 30 and 60 days, expired patients, missing
 satisfaction answers, E11.9 diabetes, repeated KPI partial keys (last record wins), DLQ records and a few
-contract-invalid ADT messages — built with the ``stream.contracts`` models.
+contract-invalid ADT messages — built with the ``contracts.events`` models.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 import orjson
 from pydantic import BaseModel
 
-from stream.contracts import (
+from contracts.events import (
     DEPARTMENTS,
     AdmissionEvent,
     Alert,

@@ -36,7 +36,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 
 from consumers.db import TRANSIENT_ERRORS, close_quietly, connect, libpq_url, sink_url
 from consumers.sink import stop_on_signals
-from stream.contracts import Alert, Topics, format_ts
+from contracts.events import Alert, Topics, format_ts
 from wardstream.config import settings
 from wardstream.kafka_io import end_offsets_of, ensure_topics, make_consumer
 

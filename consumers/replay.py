@@ -43,7 +43,7 @@ from datetime import datetime
 import orjson
 from kafka import KafkaConsumer, TopicPartition
 
-from stream.contracts import Topics, format_ts
+from contracts.events import Topics, format_ts
 from wardstream.config import Settings, scoped_env, settings
 from wardstream.kafka_io import (
     beginning_offsets_of,

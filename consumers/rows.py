@@ -7,7 +7,7 @@ multi-row ``INSERT ... ON CONFLICT`` per table (PostgreSQL refuses to touch a ro
 one statement) and keeps every write idempotent: the same messages give the same rows.
 
 >>> from datetime import datetime, timezone
->>> from stream.contracts import TransferEvent
+>>> from contracts.events import TransferEvent
 >>> t = datetime(2025, 1, 1, tzinfo=timezone.utc)
 >>> b = Batch()
 >>> ev = TransferEvent(event_id="6c0f7c0e-3a56-4a8e-9d1f-0d6f2b1e8a11", hl7_trigger="A02",
@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from stream.contracts import (
+from contracts.events import (
     AdmissionEvent,
     Alert,
     DeadLetter,

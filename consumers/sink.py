@@ -42,7 +42,7 @@ from tenacity import Retrying, retry_if_exception_type, wait_exponential
 from consumers.db import TRANSIENT_ERRORS, close_quietly, connect, libpq_url, sink_url
 from consumers.rows import Batch
 from consumers.tables import write_batch
-from stream.contracts import (
+from contracts.events import (
     Alert,
     DeadLetter,
     DischargeScore,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from faker import Faker
 
 from producers import rules
-from stream.contracts import DEPARTMENTS, FacilityRef, ProviderRef
+from contracts.events import DEPARTMENTS, FacilityRef, ProviderRef
 
 MIN_BEDS_PER_DEPARTMENT = 4
 MIN_BEDS = MIN_BEDS_PER_DEPARTMENT * len(DEPARTMENTS) * 2

@@ -32,7 +32,7 @@ from rich.console import Console
 from producers.hospital import Reference
 from producers.runner import Summary, drive, write_truth
 from producers.simulator import Emitted, SimConfig, Simulation
-from stream.contracts import Topics, dump
+from contracts.events import Topics, dump
 from wardstream.config import Settings, settings
 from wardstream.kafka_io import confluent_config, confluent_producer, ensure_topics, make_producer
 

@@ -22,7 +22,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from producers.clock import SimClock
 from producers.simulator import Emitted, Simulation
-from stream.contracts import TruthRecord, dump
+from contracts.events import TruthRecord, dump
 
 UPDATE_EVERY = 1024  # events between progress / stop checks
 

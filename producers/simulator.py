@@ -49,7 +49,7 @@ from typing import NamedTuple
 from producers import drift, rules
 from producers.hospital import MIN_BEDS, Reference, build_reference
 from producers.population import Patient, new_patient
-from stream.contracts import DEPARTMENTS
+from contracts.events import DEPARTMENTS
 
 DAY = 86_400
 READMIT_WINDOW = 30 * DAY

@@ -45,7 +45,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from stream.contracts import (
+from contracts.events import (
     AdmissionEvent,
     Alert,
     DeadLetter,
@@ -80,7 +80,7 @@ SOURCE_OFFSET = "source_offset"  # header of an accepted event: its offset on ho
 
 @dataclass(frozen=True)
 class Output:
-    """One message to send: ``topic`` is a :class:`stream.contracts.Topics` attribute name."""
+    """One message to send: ``topic`` is a :class:`contracts.events.Topics` attribute name."""
 
     topic: str
     key: str | bytes | None

@@ -37,7 +37,7 @@ from kafka.errors import KafkaError
 
 from stream import adt_flow, faust_patches, health_monitor, kpi_tally
 from stream.continuity import Refetch, StallWatch, missing
-from stream.contracts import ProviderRef, Topics, parse_reference
+from contracts.events import ProviderRef, Topics, parse_reference
 from stream.kpi_combiner import KpiCombiner
 from stream.outputs import Batch, OutputProducer
 from stream.staged import Staged

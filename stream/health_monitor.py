@@ -31,7 +31,7 @@ from contextlib import nullcontext
 from datetime import date, timedelta
 from typing import Any
 
-from stream.contracts import ModelHealth, dump
+from contracts.events import ModelHealth, dump
 from stream.domain import health
 from stream.health_tally import parse_partial
 from stream.staged import PartitionScope

@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from stream.contracts import dump
+from contracts.events import dump
 from stream.domain import health
 from stream.domain.patient import LabelOutcome
 

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, MutableMapping
 from datetime import date, timedelta
 from typing import Any
 
-from stream.contracts import format_ts, kpi_value_json
+from contracts.events import format_ts, kpi_value_json
 from stream.domain import kpis
 from stream.kpi_tally import Partial
 

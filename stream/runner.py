@@ -34,7 +34,7 @@ from types import TracebackType
 from kafka import TopicPartition
 from kafka.errors import KafkaError
 
-from stream.contracts import Topics
+from contracts.events import Topics
 from wardstream.kafka_io import BrokerUnavailable, admin_client, end_offsets_of, group_offsets, make_consumer
 
 

@@ -23,7 +23,7 @@ from kafka import TopicPartition
 from kafka.errors import KafkaError
 from psycopg2 import sql
 
-from stream.contracts import Topics
+from contracts.events import Topics
 from wardstream.config import scoped_env, settings
 from wardstream.kafka_io import BrokerUnavailable, broker_call, end_offsets_of, make_consumer
 from wardstream.stack.postgres import LocalPostgres

@@ -15,7 +15,7 @@ import orjson
 import pandas as pd
 from kafka import TopicPartition
 
-from stream.contracts import Topics
+from contracts.events import Topics
 from wardstream.kafka_io import make_consumer
 
 WINDOW_DAYS = {"1d": 1, "7d": 7, "30d": 30}

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 
 from producers.simulator import SimConfig, Simulation
 from stream import adt_flow
-from stream.contracts import DeadLetter
+from contracts.events import DeadLetter
 
 PARTITIONS = 4
 SOURCE = "hospital.adt"
@@ -278,7 +278,7 @@ def test_bad_input_e2e_produced_equals_processed_plus_dlq(kafka_ns, fresh_db, tm
     import psycopg2
 
     from faults import read_outputs, sink_namespace
-    from stream.contracts import Topics
+    from contracts.events import Topics
     from stream.runner import StreamWorker
     from wardstream.kafka_io import ensure_topics, make_producer
 
@@ -357,7 +357,7 @@ def test_no_offset_is_both_an_adt_event_and_a_dead_letter(kafka_ns, fresh_db, tm
 
     from consumers.migrate import migrate
     from faults import sink_namespace
-    from stream.contracts import Topics
+    from contracts.events import Topics
     from stream.runner import StreamWorker
     from wardstream.kafka_io import ensure_topics, make_producer
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from stream.contracts import DEPARTMENTS
+from contracts.events import DEPARTMENTS
 from stream.domain import patient as pt
 from stream.domain.examples import admission, discharge, transfer
 from stream.domain.features import FEATURE_NAMES, FEATURE_TEXT, discharge_features, feature_text

@@ -14,7 +14,7 @@ import pytest
 
 from producers.simulator import SimConfig
 from stream.adt_flow import HEALTH_PARTIALS, MODEL_HEALTH, AdtFlow
-from stream.contracts import ModelHealth
+from contracts.events import ModelHealth
 from stream.domain import health
 from stream.health_monitor import HealthMonitor
 from flow_inputs import flow_tables, partitioned_messages

@@ -9,7 +9,7 @@ from datetime import date, datetime, timedelta, timezone
 
 import pytest
 
-from stream.contracts import KPI_NAMES
+from contracts.events import KPI_NAMES
 from stream.domain import kpis
 from stream.domain.examples import admission, discharge, transfer
 from stream.domain.kpis import Contribution, DayBucket, day_windows, window_values

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from stream.contracts import TopFactor
+from contracts.events import TopFactor
 from stream.domain.policy import (
     BUDGET,
     LACE_COLD_START,

@@ -135,7 +135,7 @@ def test_worker_debug_log_has_no_patient_details(kafka_ns, tmp_path, monkeypatch
     simulate_to_kafka(cfg, progress=False)
     # plus one contract-invalid and one patient-level reject: DLQ paths log too
     from wardstream.kafka_io import make_producer
-    from stream.contracts import Topics
+    from contracts.events import Topics
 
     events = [item.event for item in Simulation(cfg).stream()]
     adm = next(e for e in events if e["event_type"] == "admission")

@@ -72,7 +72,7 @@ def test_missing_offsets() -> None:
 
 @pytest.mark.e2e
 def test_refetch_reads_a_range_back_from_the_broker(kafka_ns) -> None:
-    from stream.contracts import Topics
+    from contracts.events import Topics
 
     topic = Topics(kafka_ns).adt
     ensure_topics([topic])
@@ -124,7 +124,7 @@ def test_send_lingering_delivers_before_the_linger_expires(kafka_ns) -> None:
 
     from aiokafka import AIOKafkaProducer
 
-    from stream.contracts import Topics
+    from contracts.events import Topics
     from stream.faust_patches import send_lingering
     from wardstream.config import settings
 

@@ -16,7 +16,7 @@ from grafana.build import DASHBOARD_DIR, PROVISIONING_DIR, generated_files, stal
 from grafana.datasource import DS_TYPE, DS_UID, READER_ROLE
 from grafana.macros import TemplateVar, expand
 from grafana.model import Dashboard, Panel, Row, Target
-from stream.contracts import KPI_NAMES
+from contracts.events import KPI_NAMES
 from wardstream.config import REPO_ROOT
 
 BOARDS = all_dashboards()

@@ -15,7 +15,7 @@ import pytest
 from consumers.sink import run_sink
 from producers.simulator import SimConfig, Simulation
 from stream.adt_flow import MODEL_HEALTH, AdtFlow
-from stream.contracts import ModelHealth, Topics
+from contracts.events import ModelHealth, Topics
 from stream.domain import health
 from stream.health_monitor import HealthMonitor
 from stream.runner import StreamWorker, committed_offsets, end_offsets, group_id

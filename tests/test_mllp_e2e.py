@@ -19,7 +19,7 @@ import pytest
 from kafka import TopicPartition
 
 from producers.mllp.mapping import event_id_for
-from stream.contracts import Topics, parse_adt
+from contracts.events import Topics, parse_adt
 from wardstream.kafka_io import end_offsets_of, make_consumer
 
 ROOT = Path(__file__).resolve().parents[1]

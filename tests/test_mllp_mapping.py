@@ -11,7 +11,7 @@ from producers.mllp.departments import DepartmentTable
 from producers.mllp.framing import FrameReader, frame
 from producers.mllp.mapping import MapContext, Unmappable, event_id_for, map_adt
 from producers.mllp.message import build_ack, decode, parse, read_header
-from stream.contracts import AdmissionEvent, DischargeEvent, TransferEvent, dump, parse_adt
+from contracts.events import AdmissionEvent, DischargeEvent, TransferEvent, dump, parse_adt
 
 def seg(name: str, fields: dict[int, str]) -> str:
     """One segment with these fields (1-based numbers; the others empty)."""

@@ -11,7 +11,7 @@ import psycopg2
 import pytest
 
 from consumers.notify import build_payload, run_notifier
-from stream.contracts import Alert, Topics, dump
+from contracts.events import Alert, Topics, dump
 from test_sink_support import reset_group, sink_db  # noqa: F401  (fixture)
 from wardstream.kafka_io import ensure_topics, make_producer
 

@@ -20,7 +20,7 @@ from faults import (
     scratch_database,
     worker_env,
 )
-from stream.contracts import Topics
+from contracts.events import Topics
 from wardstream.cli import app
 from wardstream.config import scoped_env
 

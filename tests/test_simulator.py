@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from producers.clock import SimClock
 from producers.runner import simulate_to_file, write_truth
 from producers.simulator import SimConfig, Simulation, generate
-from stream.contracts import DEPARTMENTS, Topics, TruthRecord, dump, parse_adt, parse_reference
+from contracts.events import DEPARTMENTS, Topics, TruthRecord, dump, parse_adt, parse_reference
 from wardstream.cli import app
 from wardstream.config import settings
 

@@ -32,7 +32,7 @@ from producers.mllp.framing import FrameReader, frame
 from producers.mllp.mapping import MapContext, event_id_for, map_adt
 from producers.mllp.message import ERR_INTERNAL, build_ack, parse, read_header
 from producers.simulator import SimConfig, Simulation, generate
-from stream.contracts import Topics, parse_adt
+from contracts.events import Topics, parse_adt
 from wardstream.cli import app
 
 MONTH = SimConfig(seed=42, start=date(2025, 3, 1), days=30)

@@ -132,7 +132,7 @@ def test_a_live_trickle_takes_one_transaction_per_linger(kafka_ns, sink_db) -> N
     import threading
     import time
 
-    from stream.contracts import Topics, dump
+    from contracts.events import Topics, dump
     from wardstream.kafka_io import ensure_topics, make_producer
 
     topic = Topics(kafka_ns).discharge_scores
@@ -231,7 +231,7 @@ def test_copy_values_and_auto_write_paths_give_identical_tables(fresh_db, monkey
 
 def test_awkward_but_valid_strings_are_stored_verbatim(kafka_ns, sink_db) -> None:
     """NUL (unstorable: replaced), empty strings, quotes, commas, newlines and backslashes."""
-    from stream.contracts import Alert, Topics, dump
+    from contracts.events import Alert, Topics, dump
     from wardstream.kafka_io import ensure_topics, make_producer
 
     data = generate(patients=3, days=20, seed=4)

@@ -28,7 +28,7 @@ from consumers.tables import TABLE_NAMES, write_batch
 from flow_inputs import N, flow_tables
 from producers.simulator import SimConfig, Simulation
 from stream.adt_flow import ACCEPTED, DLQ, SOURCE_OFFSET, AdtFlow, Output
-from stream.contracts import DeadLetter, Topics, dump, parse_adt
+from contracts.events import DeadLetter, Topics, dump, parse_adt
 from test_sink_support import reset_group, role_url, sink_db  # noqa: F401  (fixture)
 from wardstream.config import settings
 from wardstream.kafka_io import ensure_topics, key_partition, make_producer

@@ -9,7 +9,7 @@ import orjson
 from consumers.fake import generate
 from consumers.rows import Batch, clean
 from consumers.tables import TABLES
-from stream.contracts import TransferEvent
+from contracts.events import TransferEvent
 from stream.kpi_tally import Partial, capacity_partial
 
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)

@@ -20,7 +20,7 @@ from consumers.sink import run_sink
 from flow_inputs import flow_tables, partitioned_messages
 from producers.simulator import SimConfig, Simulation
 from stream.adt_flow import ACCEPTED, SCORES, AdtFlow
-from stream.contracts import KpiValue, Topics, dump
+from contracts.events import KpiValue, Topics, dump
 from stream.kpi_combiner import KpiCombiner
 from stream.kpi_tally import capacity_partial
 from stream_oracle import Oracle, close, windows_holding

@@ -12,7 +12,7 @@ import pytest
 
 from consumers.fake import generate, produce
 from consumers.sink import run_sink
-from stream.contracts import KPI_NAMES
+from contracts.events import KPI_NAMES
 from test_sink_support import sink_db  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.e2e

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from stream.contracts import Topics
+from contracts.events import Topics
 from wardstream.config import settings
 from wardstream.kafka_io import ensure_topics, make_consumer, make_producer
 from wardstream.stack.kafka import LocalKafka

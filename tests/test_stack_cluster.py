@@ -18,7 +18,7 @@ import pytest
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource
 
-from stream.contracts import Topics
+from contracts.events import Topics
 from wardstream.config import ConfigError, Settings, load_settings, settings
 from wardstream.kafka_io import (admin_client, confluent_config, ensure_topics, group_offsets, make_consumer,
                                  make_producer, topic_specs)

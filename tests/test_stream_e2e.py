@@ -21,7 +21,7 @@ import pytest
 from kafka.errors import KafkaError
 
 from producers.simulator import SimConfig, Simulation
-from stream.contracts import (
+from contracts.events import (
     Alert,
     DeadLetter,
     DischargeScore,

@@ -16,7 +16,7 @@ import pytest
 
 from producers.simulator import SimConfig
 from stream.adt_flow import ACCEPTED, DLQ, LABELS, SCORES, AdtFlow
-from stream.contracts import DeadLetter
+from contracts.events import DeadLetter
 from stream.kpi_combiner import KpiCombiner
 from stream.kpi_tally import capacity_partial
 from flow_inputs import Message, flow_tables, partitioned_messages

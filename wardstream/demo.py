@@ -207,7 +207,7 @@ def run_demo(days: int = 14, seed: int = 42, beds: int = 300, speed: float = 14_
     from consumers.sink import run_sink
     from producers.kafka_sink import simulate_to_kafka
     from producers.simulator import SimConfig
-    from stream.contracts import Topics
+    from contracts.events import Topics
     from stream.runner import StreamWorker, committed_offsets, end_offsets, group_id
     from wardstream.kafka_io import BrokerUnavailable, ensure_topics
     from wardstream.stack.kafka import LocalKafka

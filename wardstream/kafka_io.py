@@ -37,7 +37,7 @@ from kafka.errors import (
 )
 from tenacity import RetryError, Retrying, retry_if_exception, stop_before_delay, wait_exponential
 
-from stream.contracts import Topics
+from contracts.events import Topics
 from wardstream.config import Settings, settings
 
 log = logging.getLogger(__name__)

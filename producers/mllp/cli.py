@@ -14,7 +14,7 @@ from producers.mllp.departments import DepartmentTable
 from producers.mllp.gate import KafkaGate
 from producers.mllp.mapping import MapContext
 from producers.mllp.server import Listener, serve, tls_context
-from stream.contracts import Topics
+from contracts.events import Topics
 from wardstream.config import settings
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ Location codes are each hospital's own (HL7 table 0302 is user-defined), so the 
 configuration: :data:`DEFAULT` holds common codes and the department names themselves;
 ``wardstream mllp --departments FILE`` adds or overrides entries from a JSON object
 (``{"4W": "Cardiology", "ICU2": "Internal Medicine"}``). Keys match case-insensitively; a
-department name not in :data:`stream.contracts.DEPARTMENTS` is allowed (DESIGN.md: "at least").
+department name not in :data:`contracts.events.DEPARTMENTS` is allowed (DESIGN.md: "at least").
 A point of care the table does not know makes the message unmappable (AR, DLQ): a guess would
 put its KPIs in the wrong department.
 
@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stream.contracts import DEPARTMENTS
+from contracts.events import DEPARTMENTS
 
 _CODES: dict[str, tuple[str, ...]] = {
     "Emergency": ("ED", "ER", "EMER", "EMERG", "EMERGENCY"),

@@ -1,4 +1,4 @@
-r"""HL7 v2 ADT A01 / A02 / A03 -> event contract v1 (``stream.contracts``), pure.
+r"""HL7 v2 ADT A01 / A02 / A03 -> event contract v1 (``contracts.events``), pure.
 
 Each contract field and its HL7 source (first non-empty wins):
 
@@ -69,7 +69,7 @@ from producers.mllp.message import (
     field,
     version_supported,
 )
-from stream.contracts import AdmissionEvent, DischargeEvent, TransferEvent, parse_adt
+from contracts.events import AdmissionEvent, DischargeEvent, TransferEvent, parse_adt
 
 EVENT_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://wardstream/hl7v2/msh-4+msh-10")
 TRIGGERS = {"A01": "admission", "A02": "transfer", "A03": "discharge"}
@@ -124,7 +124,7 @@ def check_routable(h: Header) -> None:
 
 
 def map_adt(msg: hl7.Message, h: Header, ctx: MapContext) -> AdtEvent:
-    """The contract v1 event of an A01 / A02 / A03, validated by ``stream.contracts.parse_adt``;
+    """The contract v1 event of an A01 / A02 / A03, validated by ``contracts.events.parse_adt``;
     raises :class:`Unmappable` with the reason."""
     check_routable(h)
     trigger = h.trigger

@@ -42,7 +42,7 @@ from producers.mllp.message import (
     parse,
     read_header,
 )
-from stream.contracts import DeadLetter, Topics, dump, raw_text
+from contracts.events import DeadLetter, Topics, dump, raw_text
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from stream.contracts import AdmissionEvent, DischargeEvent, TransferEvent
+from contracts.events import AdmissionEvent, DischargeEvent, TransferEvent
 
 _NS = uuid.UUID("5b0c1f4e-7f4b-4c1e-9a57-1d2c3b4a5f60")
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import re
 
-from stream.contracts import DEPARTMENTS
+from contracts.events import DEPARTMENTS
 from stream.domain.patient import DischargeContext
 
 PAYERS = ("medicare", "medicaid", "private", "uninsured")

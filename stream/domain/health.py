@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
-from stream.contracts import HealthCheck, HealthLevel, ModelHealth
+from contracts.events import HealthCheck, HealthLevel, ModelHealth
 
 # --------------------------------------------------------------------------- PSI
 

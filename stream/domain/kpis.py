@@ -40,7 +40,7 @@ from datetime import date, datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Any
 
-from stream.contracts import KPI_NAMES, AdmissionEvent, DischargeEvent, TransferEvent
+from contracts.events import KPI_NAMES, AdmissionEvent, DischargeEvent, TransferEvent
 from stream.domain.patient import LabelOutcome
 
 FIELDS: tuple[str, ...] = (

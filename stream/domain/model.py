@@ -33,7 +33,7 @@ import pickle
 
 from river import compose, linear_model, optim, preprocessing
 
-from stream.contracts import TopFactor
+from contracts.events import TopFactor
 from stream.domain.features import feature_text
 
 MAGIC = b"WSRM1\n"

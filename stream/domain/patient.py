@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from stream.contracts import AdmissionEvent, DischargeEvent, ReadmissionLabel, TransferEvent
+from contracts.events import AdmissionEvent, DischargeEvent, ReadmissionLabel, TransferEvent
 from stream.domain.charlson import charlson_index
 
 READMISSION_WINDOW = timedelta(days=30)

@@ -64,7 +64,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from stream.contracts import TopFactor
+from contracts.events import TopFactor
 from stream.domain.lace import HIGH_RISK_LACE
 
 WINDOW_DAYS = 28
