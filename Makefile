@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip --disable-pip-version-check
 
-.PHONY: install up up-cluster down status demo test test-fast bench drills clean dashboards
+.PHONY: install up up-cluster down status demo test test-fast bench drills soak clean dashboards
 
 install: ## install wardstream and its test tools into the current Python
 	$(PIP) install -q --root-user-action=ignore -e '.[dev]'
@@ -34,6 +34,9 @@ bench: up ## benchmarks: prints a table, writes bench/results/*.json and bench/r
 
 drills: up ## every fault drill 10 times in a row, with the pass counts (about an hour; not in CI)
 	$(PYTHON) tests/loop_drills.py
+
+soak: up ## chaos soak: workers + sink on a private 3-broker cluster, a seeded SIGKILL every 30-60 s (~15 min; not in CI)
+	$(PYTHON) tests/soak.py $(SOAK_ARGS)
 
 dashboards: install ## regenerate the committed Grafana dashboard JSON from code
 	$(PYTHON) -m grafana.build

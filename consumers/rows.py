@@ -251,21 +251,23 @@ class Batch:
         row.update(source_partition=partition, source_offset=offset)
         self._put("alerts", (row["alert_id"],), row)
 
-    def add_kpi_partial(self, p: Partial) -> None:
-        """A ``hospital.kpi-partials`` record (``stream/kpi_tally.py``): a day record replaces the
-        row of its (dimension, dimension_id, day, ADT partition); the view ``kpi_windows`` computes
-        the windows from them. A provider's capacity record is not stored: ``providers.capacity``
-        already comes from ``hospital.reference`` (the stream routes it through this topic only to
-        reach the combiner that holds the provider's days)."""
+    def add_kpi_partials(self, records: list[Partial]) -> None:
+        """The records of one ``hospital.kpi-partials`` message (``stream/kpi_tally.py``): a day
+        record replaces the row of its (dimension, dimension_id, day, ADT partition); the view
+        ``kpi_windows`` computes the windows from them. A provider's capacity record is not
+        stored: ``providers.capacity`` already comes from ``hospital.reference`` (the stream
+        routes it through this topic only to reach the combiner that holds the provider's days)."""
         self.messages += 1
-        if p.day is None or p.bucket is None:
-            return
-        micro = p.bucket.micro
-        row: Row = {"dimension": p.dimension, "dimension_id": clean(p.dimension_id), "day": p.day,
-                    "adt_partition": p.partition, "facility_id": clean(p.facility_id),
-                    **{f"{f}_micro": micro.get(f) for f in KPI_FIELDS},
-                    "patients": clean(sorted(p.bucket.patients))}
-        self._put("kpi_partials", (row["dimension"], row["dimension_id"], row["day"], row["adt_partition"]), row)
+        for p in records:
+            if p.day is None or p.bucket is None:
+                continue
+            micro = p.bucket.micro
+            row: Row = {"dimension": p.dimension, "dimension_id": clean(p.dimension_id), "day": p.day,
+                        "adt_partition": p.partition, "facility_id": clean(p.facility_id),
+                        **{f"{f}_micro": micro.get(f) for f in KPI_FIELDS},
+                        "patients": clean(sorted(p.bucket.patients))}
+            self._put("kpi_partials", (row["dimension"], row["dimension_id"], row["day"], row["adt_partition"]),
+                      row)
 
     def add_health(self, h: ModelHealth, partition: int, offset: int, raw: bytes | None = None) -> None:
         self.messages += 1

@@ -156,7 +156,7 @@ def _adders(namespace: str) -> dict[str, Adder]:
         t.discharge_scores: lambda b, v, p, o, h: b.add_score(DischargeScore.model_validate_json(v), p, o, v),
         t.readmission_labels: lambda b, v, p, o, h: b.add_label(ReadmissionLabel.model_validate_json(v), p, o, v),
         t.alerts: lambda b, v, p, o, h: b.add_alert(Alert.model_validate_json(v), p, o, v),
-        t.kpi_partials: lambda b, v, p, o, h: b.add_kpi_partial(Partial.parse(v)),
+        t.kpi_partials: lambda b, v, p, o, h: b.add_kpi_partials(Partial.parse_all(v)),
         t.dlq: lambda b, v, p, o, h: b.add_dead_letter(DeadLetter.model_validate_json(v), p, o, v),
         t.model_health: lambda b, v, p, o, h: b.add_health(ModelHealth.model_validate_json(v), p, o, v),
     }

@@ -62,9 +62,10 @@ from stream.domain.lace import lace_points
 from stream.domain.model import OnlineRiskModel
 from stream.domain.policy import WARM_LABELS, AlertBudget, alert_reasons
 from stream.health_tally import HealthTally
-from stream.kpi_tally import KpiTally
+from stream.kpi_tally import KpiTally, bundles
 from stream.staged import PartitionScope, Staged
 from wardstream.config import settings
+from wardstream.kafka_io import key_partition
 
 log = logging.getLogger(__name__)
 
@@ -228,15 +229,17 @@ class AdtFlow:
         return [Output(HEALTH_PARTIALS, key, value, route=facility_id)
                 for key, facility_id, value in self.tally.partials()]
 
-    def kpi_partials(self) -> list[Output]:
+    def kpi_partials(self, partitions: int | None = None) -> list[Output]:
         """The KPI day partials the staged batch changed, for ``hospital.kpi-partials`` (send
-        them with the batch's outputs, before :meth:`commit`; stream/kpi_tally.py)."""
-        return [Output(KPI_PARTIALS, key, value, route=to)
-                for key, to, value in self.kpi_tally.partials()]
+        them with the batch's outputs, before :meth:`commit`): one bundle per partition of the
+        topic (``partitions``, default WARDSTREAM_ADT_PARTITIONS; stream/kpi_tally.py)."""
+        n = partitions or settings().adt_partitions
+        return [Output(KPI_PARTIALS, None, value, partition=p)
+                for p, value in bundles(self.kpi_tally.partials(), lambda route: key_partition(route, n))]
 
-    def partials(self) -> list[Output]:
+    def partials(self, partitions: int | None = None) -> list[Output]:
         """Both kinds of partials of the staged batch."""
-        return self.kpi_partials() + self.health_partials()
+        return self.kpi_partials(partitions) + self.health_partials()
 
     def rollback(self) -> None:
         self.kpi_tally.forget()

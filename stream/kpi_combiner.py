@@ -1,16 +1,19 @@
 """The KPI combiner behind ``combine_kpis``: day partials in, changed KPI windows out.
 
 Formulas, buckets and windows come from :mod:`stream.domain.kpis`; the records from
-``stream/kpi_tally.py``. This module keeps, per ``dimension|id|day``, the latest partial of each
+``stream/kpi_tally.py``. This module keeps, per dimension and day, the latest partial of each
 ADT partition and their sum, and decides *which* windows to (re-)emit, so that the last message
 per window equals the value over every partial, whatever the flush timing:
 
-* ``days[dimension|id|YYYY-MM-DD]`` (a Faust table) = ``{"f": facility_id, "p": {ADT partition:
-  DayBucket}}``: replace semantics, so a record sent again changes nothing and needs no marks.
-  ``days[cap|{provider}]`` = the provider's capacity (its record on the same topic).
+* ``days`` (a Faust table) holds, per partition of the records' topic and day,
+  :data:`~stream.kpi_tally.SHARDS` entries ``d{partition}|YYYY-MM-DD|{shard}`` =
+  ``{"{dimension}|{id}": {"f": facility_id, "p": {ADT partition: DayBucket}}}`` (the shard as in
+  ``stream/kpi_tally.py``: a batch of records is a few table writes, not one per record; the
+  partition in the key, because Faust keeps a table's keys per partition): replace semantics,
+  so a record sent again changes nothing and needs no marks. ``days[cap|{provider}]`` = the provider's capacity (its record on the same topic).
 * A record marks the windows of its day dirty for the KPIs whose inputs its batch changed (the
   record says which); the flush (a wall-clock timer) sends them. The agent does not acknowledge
-  a record before a flush that covers it has been acknowledged by Kafka (``stream/app.py``), so
+  a record before a flush that covers it has been acknowledged by Kafka (``stream/kpi_agent.py``), so
   Kafka's committed offset on ``hospital.kpi-partials`` is the combiner's one offset truth:
   after a crash the records past it are delivered again, and since each one names what its
   batch changed, their windows go out again even where the table holds their values already.
@@ -27,6 +30,7 @@ per window equals the value over every partial, whatever the flush timing:
 from __future__ import annotations
 
 import logging
+import zlib
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable, Iterator, MutableMapping
@@ -35,7 +39,7 @@ from typing import Any
 
 from contracts.events import format_ts, kpi_value_json
 from stream.domain import kpis
-from stream.kpi_tally import Partial
+from stream.kpi_tally import SHARDS, Partial, item_key
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,17 @@ CAPACITY = "capacity"  # pseudo-input: the provider's capacity changed
 CAPACITY_KEY = "cap|"  # days[cap|{provider_id}] = {"capacity": ...}
 MAX_WINDOW = timedelta(days=max(kpis.WINDOWS.values()))
 KEEP_DAYS = 120  # days of buckets kept in memory behind a dimension's last day (labels come <= 31 days late)
+
+
+def day_key(partition: int, dim: Dim, day: date) -> str:
+    """The ``days`` entry holding ``dim``'s bucket of ``day`` (``dim``'s records come on
+    ``partition``).
+
+    >>> day_key(3, ("facility", "F01"), date(2025, 1, 31))
+    'd3|2025-01-31|7'
+    """
+    item = item_key(*dim)
+    return f"d{partition}|{day.isoformat()}|{zlib.crc32(item.encode()) % SHARDS}"
 
 
 def kpi_key(kpi: str, dimension: str, dimension_id: str, window: str, window_start: str) -> str:
@@ -113,10 +128,12 @@ class KpiCombiner:
             if key.startswith(CAPACITY_KEY):
                 self.capacity[key[len(CAPACITY_KEY):]] = entry["capacity"]
                 continue
-            dimension, dim_id, day_s = key.rsplit("|", 2)
-            dim = (dimension, dim_id)
-            self._buckets.setdefault(dim, {})[date.fromisoformat(day_s)] = summed(entry["p"])
-            self._facility[dim] = entry["f"]
+            day = date.fromisoformat(key.split("|")[1])
+            for item, stored in entry.items():
+                dimension, dim_id = item.split("|", 1)
+                dim = (dimension, dim_id)
+                self._buckets.setdefault(dim, {})[day] = summed(stored["p"])
+                self._facility[dim] = stored["f"]
         for dim in list(self._buckets):
             self._prune(dim)
         self._loaded = True
@@ -146,7 +163,7 @@ class KpiCombiner:
                 self._base_census.add(dim)
         self._floor[dim] = floor
 
-    def _recall(self, dim: Dim, day: date) -> None:
+    def _recall(self, dim: Dim, day: date, partition: int) -> None:
         """Before a record for ``day``: bring back from the table the pruned days its windows
         hold (from the longest window before it)."""
         floor = self._floor.get(dim)
@@ -154,8 +171,9 @@ class KpiCombiner:
         if floor is None or start >= floor:
             return
         buckets = self._buckets.setdefault(dim, {})
+        item = item_key(*dim)
         for d in kpis.window_days(start, floor):
-            entry = self.days.get(kpis.bucket_key(*dim, d))
+            entry = (self.days.get(day_key(partition, dim, d)) or {}).get(item)
             if entry:
                 bucket = buckets[d] = summed(entry["p"])
                 self._base[dim] = self._base.get(dim, 0) - bucket.micro.get("census_delta", 0)
@@ -167,21 +185,24 @@ class KpiCombiner:
 
     # ------------------------------------------------------------------ inputs
 
-    def put(self, raw: bytes) -> None:
-        """Apply one ``hospital.kpi-partials`` record (called inside the agent, under the
-        record's partition): it replaces the one kept for its key."""
+    def put(self, raw: bytes, partition: int = 0) -> None:
+        """Apply one ``hospital.kpi-partials`` message of ``partition`` (called inside the agent,
+        under the message's partition): each record it holds replaces the one kept for its key."""
         self._ensure_loaded()
-        p = Partial.parse(raw)
+        for p in Partial.parse_all(raw):
+            self._put(p, partition)
+
+    def _put(self, p: Partial, partition: int) -> None:
         if p.day is None:
             self._set_capacity(p.dimension_id, p.capacity)
             return
         assert p.bucket is not None and p.partition is not None
         dim, day = (p.dimension, p.dimension_id), p.day
-        self._recall(dim, day)
-        key = kpis.bucket_key(*dim, day)
-        entry = self.days.get(key) or {"f": p.facility_id, "p": {}}
-        parts = {**entry["p"], str(p.partition): p.bucket.to_dict()}
-        self.days[key] = {"f": p.facility_id, "p": parts}
+        self._recall(dim, day, partition)
+        key, item = day_key(partition, dim, day), item_key(*dim)
+        shard = self.days.get(key) or {}
+        parts = {**(shard[item]["p"] if item in shard else {}), str(p.partition): p.bucket.to_dict()}
+        self.days[key] = {**shard, item: {"f": p.facility_id, "p": parts}}
         days = self._buckets.setdefault(dim, {})
         old = days.get(day)
         if old is None or p.new:

@@ -2,17 +2,25 @@
 
 Each ADT event yields KPI contributions (``domain.kpis.for_admission`` and the like); the flow
 adds them, in its own journaled ``kpi`` table, to the ABSOLUTE day bucket of the message's ADT
-partition: ``k{partition}|{dimension}|{dimension_id}|{YYYY-MM-DD}`` = ``{"f": facility_id,
-"b": DayBucket}``. After a batch, every bucket it changed goes to ``hospital.kpi-partials``
-(compacted), key ``{dimension}|{dimension_id}|{day}|{partition}`` (one record per key, as
-compaction needs), sent to the partition a key of ``{dimension}|{dimension_id}`` gets (murmur2),
-so one dimension's records all reach one KPI combiner (``stream/kpi_combiner.py``).
+partition and the contribution's dimension. The table holds a day's buckets of a partition in
+:data:`SHARDS` entries, ``k{partition}|{YYYY-MM-DD}|{shard}`` = ``{"i": {"{dimension}|{id}":
+{"f": facility_id, "b": DayBucket}}, "c": {item: inputs this batch changed}, "n": [items this
+batch created]}`` (the shard: a CRC-32 of the item): a backlog's batch changes hundreds of
+buckets on a day or two, and a few table writes cost far less than one changelog message per
+bucket; an entry stays small (50 items for 10 hospitals, 500 for 100) as the day goes on.
+After a batch, every bucket it changed is one record for
+``hospital.kpi-partials``, sent to the partition a key of ``{dimension}|{dimension_id}`` gets
+(murmur2), so one dimension's records all reach one KPI combiner (``stream/kpi_combiner.py``).
+The records of a batch bound for one partition travel as one message, a JSON array
+(:func:`bundles`): a backlog makes 1-2 records per ADT event, and one Kafka message each cost
+more than the rest of the KPI path.
 
-Replace semantics: whoever combines them keeps the latest record per key and sums the ADT
-partitions. A record sent again (a crash, a re-processed batch) replaces the one kept, so
-nothing counts twice and no source marks or offsets are needed; a correction of a past event
-only changes the records of the days it touches. Patients live on one ADT partition, so the
-per-partition sets of distinct discharged patients add up across partitions.
+Replace semantics: whoever combines them keeps the latest record per (dimension, dimension_id,
+day, ADT partition) and sums the ADT partitions. A record sent again (a crash, a re-processed
+batch) replaces the one kept, so nothing counts twice and no source marks or offsets are
+needed; a correction of a past event only changes the records of the days it touches. Patients
+live on one ADT partition, so the per-partition sets of distinct discharged patients add up
+across partitions. A partition's messages are read in order, so the latest record is the last.
 
 Provider capacity (``hospital.reference``) travels the same topic as one more record per
 provider (:func:`capacity_partial`): its latest value replaces the one kept, like any partial.
@@ -20,7 +28,8 @@ provider (:func:`capacity_partial`): its latest value replaces the one kept, lik
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -30,10 +39,23 @@ import orjson
 from stream.domain import kpis
 
 CAPACITY_DAY = "capacity"  # the "day" of a provider's capacity record
+BUNDLE_BYTES = 512 * 1024  # a bundle's size limit, well under Kafka's 1 MB message limit
 
 
-def table_key(partition: int, c: kpis.Contribution) -> str:
-    return f"k{partition}|{c.dimension}|{c.dimension_id}|{c.day.isoformat()}"
+SHARDS = 8  # table entries per (ADT partition, day)
+
+
+def item_key(dimension: str, dimension_id: str) -> str:
+    return f"{dimension}|{dimension_id}"
+
+
+def table_key(partition: int, day: date, item: str) -> str:
+    """The ``kpi`` table entry holding ``item``'s bucket of ``day`` on ``partition``.
+
+    >>> table_key(2, date(2025, 1, 31), "facility|F01")
+    'k2|2025-01-31|7'
+    """
+    return f"k{partition}|{day.isoformat()}|{zlib.crc32(item.encode()) % SHARDS}"
 
 
 def route(dimension: str, dimension_id: str) -> str:
@@ -61,40 +83,58 @@ class KpiTally:
     """Adds contributions into ``table`` (the ADT flow's staged ``kpi`` table) for the current
     partition (``table.partition``, set by the flow).
 
-    A batch adds to live bucket objects; :meth:`stage` writes each one it changed to the table
-    once (the flow calls it before its journal and its partials are taken).
+    A batch adds to live bucket objects; :meth:`stage` writes each table entry it changed once
+    (the flow calls it before its journal and its partials are taken). An entry's ``c`` and
+    ``n`` describe the batch that wrote it: the first write of an entry in a batch starts them
+    empty, so the batch's records carry only what the batch did.
     """
 
     def __init__(self, table: Any) -> None:
         self.table = table
-        self._open: dict[str, _Open] = {}
+        self._open: dict[tuple[str, str], _Open] = {}  # (table key, item) -> bucket
 
     def add(self, contributions: Iterable[kpis.Contribution]) -> None:
         """Add to the buckets; each bucket the batch changed remembers which inputs (``c``) and
         whether the batch created it (``n``), which its record carries (:meth:`partials`)."""
         partition = self.table.partition
         for c in contributions:
-            key = table_key(partition, c)
-            o = self._open.get(key)
+            item = item_key(c.dimension, c.dimension_id)
+            key = table_key(partition, c.day, item)
+            o = self._open.get((key, item))
             if o is None:
                 entry = self.table.get(key)
-                if entry is None:
+                stored = entry["i"].get(item) if entry else None
+                if stored is None:
                     o = _Open(partition, c.facility_id, kpis.DayBucket(), set(), True)
-                else:  # a copy: a rolled-back batch must leave the committed record as it was
+                else:  # a copy: a rolled-back batch must leave the committed entry as it was
                     staged = key in self.table.pending
-                    o = _Open(partition, entry["f"], kpis.DayBucket.from_dict(entry["b"]),
-                              set(entry["c"]) if staged else set(), staged and entry["n"])
-                self._open[key] = o
+                    o = _Open(partition, stored["f"], kpis.DayBucket.from_dict(stored["b"]),
+                              set(entry["c"].get(item, ())) if staged else set(),
+                              staged and item in entry["n"])
+                self._open[(key, item)] = o
             o.changed |= o.bucket.add(c)
 
     def stage(self) -> None:
-        """Write the buckets the batch changed to the (staged) table."""
-        for key, o in self._open.items():
+        """Write the entries whose buckets the batch changed to the (staged) table."""
+        touched: dict[str, dict[str, _Open]] = {}
+        for (key, item), o in self._open.items():
             if o.changed:
-                self.table.partition = o.partition
-                self.table[key] = {"f": o.facility_id, "b": o.bucket.to_dict(), "c": sorted(o.changed),
-                                   "n": o.new}
+                touched.setdefault(key, {})[item] = o
         self._open.clear()
+        for key, items in touched.items():
+            entry = self.table.get(key) or {"i": {}, "c": {}, "n": []}
+            staged = key in self.table.pending
+            changed = dict(entry["c"]) if staged else {}
+            new = set(entry["n"]) if staged else set()
+            stored = dict(entry["i"])
+            for item, o in items.items():
+                stored[item] = {"f": o.facility_id, "b": o.bucket.to_dict()}
+                changed[item] = sorted(o.changed)
+                new.discard(item)
+                if o.new:
+                    new.add(item)
+            self.table.partition = next(iter(items.values())).partition
+            self.table[key] = {"i": stored, "c": changed, "n": sorted(new)}
 
     def forget(self) -> None:
         """Drop the batch's buckets (it is rolled back)."""
@@ -110,12 +150,43 @@ class KpiTally:
         for key, (partition, entry) in self.table.pending.items():
             if not key.startswith("k") or entry is None:
                 continue
-            _, dimension, dimension_id, day = key.split("|")
-            out.append((record_key(dimension, dimension_id, day, partition), route(dimension, dimension_id),
-                        _json({"dimension": dimension, "dimension_id": dimension_id, "facility_id": entry["f"],
-                               "day": day, "partition": partition, **entry["b"],
-                               "changed": entry["c"], "new": entry["n"]})))
+            day = key.split("|")[1]
+            new = set(entry["n"])
+            for item, changed in entry["c"].items():
+                dimension, dimension_id = item.split("|", 1)
+                stored = entry["i"][item]
+                out.append((record_key(dimension, dimension_id, day, partition), route(dimension, dimension_id),
+                            _json({"dimension": dimension, "dimension_id": dimension_id,
+                                   "facility_id": stored["f"], "day": day, "partition": partition,
+                                   **stored["b"], "changed": changed, "new": item in new})))
         return out
+
+
+def bundles(records: Iterable[tuple[str, str, bytes]], partition_of: Callable[[str], int],
+            limit: int = BUNDLE_BYTES) -> list[tuple[int, bytes]]:
+    """``(partition, value)`` messages holding ``records`` (``(key, route, value)``, as
+    :meth:`KpiTally.partials` gives them): each a JSON array of the records whose route maps to
+    its partition, in their order, none over ``limit`` bytes unless one record is.
+
+    >>> recs = [("a", "r1", b'{"x":1}'), ("b", "r2", b'{"x":2}'), ("c", "r1", b'{"x":3}')]
+    >>> bundles(recs, lambda route: int(route[1]))
+    [(1, b'[{"x":1},{"x":3}]'), (2, b'[{"x":2}]')]
+    >>> bundles(recs, lambda route: 0, limit=17)  # 17 bytes: the first two fit
+    [(0, b'[{"x":1},{"x":2}]'), (0, b'[{"x":3}]')]
+    """
+    by_partition: dict[int, list[list[bytes]]] = {}
+    size: dict[int, int] = {}  # bytes of each partition's last chunk, with its brackets and commas
+    for _key, route, value in records:
+        partition = partition_of(route)
+        chunks = by_partition.setdefault(partition, [[]])
+        if chunks[-1] and size[partition] + len(value) + 1 > limit:
+            chunks.append([])
+        if not chunks[-1]:
+            size[partition] = 1
+        chunks[-1].append(value)
+        size[partition] += len(value) + 1
+    return [(partition, b"[" + b",".join(chunk) + b"]")
+            for partition, chunks in sorted(by_partition.items()) for chunk in chunks]
 
 
 def capacity_partial(provider_id: str, facility_id: str, capacity: float | None) -> tuple[str, str, bytes]:
@@ -141,8 +212,19 @@ class Partial:
     new: bool = False  # the record's batch created the bucket
 
     @classmethod
-    def parse(cls, raw: bytes) -> "Partial":
+    def parse_all(cls, raw: bytes) -> list["Partial"]:
+        """The records of one ``hospital.kpi-partials`` message: a bundle (a JSON array) or
+        one record (a capacity record, or a message written before bundles)."""
         d = orjson.loads(raw)
+        return [cls._of(item) for item in d] if isinstance(d, list) else [cls._of(d)]
+
+    @classmethod
+    def parse(cls, raw: bytes) -> "Partial":
+        """One record (not a bundle)."""
+        return cls._of(orjson.loads(raw))
+
+    @classmethod
+    def _of(cls, d: dict[str, Any]) -> "Partial":
         if "capacity" in d:
             return cls(d["dimension"], d["dimension_id"], d["facility_id"], None, None, None,
                        None if d["capacity"] is None else float(d["capacity"]))

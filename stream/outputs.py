@@ -12,7 +12,7 @@ idempotent with acks=all (ordered per partition, no duplicates from its retries)
 Java partitioner (murmur2), so a key lands on the partition aiokafka and kafka-python pick.
 
 Under exactly_once the outputs must be part of Faust's transactions, so the app keeps sending
-through Faust's producer there (``stream.app._FaustBatch``).
+through Faust's producer there (``stream.output_lanes.FaustBatch``).
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ from wardstream.kafka_io import BrokerUnavailable, admin_client, end_offsets_of,
 
 
 def group_id(namespace: str) -> str:
-    """The worker's consumer group (= Faust app id); mirrors ``stream.app.app_id``."""
+    """The worker's consumer group (= Faust app id); mirrors ``stream.faust_app.app_id``."""
     return f"{namespace}wardstream-stream"
 
 

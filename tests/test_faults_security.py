@@ -91,7 +91,7 @@ def test_kafka_security_settings_reach_every_client(sasl_env) -> None:
     """kafka-python (producer, consumer, admin look-ups), librdkafka and Faust all get SASL/SSL."""
     import faust
 
-    from stream.app import broker_credentials
+    from stream.faust_app import broker_credentials
     from wardstream.kafka_io import confluent_config, make_consumer
 
     s = settings()

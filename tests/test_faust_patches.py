@@ -153,12 +153,12 @@ def test_send_lingering_delivers_before_the_linger_expires(kafka_ns) -> None:
 # Every private name of faust-streaming / aiokafka the worker reads, calls or replaces, with where
 # (README.md "Faust workarounds" lists them): an upgrade that renames one fails here, not silently.
 PRIVATE_NAMES = [
-    ("faust.streams", "_current_event", "stream.app._as_event: a batch's table writes under its event"),
+    ("faust.streams", "_current_event", "stream.faust_batch.as_event: a batch's table writes under its event"),
     ("faust.transport.consumer", "ThreadDelegateConsumer._getmany", "faust_patches: fetches overlapping a seek"),
     ("faust.transport.consumer", "ThreadDelegateConsumer.seek_to_committed", "faust_patches: never-committed partitions"),
     ("faust.transport.consumer", "Consumer._commit", "faust_patches.CommitWatch"),
     ("faust.transport.consumer", "Consumer._committed_offset", "faust_patches.CommitWatch (set in __init__)"),
-    ("faust.transport.consumer", "Consumer._read_offset", "stream.app._unstall (log line; set in __init__)"),
+    ("faust.transport.consumer", "Consumer._read_offset", "stream.partition_watch: the stall watch's log line (set in __init__)"),
     ("faust.transport.drivers.aiokafka", "AIOKafkaConsumerThread._create_worker_consumer",
      "faust_patches: the fetch wait"),
     ("aiokafka.consumer.consumer", "AIOKafkaConsumer._fetch_max_wait_ms", "faust_patches: the fetch wait (set in __init__)"),

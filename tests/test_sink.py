@@ -200,7 +200,7 @@ def test_copy_values_and_auto_write_paths_give_identical_tables(fresh_db, monkey
         elif kind in ("ProviderRef", "FacilityRef"):
             batch.add_reference(m)
         elif kind == "bytes":
-            batch.add_kpi_partial(Partial.parse(m))
+            batch.add_kpi_partials(Partial.parse_all(m))
         else:
             {"DischargeScore": batch.add_score, "ReadmissionLabel": batch.add_label, "Alert": batch.add_alert,
              "DeadLetter": batch.add_dead_letter}[kind](m, 0, offset)

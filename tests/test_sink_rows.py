@@ -59,8 +59,8 @@ def _partial(admissions: int, partition: int = 0) -> bytes:
 def test_kpi_partial_last_record_per_key_wins_within_a_batch() -> None:
     b = Batch()
     for v in (1, 5, 3):
-        b.add_kpi_partial(Partial.parse(_partial(v)))
-    b.add_kpi_partial(Partial.parse(_partial(7, partition=1)))  # another key: its own row
+        b.add_kpi_partials(Partial.parse_all(_partial(v)))
+    b.add_kpi_partials(Partial.parse_all(_partial(7, partition=1)))  # another key: its own row
     rows = b.rows("kpi_partials")
     assert [(r["adt_partition"], r["admissions_micro"]) for r in rows] == [(0, 3_000_000), (1, 7_000_000)]
     row = rows[0]
@@ -71,7 +71,7 @@ def test_kpi_partial_last_record_per_key_wins_within_a_batch() -> None:
 def test_a_capacity_record_stores_nothing() -> None:
     """providers.capacity comes from hospital.reference; the topic's copy is for the combiner."""
     b = Batch()
-    b.add_kpi_partial(Partial.parse(capacity_partial("D1", "F1", 12)[2]))
+    b.add_kpi_partials(Partial.parse_all(capacity_partial("D1", "F1", 12)[2]))
     assert len(b) == 1 and b.row_count() == 0
 
 
@@ -83,3 +83,13 @@ def test_every_table_statement_lists_its_key_columns() -> None:
     for t in TABLES:
         assert set(t.key) <= set(t.columns), t.name
         assert t.sql.startswith(f"INSERT INTO {t.name} AS t")
+
+
+def test_a_bundle_is_one_message_and_each_record_its_row() -> None:
+    """A ``hospital.kpi-partials`` message holds a batch's records of a partition (a JSON array)."""
+    b = Batch()
+    b.add_kpi_partials(Partial.parse_all(b"[" + _partial(1) + b"," + _partial(4, partition=1) + b"]"))
+    b.add_kpi_partials(Partial.parse_all(b"[" + _partial(2) + b"]"))  # a later bundle replaces key (.., 0)
+    rows = b.rows("kpi_partials")
+    assert len(b) == 2 and [(r["adt_partition"], r["admissions_micro"]) for r in rows] == [(0, 2_000_000),
+                                                                                            (1, 4_000_000)]

@@ -25,7 +25,7 @@ from stream.kpi_combiner import KpiCombiner
 from stream.kpi_tally import capacity_partial
 from stream_oracle import Oracle, close, windows_holding
 from test_sink_support import sink_db  # noqa: F401  (fixture)
-from wardstream.kafka_io import ensure_topics, key_partition, make_producer
+from wardstream.kafka_io import ensure_topics, make_producer
 
 pytestmark = pytest.mark.e2e
 
@@ -38,7 +38,7 @@ Key = tuple[str, str, str, str, date]  # (kpi, dimension, dimension_id, window, 
 
 @dataclass
 class Flowed:
-    partials: list[tuple[str, str, bytes]]  # (record key, route, value), in send order
+    partials: list[tuple[int, bytes]]  # (partition, bundle), in send order
     events: list[dict]  # applied events with "_partition"
     scores: dict[str, dict]  # encounter_id -> last score
 
@@ -48,7 +48,7 @@ def flowed() -> Flowed:
     """The partials the ADT agent sends for the simulation, batch after batch."""
     messages = partitioned_messages(CFG, PARTITIONS)
     flow = AdtFlow(source_topic="hospital.adt", **flow_tables())
-    partials: list[tuple[str, str, bytes]] = []
+    partials: list[tuple[int, bytes]] = []
     events: list[dict] = []
     scores: dict[str, dict] = {}
     for a in range(0, len(messages), BATCH):
@@ -59,12 +59,12 @@ def flowed() -> Flowed:
                 elif o.topic == SCORES:
                     s = orjson.loads(o.value)
                     scores[s["encounter_id"]] = s
-        partials.extend((o.key, o.route, o.value) for o in flow.kpi_partials())
+        partials.extend((o.partition, o.value) for o in flow.kpi_partials(PARTITIONS))
         flow.commit()
     return Flowed(partials, events, scores)
 
 
-def _send(ns: str, records: list[tuple[str, str, bytes]], reference: bool = False) -> None:
+def _send(ns: str, records: list[tuple[int, bytes]], reference: bool = False) -> None:
     t = Topics(ns)
     ensure_topics()
     producer = make_producer()
@@ -73,10 +73,8 @@ def _send(ns: str, records: list[tuple[str, str, bytes]], reference: bool = Fals
         for ref in (*sim.reference.providers, *sim.reference.facilities):
             key = getattr(ref, "provider_id", None) or ref.facility_id
             producer.send(t.reference, key=key.encode(), value=dump(ref))
-    for key, route, value in records:
-        # the stream's routing: every record of a dimension on one partition, in order
-        producer.send(t.kpi_partials, key=key.encode(), value=value,
-                      partition=key_partition(route, PARTITIONS))
+    for partition, value in records:  # bundles, as the stream routes them (stream/kpi_tally.py)
+        producer.send(t.kpi_partials, value=value, partition=partition)
     producer.flush()
     producer.close()
 
@@ -97,7 +95,7 @@ def _stream_windows(f: Flowed) -> dict[Key, KpiValue]:
     combiner = KpiCombiner(days={})
     for p in Simulation(CFG).reference.providers:
         combiner.put(capacity_partial(p.provider_id, p.facility_id, p.capacity)[2])
-    for _, _, value in f.partials:
+    for _, value in f.partials:
         combiner.put(value)
     out = {}
     for _, raw in combiner.flush():
@@ -153,16 +151,16 @@ def test_kpi_windows_view_equals_the_oracle_and_the_stream(flowed, kafka_ns, sin
 
 def test_a_partial_sent_again_replaces_the_stored_one(flowed, kafka_ns, sink_db) -> None:
     """Replace semantics: a record re-sent with another value replaces the row (never adds)."""
-    key, route, value = next(r for r in flowed.partials if r[0].startswith("facility|"))
-    record = orjson.loads(value)
+    partition, record = next((p, r) for p, bundle in flowed.partials for r in orjson.loads(bundle)
+                             if r["dimension"] == "facility")
     admissions = record["micro"]["admissions"]
-    _send(kafka_ns, [(key, route, value)])
+    _send(kafka_ns, [(partition, orjson.dumps([record]))])
     t = Topics(kafka_ns)
     where = f"WHERE kpi = 'admissions' AND \"window\" = '1d' AND window_start = '{record['day']}'"
     run_sink(topics=[t.kpi_partials], once=True, handle_signals=False)
     assert [v[2] for v in _view(sink_db, where).values()] == [admissions / 1e6]
-    changed = orjson.dumps({**record, "micro": {**record["micro"], "admissions": admissions + 2_000_000}})
-    _send(kafka_ns, [(key, route, changed), (key, route, changed)])
+    changed = orjson.dumps([{**record, "micro": {**record["micro"], "admissions": admissions + 2_000_000}}])
+    _send(kafka_ns, [(partition, changed), (partition, changed)])
     run_sink(topics=[t.kpi_partials], once=True, handle_signals=False)
     assert [v[2] for v in _view(sink_db, where).values()] == [admissions / 1e6 + 2]
     with psycopg2.connect(sink_db) as conn, conn.cursor() as cur:

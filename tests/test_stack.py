@@ -38,3 +38,20 @@ def test_postgres_answers(fresh_db) -> None:
     with engine.connect() as conn:
         assert conn.execute(sa.text("select current_database()")).scalar() == fresh_db.rsplit("/", 1)[1]
     engine.dispose()
+
+
+def test_ensure_topics_gives_an_existing_topic_its_spec_config(kafka_ns) -> None:
+    """A topic made by an older release (hospital.kpi-partials was compacted; it now holds
+    bundles without a key per record) gets the config of today's spec."""
+    from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
+
+    from wardstream.kafka_io import admin_client
+
+    topic = Topics(kafka_ns).kpi_partials
+    with admin_client() as admin:
+        admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"cleanup.policy": "compact"})])
+    ensure_topics([topic])
+    with admin_client() as admin:
+        found = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, None)],
+                                       config_filter="all")["topic"][topic]
+    assert found["cleanup.policy"]["value"] == "delete" and found["retention.ms"]["value"] == "-1"

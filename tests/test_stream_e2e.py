@@ -151,8 +151,8 @@ def year(stack, tmp_path_factory) -> Run:
 
 def test_every_table_store_has_the_memory_caps(year: Run) -> None:
     """Faust's RocksDB defaults (64 MiB x 3 write buffers per store) are replaced in every store
-    the worker opened (stream.app.rocksdb_options; the block cache size is not in the file)."""
-    from stream.app import rocksdb_options
+    the worker opened (stream.faust_app.rocksdb_options; the block cache size is not in the file)."""
+    from stream.faust_app import rocksdb_options
 
     options = rocksdb_options(load_settings().stream)  # the worker's: it ran with the defaults
 

@@ -180,8 +180,9 @@ def test_commit_files_each_write_under_its_partition(messages) -> None:
 
 
 def _partials(messages, cuts: list[int]) -> list[bytes]:
-    """The ``hospital.kpi-partials`` records the ADT agent sends for ``messages``, processed in
-    batches ``messages[a:b]`` for consecutive ``cuts`` (the partials of each batch after it)."""
+    """The ``hospital.kpi-partials`` messages (bundles of records) the ADT agent sends for
+    ``messages``, processed in batches ``messages[a:b]`` for consecutive ``cuts`` (the partials
+    of each batch after it)."""
     flow = _flow(_tables())
     sent = []
     for a, b in zip(cuts, cuts[1:]):
@@ -271,8 +272,8 @@ def test_a_capacity_arriving_late_re_sends_the_utilization_windows(messages) -> 
     from producers.simulator import Simulation
 
     records = _batched(messages[:400])
-    provider = next(orjson.loads(raw)["dimension_id"] for raw in records
-                    if orjson.loads(raw)["dimension"] == "provider")
+    provider = next(r["dimension_id"] for bundle in records for r in orjson.loads(bundle)
+                    if r["dimension"] == "provider")
     ref = next(p for p in Simulation(SimConfig(seed=7, start=date(2025, 1, 1), days=60)).reference.providers
                if p.provider_id == provider)
     key, route, capacity = capacity_partial(ref.provider_id, ref.facility_id, ref.capacity)
@@ -293,8 +294,8 @@ def test_kpi_day_buckets_leave_memory_but_not_the_values(long_partials) -> None:
     """Buckets older than keep_days behind a dimension's last day are pruned from memory; the
     values, a restart from the table, and a late change to a pruned day are unchanged."""
     records = long_partials
-    first = orjson.loads(records[0])
-    late = orjson.dumps({**first, "micro": {**first["micro"], "discharges": 99 * 10**6}},
+    first = orjson.loads(records[0])[0]  # the first record of the first bundle
+    late = orjson.dumps([{**first, "micro": {**first["micro"], "discharges": 99 * 10**6}}],
                         option=orjson.OPT_SORT_KEYS)  # a correction of the first day
     expected = _expected(records + [late])
     days: dict = {}

@@ -21,7 +21,7 @@ from confluent_kafka import KafkaError as RdKafkaError
 from confluent_kafka import KafkaException as RdKafkaException
 from confluent_kafka import Producer as RdKafkaProducer
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.partitioner.default import murmur2
 from kafka.errors import (
     CoordinatorLoadInProgressError,
@@ -161,8 +161,8 @@ def _topic_layout(s: Settings) -> dict[str, tuple[int, dict[str, str]]]:
     return {
         t.adt: (n, keep),
         t.reference: (1, {"cleanup.policy": "compact"}),
-        # replace semantics: the last partial per key is all that is needed
-        t.kpi_partials: (n, {"cleanup.policy": "compact"}),
+        # bundles of partials (stream/kpi_tally.py): no key per record, so kept, not compacted
+        t.kpi_partials: (n, {**keep, "cleanup.policy": "delete"}),
         t.adt_accepted: (n, keep),
         t.discharge_scores: (n, keep),
         t.readmission_labels: (n, keep),
@@ -229,12 +229,15 @@ def delete_namespace_topics(*namespaces: str, s: Settings | None = None) -> int:
 def ensure_topics(names: Iterable[str] | None = None, s: Settings | None = None) -> None:
     """Create the wardstream topics that do not exist yet (idempotent), with
     WARDSTREAM_REPLICATION_FACTOR copies; a name outside :func:`topic_specs` gets the ADT
-    partition count and the :func:`durability` config."""
+    partition count and the :func:`durability` config. An existing topic whose config differs
+    from its spec gets the spec's values (a release may change one: ``hospital.kpi-partials``
+    went from compacted to kept)."""
     s = s or settings()
     specs = topic_specs(s)
     wanted = list(names) if names is not None else list(specs)
     with admin_client(s) as admin:
         existing = set(broker_call("the topic list", admin.list_topics, s=s))
+        _align_configs(admin, {n: specs[n][1] for n in wanted if n in existing and n in specs}, s)
         new = []
         for name in (n for n in wanted if n not in existing):
             partitions, config = specs.get(name) or (s.adt_partitions, durability(s))
@@ -245,6 +248,27 @@ def ensure_topics(names: Iterable[str] | None = None, s: Settings | None = None)
             except TopicAlreadyExistsError:
                 pass
             log.info("created topics: %s", ", ".join(t.name for t in new))
+
+
+def _align_configs(admin: KafkaAdminClient, wanted: dict[str, dict[str, str]], s: Settings) -> None:
+    """Set each topic's config keys of ``wanted`` that hold another value on the broker."""
+    if not wanted:
+        return
+    resources = [ConfigResource(ConfigResourceType.TOPIC, name, dict.fromkeys(config)) for name, config in wanted.items()]
+    found = broker_call("the topic configs", lambda: admin.describe_configs(resources, config_filter="all"), s=s)
+    changes = []
+    for name, config in wanted.items():
+        have = found.get("topic", {}).get(name, {})
+        diff = {k: v for k, v in config.items() if have.get(k, {}).get("value") != v}
+        if diff:
+            changes.append(ConfigResource(ConfigResourceType.TOPIC, name, diff))
+            log.info("topic %s: setting %s", name, ", ".join(f"{k}={v}" for k, v in diff.items()))
+    if changes:
+        result = broker_call("a topic config change", lambda: admin.alter_configs(changes), s=s)
+        refused = {name: r for name, r in result.get("topic", {}).items() if r != "OK"}
+        if refused:
+            raise RuntimeError(f"Kafka refused the topic config of {', '.join(sorted(refused))}: "
+                               f"{next(iter(refused.values()))}")
 
 
 def make_producer(s: Settings | None = None, **overrides: object) -> KafkaProducer:

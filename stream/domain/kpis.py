@@ -96,11 +96,6 @@ class Contribution:
         return f"{self.dimension}|{self.dimension_id}"
 
 
-def bucket_key(dimension: str, dimension_id: str, day: date) -> str:
-    """The key of a dimension's day bucket (``kpi_days``): ``dimension|id|YYYY-MM-DD``."""
-    return f"{dimension}|{dimension_id}|{day.isoformat()}"
-
-
 def _dims(facility_id: str, department: str, provider: str) -> list[tuple[str, str]]:
     return [("facility", facility_id), ("department", department), ("provider", provider)]
 

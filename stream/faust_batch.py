@@ -1,0 +1,92 @@
+"""What an agent's batch needs from Faust beyond ``Stream.noack_take``.
+
+The agents take a batch (``noack_take``), process it against staged tables, send and wait for
+their outputs, write the state, then acknowledge the batch (stream/README.md). Faust's own helpers
+assume one event at a time, so:
+
+* :func:`as_event` files a table's reads and writes under a given event's partition (a Faust
+  workaround: the private context variable ``faust.streams._current_event``);
+* :class:`JournalSends` collects the changelog futures of a table's writes and waits for them
+  with the producer's linger cut short (a Faust workaround: it wraps the table's
+  ``send_changelog``, and :func:`stream.faust_patches.send_lingering` reaches into aiokafka);
+* :func:`ack` acknowledges the taken events, :func:`stopping` tells a send cut off by the
+  worker's own stop from a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import faust
+from faust import streams as faust_streams
+from faust.exceptions import NotReady, ProducerSendError
+from faust.types import EventT
+
+from stream import faust_patches
+
+log = logging.getLogger(__name__)
+
+JOURNAL_POLL_S = 0.001
+
+
+@contextmanager
+def as_event(event: EventT) -> Iterator[None]:
+    """Make ``event`` Faust's current event: a table files reads and writes under its partition.
+
+    ``noack_take`` hands the agent a batch, outside Faust's per-event context, so the agent
+    sets it itself (a private context variable of faust.streams, stable since Faust 1.0).
+    """
+    token = faust_streams._current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        faust_streams._current_event.reset(token)
+
+
+async def ack(stream: faust.StreamT, events: list[EventT]) -> None:
+    """Acknowledge ``events`` to Faust (from ``noack_take``): their offsets may be committed."""
+    for event in events:
+        await stream.ack(event)
+
+
+def stopping(app: faust.App, exc: BaseException) -> bool:
+    """A send cut off by the worker's own stop (the batch is re-processed after the restart)."""
+    if isinstance(exc, (NotReady, ProducerSendError)) and app.should_stop:
+        log.info("batch cut short by the stop; it is re-processed at the next start")
+        return True
+    return False
+
+
+class JournalSends:
+    """The changelog futures of ``table``'s writes, appended as Faust sends them (the table's own
+    ``send_changelog`` drops them; the ADT agent waits on its batch journal's)."""
+
+    def __init__(self, app: faust.App, table: faust.Table) -> None:
+        self.app = app
+        self.sent: list[asyncio.Future[Any]] = []
+        send_changelog = table.send_changelog
+
+        def recording(*args: Any, **kwargs: Any) -> Any:
+            fut = send_changelog(*args, **kwargs)
+            self.sent.append(fut)
+            return fut
+
+        table.send_changelog = recording  # type: ignore[method-assign]
+
+    async def acked(self) -> None:
+        """Until every recorded send is acknowledged (raises the first failure), having Faust's
+        producer send them without its linger (``faust_patches.send_lingering``) as soon as they
+        reach it."""
+        while pending := [f for f in self.sent if not f.done()]:
+            faust_patches.send_lingering(self.app.producer)
+            await asyncio.wait(pending, timeout=JOURNAL_POLL_S)
+        for f in self.sent:
+            f.result()
+
+    def clear(self) -> None:
+        self.sent.clear()

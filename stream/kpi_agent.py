@@ -1,0 +1,176 @@
+"""The worker's KPI side: agents ``combine_kpis`` and ``load_reference``, timer ``flush_kpis``.
+
+hospital.kpi-partials (and provider capacity from hospital.reference, as one more partial) ->
+:class:`stream.kpi_combiner.KpiCombiner` and its table ``kpi_days`` -> hospital.kpis.
+
+One offset truth, Kafka's committed offset: the agent takes its records with ``noack_take`` and
+acknowledges them only when a flush that covers them has been acknowledged by Kafka, so the
+group's committed offset on hospital.kpi-partials says every window up to it is out. After a
+crash or a rebalance the records past it are delivered again and their windows re-sent (replace
+semantics: nothing counts twice). Faust waits, before a rebalance and before a stop, until
+every message taken is acknowledged, so the timer flushes at once when the agent holds records
+then. Wiring in :class:`stream.app.Pipeline`; the flush's timing is stream/README.md's "KPI
+flushes".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import faust
+from faust.exceptions import NotReady, ProducerSendError
+from faust.types import EventT
+
+from contracts.events import ProviderRef, parse_reference
+from stream import kpi_tally
+from stream.faust_batch import ack, as_event, stopping
+from stream.kpi_combiner import KpiCombiner
+from stream.output_lanes import OutputLanes
+from stream.staged import Staged
+from wardstream.config import Settings
+from wardstream.kafka_io import key_partition
+
+log = logging.getLogger(__name__)
+
+FLUSH_DUTY = 0.25  # at most this share of the worker's time goes to timed KPI flushes
+FLUSH_MAX_SKIP_S = 10.0  # the longest pause between two timed flushes (a flush that waited on a
+# broker outage is long without having cost any CPU)
+FLUSH_YIELD_EVERY = 100  # KPI messages sent between two yields to the event loop
+# A yield is a sleep of WARDSTREAM_FLUSH_YIELD_S once the flush has run FLUSH_SLICE_S since the
+# last one (else sleep(0)). With sleep(0) only, the flush was always ready to run again, and the
+# ADT agent took no batch until a 0.2-0.7 s flush ended; sleeping at every yield made a backlog's
+# flushes slower by the sum of the sleeps. The slice bounds that to ~10% of a flush.
+FLUSH_SLICE_S = 0.01
+
+
+class KpiAgent:
+    """The combiner, its staged table ``kpi_days``, and the records it holds until a flush."""
+
+    def __init__(self, app: faust.App, s: Settings, *, days: faust.Table, partials_topic: faust.TopicT,
+                 kpis_topic: str, outputs: OutputLanes) -> None:
+        self.app = app
+        self.settings = s
+        self.tuning = s.stream
+        self.partials_topic = partials_topic
+        self.kpis_topic = kpis_topic
+        self.outputs = outputs
+        self.state = Staged(days)
+        self.combiner = KpiCombiner(days=self.state, ready=lambda: app.tables.recovery.completed.is_set())
+        # the records applied since the last flush began: acknowledged (so Kafka may commit them)
+        # once a flush that covers them is acknowledged by Kafka
+        self._stream: faust.StreamT | None = None
+        self._unacked: list[EventT] = []
+        self._assignments = 0  # rebalances so far: a flush begun before one acknowledges nothing
+        self._next_flush = 0.0
+        self._flush_lock = asyncio.Lock()  # one flush at a time: each acknowledges what it covered
+
+    async def combine_kpis(self, stream: faust.StreamT) -> None:
+        """hospital.kpi-partials -> the combiner's table (flushed to hospital.kpis by the timer).
+
+        A batch at a time, its table writes staged and written once per key at the end. The
+        records are acknowledged only by the flush that covers them (:meth:`_flush`), so Kafka's
+        committed offset is the combiner's progress: a restart delivers the rest again, and the
+        combiner re-sends their windows (replace semantics: nothing counts twice).
+        """
+        combiner, state = self.combiner, self.state
+        self._stream = stream
+        async for events in stream.noack_take(self.tuning.adt_batch, within=self.tuning.kpi_batch_within):
+            last = {event.message.partition: event for event in events}
+            try:
+                for event in events:
+                    state.partition = event.message.partition
+                    with as_event(event):
+                        combiner.put(event.value, event.message.partition)
+            except BaseException:
+                state.rollback()
+                combiner.forget_cache()  # its in-memory buckets hold the rolled-back records
+                raise
+            state.commit(lambda partition: as_event(last[partition]))
+            self._unacked.extend(events)
+            # dirty (dimension, day) pairs after which the agent flushes at once: in a backlog (a
+            # replay, a catch-up) simulated months pass between two timer ticks, and their buckets
+            # could not leave memory before their windows went out (bench/README.md "Worker memory")
+            if combiner.pending_days() > self.tuning.kpi_flush_pending_days:
+                await self._flush()
+            await asyncio.sleep(0)
+
+    async def load_reference(self, stream: faust.StreamT) -> None:
+        """hospital.reference -> provider capacity (provider_utilization's denominator), as one
+        more record on hospital.kpi-partials, on the partition of the provider's records."""
+        async for event in stream.events():
+            try:
+                record = parse_reference(event.value)
+            except ValueError:
+                log.warning("ignoring an invalid reference record at offset %s", event.message.offset)
+                continue
+            if isinstance(record, ProviderRef):
+                key, to, value = kpi_tally.capacity_partial(record.provider_id, record.facility_id,
+                                                            record.capacity)
+                await self.partials_topic.send(
+                    key=key.encode(), value=value,
+                    partition=key_partition(to, self.settings.adt_partitions))
+
+    async def flush_kpis(self) -> None:
+        """Emit the KPI windows whose inputs changed since the last flush.
+
+        While a backlog is replayed every flush re-emits the same current windows; skipping
+        ticks after a long flush (duty cycle) cuts that volume without changing any final value.
+        Not while Faust rebalances or stops and the combiner holds records: Faust waits for
+        every message taken to be acknowledged first, and the combiner acknowledges by a flush.
+        """
+        started = time.monotonic()
+        urgent = (self.app.rebalancing or self.app.should_stop) and self._unacked
+        if started < self._next_flush and not urgent:
+            return
+        await self._flush()
+        self._next_flush = started + min((time.monotonic() - started) / FLUSH_DUTY, FLUSH_MAX_SKIP_S)
+
+    async def _flush(self) -> None:
+        """Send the changed KPI windows; once Kafka has them all, acknowledge the records they
+        cover (so Kafka may commit them)."""
+        yield_s = self.tuning.flush_yield_s
+        async with self._flush_lock:
+            covered, self._unacked = self._unacked, []
+            assignments = self._assignments
+            batches = self.combiner.flush_batches()  # the dirty set of the records in ``covered``
+            if batches is None:  # its table is not recovered yet
+                self._unacked[:0] = covered
+                return
+            try:
+                sent = self.outputs.batch("kpis")
+                slice_start = time.monotonic()
+
+                async def pause() -> None:  # the agents (and alerts) keep running meanwhile
+                    nonlocal slice_start
+                    if time.monotonic() - slice_start < FLUSH_SLICE_S:
+                        await asyncio.sleep(0)
+                    else:
+                        await asyncio.sleep(yield_s)
+                        slice_start = time.monotonic()
+
+                for batch in batches:
+                    for n, (key, value) in enumerate(batch, start=1):
+                        await sent.send(self.kpis_topic, key.encode(), value)
+                        if n % FLUSH_YIELD_EVERY == 0:
+                            await pause()
+                    await pause()  # and between dimensions
+                await sent.acked()  # a window Kafka refused crashes the worker, not lost silently
+            except (NotReady, ProducerSendError) as exc:
+                if not stopping(self.app, exc):  # the windows not sent are re-sent by the next worker
+                    raise
+                return
+            if self._stream is not None and assignments == self._assignments:
+                await ack(self._stream, covered)  # (after a rebalance they come again)
+            elif covered:
+                log.info("KPI flush of %d partials done across a rebalance: not acknowledged", len(covered))
+
+    def on_assigned(self) -> None:
+        """After a rebalance: the table is the truth (in-memory buckets dropped), and the records
+        taken but not flushed are delivered again from the committed offsets."""
+        self.combiner.forget_cache()
+        if self._unacked:
+            log.info("rebalance: %d partials taken but not flushed are delivered again", len(self._unacked))
+        self._unacked.clear()
+        self._assignments += 1
