@@ -199,7 +199,8 @@ def test_postgres_restart_mid_sink(base) -> None:
 
     with scratch_database() as url:
         try:
-            stats = sink_namespace(base.namespace, url, max_batch=2000, on_batch=on_batch)
+            # batches of 500: the restart after the third is mid-way through the ~5,400 messages
+            stats = sink_namespace(base.namespace, url, max_batch=500, on_batch=on_batch)
         finally:
             if not pg.healthy():
                 pg.up()
