@@ -7,7 +7,8 @@ per window equals the value over every partial, whatever the flush timing:
 
 * ``days`` (a Faust table) holds, per partition of the records' topic and day,
   :data:`~stream.kpi_tally.SHARDS` entries ``d{partition}|YYYY-MM-DD|{shard}`` =
-  ``{"{dimension}|{id}": {"f": facility_id, "p": {ADT partition: DayBucket}}}`` (the shard as in
+  ``{"{dimension}|{id}": {"f": {ADT partition: facility_id}, "p": {ADT partition: DayBucket}}}``
+  (the shard as in
   ``stream/kpi_tally.py``: a batch of records is a few table writes, not one per record; the
   partition in the key, because Faust keeps a table's keys per partition): replace semantics,
   so a record sent again changes nothing and needs no marks. ``days[cap|{provider}]`` = the provider's capacity (its record on the same topic).
@@ -100,7 +101,9 @@ class KpiCombiner:
         self.capacity: dict[str, float] = {}
         self._loaded = False
         self._buckets: dict[Dim, dict[date, kpis.DayBucket]] = {}
-        self._facility: dict[Dim, str] = {}
+        # the facility_id a dimension's messages carry: its record's of the latest (day, ADT
+        # partition), as the kpi_windows view picks it: a department name can span facilities
+        self._facility: dict[Dim, tuple[date, int, str]] = {}
         # dimension -> (old, new) last known day, since the last flush: windows ending in
         # (old + 1, new + 1] are no longer future windows and go out at the next flush
         self._advance: dict[Dim, tuple[date, date]] = {}
@@ -133,7 +136,8 @@ class KpiCombiner:
                 dimension, dim_id = item.split("|", 1)
                 dim = (dimension, dim_id)
                 self._buckets.setdefault(dim, {})[day] = summed(stored["p"])
-                self._facility[dim] = stored["f"]
+                for partition, facility_id in stored["f"].items():
+                    self._note_facility(dim, day, int(partition), facility_id)
         for dim in list(self._buckets):
             self._prune(dim)
         self._loaded = True
@@ -201,8 +205,9 @@ class KpiCombiner:
         self._recall(dim, day, partition)
         key, item = day_key(partition, dim, day), item_key(*dim)
         shard = self.days.get(key) or {}
-        parts = {**(shard[item]["p"] if item in shard else {}), str(p.partition): p.bucket.to_dict()}
-        self.days[key] = {**shard, item: {"f": p.facility_id, "p": parts}}
+        stored = shard.get(item) or {"f": {}, "p": {}}
+        parts = {**stored["p"], str(p.partition): p.bucket.to_dict()}
+        self.days[key] = {**shard, item: {"f": {**stored["f"], str(p.partition): p.facility_id}, "p": parts}}
         days = self._buckets.setdefault(dim, {})
         old = days.get(day)
         if old is None or p.new:
@@ -213,8 +218,14 @@ class KpiCombiner:
             if before is not None:
                 self._advance_over(dim, before, day)
         new = days[day] = summed(parts)
-        self._facility[dim] = p.facility_id
+        self._note_facility(dim, day, p.partition, p.facility_id)
         self._dirty[dim][day] |= p.changed | (_inputs_of(new) if old is None else _changed(old, new))
+
+    def _note_facility(self, dim: Dim, day: date, partition: int, facility_id: str) -> None:
+        """Keep the facility of ``dim``'s latest (day, ADT partition) record: the same whatever
+        order the records come in."""
+        if (day, partition) >= self._facility.get(dim, (date.min, -1, ""))[:2]:
+            self._facility[dim] = (day, partition, facility_id)
 
     def _advance_over(self, dim: Dim, before: date, day: date) -> None:
         """Note that the windows ending in ``(before + 1, day + 1]`` go out at the next flush."""
@@ -322,7 +333,7 @@ class KpiCombiner:
             census_at[day] = total / kpis.SCALE
             sums.append(running)
         capacity = self.capacity.get(dim_id) if dimension == "provider" else None
-        facility_id = self._facility.get(dim, "")
+        facility_id = self._facility[dim][2] if dim in self._facility else ""
         out: list[tuple[str, bytes]] = []
         for (window, start, end), changed in sorted(windows.items()):
             names = kpis.affected_kpis(changed | ({"census_delta"} if CAPACITY in changed else set()),

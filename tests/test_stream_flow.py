@@ -341,3 +341,25 @@ def test_bad_input_goes_to_the_dlq_with_its_source(messages) -> None:
     assert outs[0].key == b"K"
 
 
+
+
+def test_kpi_messages_do_not_depend_on_which_worker_sent_first() -> None:
+    """Two workers (ADT partitions 0-1 and 2-3) send their bundles in either interleaving: the
+    last message per window is the same, facility_id included (a department name spans
+    facilities; the combiner labels it with its latest (day, ADT partition) record's facility,
+    as the kpi_windows view does)."""
+    msgs = partitioned_messages(SimConfig(seed=3, start=date(2025, 1, 1), days=20, facilities=2, beds=64))
+    halves = [[m for m in msgs if m[0] in (0, 1)], [m for m in msgs if m[0] in (2, 3)]]
+    sent = [_batched(half, 200) for half in halves]
+    assert all(sent)
+    one_first, two_first = KpiCombiner(days={}), KpiCombiner(days={})
+    for raw in sent[0] + sent[1]:
+        one_first.put(raw)
+    for raw in sent[1] + sent[0]:
+        two_first.put(raw)
+    first, second = _final(one_first.flush()), _final(two_first.flush())
+    assert first == second
+    spanning = {orjson.loads(v)["dimension_id"] for v in first.values() if orjson.loads(v)["dimension"] == "department"}
+    facilities = {d: {orjson.loads(v)["facility_id"] for v in first.values() if orjson.loads(v)["dimension_id"] == d}
+                  for d in spanning}
+    assert spanning and all(len(f) == 1 for f in facilities.values())
