@@ -25,10 +25,10 @@ plus one poll's look-ups (``poll_s_max``); the polls are every 2 s until the ADT
 (their Kafka look-ups take CPU from the run), then every 0.5 s. ``events_per_s`` =
 ``hospital.adt`` events / that time.
 
-From the same run (after the clock stopped): KPI partials per ADT event (messages produced to
-``hospital.kpi-partials``, the sum of its end offsets, over ``hospital.adt`` events: the topic is
-compacted but offsets are not, and no producer is transactional under the default
-``at_least_once``); ``hospital.kpis`` messages per distinct window (every message read back; distinct
+From the same run (after the clock stopped): KPI partial messages per ADT event (messages
+produced to ``hospital.kpi-partials``, the sum of its end offsets, over ``hospital.adt`` events:
+each message a bundle of a batch's records for one partition; no producer is transactional
+under the default ``at_least_once``); ``hospital.kpis`` messages per distinct window (every message read back; distinct
 ``(kpi, dimension, dimension_id, window, window_start)``; the issue's ceiling is 1.6); the
 workers' peak RSS (process tree, sampled every 0.25 s); the CPU each process took over the
 clocked span (cores = CPU seconds / wall seconds); the rows in PostgreSQL; and how long one

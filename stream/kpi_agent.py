@@ -128,8 +128,13 @@ class KpiAgent:
         self._next_flush = started + min((time.monotonic() - started) / FLUSH_DUTY, FLUSH_MAX_SKIP_S)
 
     async def _flush(self) -> None:
-        """Send the changed KPI windows; once Kafka has them all, acknowledge the records they
-        cover (so Kafka may commit them)."""
+        """Send the changed KPI windows; once Kafka has them all, and the table writes of the
+        records they cover, acknowledge those records (so Kafka may commit them).
+
+        Faust sends a table's changelog writes in the background and commits offsets without
+        waiting for them, so a record committed before its ``kpi_days`` write is in Kafka would
+        be lost to a SIGKILL: the next owner restores a table without it and never gets the
+        record again. Flushing Faust's producer first closes that gap."""
         yield_s = self.tuning.flush_yield_s
         async with self._flush_lock:
             covered, self._unacked = self._unacked, []
@@ -157,6 +162,7 @@ class KpiAgent:
                             await pause()
                     await pause()  # and between dimensions
                 await sent.acked()  # a window Kafka refused crashes the worker, not lost silently
+                await self.app.producer.flush()  # the covered records' table writes (above)
             except (NotReady, ProducerSendError) as exc:
                 if not stopping(self.app, exc):  # the windows not sent are re-sent by the next worker
                     raise
