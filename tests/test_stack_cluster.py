@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from contracts.events import Topics
@@ -168,8 +168,18 @@ def test_cluster_takes_acked_writes_with_a_broker_killed(cluster: LocalCluster) 
     assert all(replicas == isr == [1, 2, 3] for _, replicas, isr in layout.values()), layout
     resource = ConfigResource("topic", topic)
     rd_admin = AdminClient({"bootstrap.servers": s.kafka.bootstrap_servers})
-    configs = rd_admin.describe_configs([resource])[resource].result(timeout=10)
-    assert configs["min.insync.replicas"].value == "2"
+    found: dict = {}
+
+    def described() -> bool:  # the broker asked may not know the new topic yet
+        try:
+            found.update(rd_admin.describe_configs([resource])[resource].result(timeout=10))
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise
+        return bool(found)
+
+    wait_for(described, 30, "the new topic's config on the broker asked")
+    assert found["min.insync.replicas"].value == "2"
 
     first = [f"a{i}" for i in range(200)]
     produce(s, topic, first)
