@@ -31,7 +31,6 @@ per window equals the value over every partial, whatever the flush timing:
 from __future__ import annotations
 
 import logging
-import zlib
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable, Iterator, MutableMapping
@@ -40,7 +39,7 @@ from typing import Any
 
 from contracts.events import format_ts, kpi_value_json
 from stream.domain import kpis
-from stream.kpi_tally import SHARDS, Partial, item_key
+from stream.kpi_tally import Partial, item_key, shard
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +58,7 @@ def day_key(partition: int, dim: Dim, day: date) -> str:
     >>> day_key(3, ("facility", "F01"), date(2025, 1, 31))
     'd3|2025-01-31|7'
     """
-    item = item_key(*dim)
-    return f"d{partition}|{day.isoformat()}|{zlib.crc32(item.encode()) % SHARDS}"
+    return f"d{partition}|{day.isoformat()}|{shard(item_key(*dim))}"
 
 
 def kpi_key(kpi: str, dimension: str, dimension_id: str, window: str, window_start: str) -> str:

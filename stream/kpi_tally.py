@@ -49,13 +49,23 @@ def item_key(dimension: str, dimension_id: str) -> str:
     return f"{dimension}|{dimension_id}"
 
 
+def shard(item: str) -> int:
+    """The shard of ``item`` (``{dimension}|{id}``) within a day's table entries: a CRC-32, the
+    same in every process (Python's ``hash`` of a str is not).
+
+    >>> shard("facility|F01")
+    7
+    """
+    return zlib.crc32(item.encode()) % SHARDS
+
+
 def table_key(partition: int, day: date, item: str) -> str:
     """The ``kpi`` table entry holding ``item``'s bucket of ``day`` on ``partition``.
 
     >>> table_key(2, date(2025, 1, 31), "facility|F01")
     'k2|2025-01-31|7'
     """
-    return f"k{partition}|{day.isoformat()}|{zlib.crc32(item.encode()) % SHARDS}"
+    return f"k{partition}|{day.isoformat()}|{shard(item)}"
 
 
 def route(dimension: str, dimension_id: str) -> str:
