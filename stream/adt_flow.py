@@ -20,7 +20,9 @@ Why the pieces look the way they do:
   The worker writes the other tables only once Kafka has the journal's changelog record
   (:meth:`AdtFlow.commit_journal`, then :meth:`AdtFlow.commit_state`): changelog topics are
   delivered independently, and a new host restoring from them must not find a patient written
-  by a batch whose journal never arrived.
+  by a batch whose journal never arrived. For the same reason the next batch's journal, which
+  replaces this one, waits until Kafka has this batch's writes (``Pipeline.state_sends``): on a
+  cluster the changelog partitions live on different brokers, so nothing else orders them.
 * ``models[p{n}]`` holds the partition's river model (bytes, checksummed by the domain) and its
   alert budget (the recent scores and LACE values of each facility on the partition).
 * ``due[p{n}:YYYY-MM-DD]`` lists ``[due time, patient_id]`` for the pending discharges falling due

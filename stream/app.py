@@ -63,6 +63,8 @@ class Pipeline:
         self._topics_and_tables()
         self.outputs = OutputLanes(app, s)
         self.journal = JournalSends(app, self.partition_state)  # only the ADT flow's commit writes it
+        # the journaled tables' writes: in Kafka before the next batch's journal replaces this one's
+        self.state_sends = JournalSends(app, self.patients, self.due, self.models, self.health, self.kpi)
         self.flow = adt_flow.AdtFlow(source_topic=self.topics.adt, patients=self.patients,
                                      partitions=self.partition_state, due=self.due, models=self.models,
                                      alert_share=s.alert_share_for, health=self.health, kpi=self.kpi)
@@ -172,6 +174,8 @@ class Pipeline:
                     await batch.send(self.out[out.topic], _bytes(out.key), out.value,
                                      out.partition if out.route is None else key_partition(out.route, n))
                 await batch.acked()  # every output acknowledged (raises if one failed)
+                await self.state_sends.acked()  # the previous batch's state, before its journal is replaced
+                self.state_sends.clear()
             except BaseException as exc:  # stopped or failed before the outputs were in: state as before
                 flow.rollback()
                 if stopping(self.app, exc):

@@ -63,20 +63,23 @@ def stopping(app: faust.App, exc: BaseException) -> bool:
 
 
 class JournalSends:
-    """The changelog futures of ``table``'s writes, appended as Faust sends them (the table's own
-    ``send_changelog`` drops them; the ADT agent waits on its batch journal's)."""
+    """The changelog futures of ``tables``' writes, appended as Faust sends them (a table's own
+    ``send_changelog`` drops them; the ADT agent waits on its batch journal's, and on the
+    journaled writes of the previous batch)."""
 
-    def __init__(self, app: faust.App, table: faust.Table) -> None:
+    def __init__(self, app: faust.App, *tables: faust.Table) -> None:
         self.app = app
         self.sent: list[asyncio.Future[Any]] = []
-        send_changelog = table.send_changelog
+        for table in tables:
+            table.send_changelog = self._recording(table.send_changelog)  # type: ignore[method-assign]
 
+    def _recording(self, send_changelog: Any) -> Any:
         def recording(*args: Any, **kwargs: Any) -> Any:
             fut = send_changelog(*args, **kwargs)
             self.sent.append(fut)
             return fut
 
-        table.send_changelog = recording  # type: ignore[method-assign]
+        return recording
 
     async def acked(self) -> None:
         """Until every recorded send is acknowledged (raises the first failure), having Faust's

@@ -35,6 +35,7 @@ from kafka import TopicPartition
 from kafka.errors import KafkaError
 
 from contracts.events import Topics
+from wardstream.config import REPO_ROOT
 from wardstream.kafka_io import BrokerUnavailable, admin_client, end_offsets_of, group_offsets, make_consumer
 
 
@@ -51,8 +52,12 @@ class StreamWorker:
     """One ``wardstream worker`` subprocess; a context manager that stops it with SIGTERM."""
 
     def __init__(self, env: Mapping[str, str] | None = None, log_path: Path | str | None = None,
-                 loglevel: str = "info", flush_seconds: float | None = None) -> None:
+                 loglevel: str = "info", flush_seconds: float | None = None,
+                 cwd: Path | str | None = None) -> None:
         self.env = {**os.environ, **(env or {})}
+        # the code of the checkout that starts it, whatever the working directory (``cwd``)
+        self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), self.env.get("PYTHONPATH")]))
+        self.cwd = cwd
         if flush_seconds is not None:
             self.env["KPI_FLUSH_SECONDS"] = str(flush_seconds)
         self.flush_seconds = float(self.env.get("KPI_FLUSH_SECONDS") or 2)
@@ -71,7 +76,7 @@ class StreamWorker:
         if self.log_path:
             self._log = open(self.log_path, "ab")
             out = self._log
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=self.cwd)
         return self
 
     def alive(self) -> bool:

@@ -4,10 +4,11 @@ A drill that passes once can still fail one run in ten (a rebalance lands elsewh
 overlaps a seek). Each drill here runs ``--count N`` times in one pytest process (pytest-repeat;
 the drills' undisturbed baseline is computed once per process), every run is counted whatever
 the others did, and the table goes to stdout and ``bench/results/drills.json``. Not in CI: ten
-runs of every drill take about an hour on this machine.
+runs of every drill take about two hours on this machine.
 
     python tests/loop_drills.py                # every drill, 10 runs each
     python tests/loop_drills.py -n 3 -k sigkill
+    python tests/loop_drills.py -k cluster     # the three-broker drills (tests/test_cluster_drills.py)
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ DRILLS: list[tuple[str, str, str | None]] = [
     ("PostgreSQL restart (sink)", "tests/test_faults.py::test_postgres_restart_mid_sink", None),
     ("two workers, one leaves", "tests/test_faults.py::test_two_workers_share_partitions_and_one_leaves", None),
     ("replay of the whole topic", "tests/test_replay.py::test_whole_topic_replay_recomputes_the_live_run", None),
+    ("cluster: hospital.adt leader killed", "tests/test_cluster_drills.py::test_cluster_drill", "adt-leader"),
+    ("cluster: group coordinator killed", "tests/test_cluster_drills.py::test_cluster_drill", "coordinator"),
+    ("cluster: worker killed, new host", "tests/test_cluster_drills.py::test_cluster_drill", "worker"),
 ]
 
 

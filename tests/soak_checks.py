@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 import struct
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -238,6 +238,22 @@ def check_alerts(sent: Sequence[dict], final_ids: set[str], base_ids: set[str]) 
     return Check("one alert per encounter", not several and not unlike and final_ids == base_ids,
                  f"{len(final_ids)} alerts (baseline {len(base_ids)}), {len(sent)} messages; "
                  f"{len(several)} encounters with several ids, {len(unlike)} ids sent with different contents")
+
+
+def check_deliveries(delivered: Sequence[str], final_ids: set[str]) -> Check:
+    """One webhook delivery (an acknowledged POST) per final alert id, none twice, none unknown.
+
+    >>> check_deliveries(["a1", "a2"], {"a1", "a2"}).ok
+    True
+    >>> check_deliveries(["a1", "a1"], {"a1", "a2"}).detail
+    '2 deliveries for 2 alerts; 1 delivered twice or more, 1 never, 0 not an alert'
+    """
+    counts = Counter(delivered)
+    twice = [a for a, n in counts.items() if n > 1]
+    never, unknown = final_ids - set(counts), set(counts) - final_ids
+    return Check("one webhook delivery per alert", not twice and not never and not unknown,
+                 f"{len(delivered)} deliveries for {len(final_ids)} alerts; {len(twice)} delivered twice "
+                 f"or more, {len(never)} never, {len(unknown)} not an alert")
 
 
 def check_accounting(adt_ends: dict[int, int], accepted: Sequence[tuple[int, int]],

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import threading
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import psycopg2
 import pytest
@@ -13,6 +11,7 @@ import pytest
 from consumers.notify import build_payload, run_notifier
 from contracts.events import Alert, Topics, dump
 from test_sink_support import reset_group, sink_db  # noqa: F401  (fixture)
+from webhook import Webhook
 from wardstream.kafka_io import ensure_topics, make_producer
 
 T0 = datetime(2025, 2, 1, tzinfo=timezone.utc)
@@ -22,44 +21,6 @@ def _alert(i: int) -> Alert:
     return Alert(alert_id=f"alert-E{i}", encounter_id=f"E{i}", patient_id=f"P{i}", facility_id="F01",
                  department="Cardiology", attending_provider_id="D1", discharged_at=T0 + timedelta(hours=i),
                  score=0.5 + i / 100, lace=11, threshold=0.3, reasons=["LACE index 11 (high)", "3 prior admissions"])
-
-
-class Webhook:
-    """A real HTTP server in a thread; fails the first ``fail_first`` requests with HTTP 500."""
-
-    def __init__(self, fail_first: int = 0, always_fail: bool = False) -> None:
-        self.requests: list[dict] = []
-        self.delivered: list[dict] = []
-        self.fail_first, self.always_fail = fail_first, always_fail
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server API
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                hook.requests.append({"body": body, "key": self.headers.get("Idempotency-Key")})
-                if hook.always_fail or len(hook.requests) <= hook.fail_first:
-                    self.send_response(500)
-                    self.end_headers()
-                    return
-                hook.delivered.append({"body": body, "key": self.headers.get("Idempotency-Key")})
-                self.send_response(200)
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> "Webhook":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def _produce(namespace: str, alerts: list[Alert]) -> None:

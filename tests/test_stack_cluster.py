@@ -10,7 +10,6 @@ Topics come from :func:`wardstream.kafka_io.ensure_topics` with the cluster's en
 from __future__ import annotations
 
 import re
-import socket
 import time
 from collections.abc import Callable, Iterator
 
@@ -22,29 +21,15 @@ from contracts.events import Topics
 from wardstream.config import ConfigError, Settings, load_settings, settings
 from wardstream.kafka_io import (admin_client, confluent_config, ensure_topics, group_offsets, make_consumer,
                                  make_producer, topic_specs)
-from wardstream.stack.kafka import DEFAULT_HOME, LocalCluster, LocalKafka
+from wardstream.stack.kafka import LocalCluster, LocalKafka
 
 GROUP = "cluster-test"
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free TCP ports on 127.0.0.1 (all held open until every one is picked)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 @pytest.fixture()
 def cluster(tmp_path, monkeypatch) -> Iterator[LocalCluster]:
     """A three-broker cluster of this test only, its environment set; stopped cleanly after."""
-    ports = free_ports(6)
-    cluster = LocalCluster(home=tmp_path / "cluster", ports=ports[:3], controller_ports=ports[3:],
-                           heap="384m", jar_home=DEFAULT_HOME)
+    cluster = LocalCluster.on_free_ports(tmp_path / "cluster")
     assert LocalKafka().bootstrap not in cluster.bootstrap.split(",")
     for name, value in cluster.env().items():
         monkeypatch.setenv(name, value)

@@ -304,14 +304,25 @@ def cluster_ports(brokers: int, base: int = 9092) -> tuple[list[int], list[int]]
     return [base + 2 * i for i in range(brokers)], [base + 2 * i + 1 for i in range(brokers)]
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free TCP ports on 127.0.0.1 (all held open until every one is picked)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 @dataclass
 class LocalCluster:
     """A local KRaft cluster: one :class:`LocalKafka` node per client port, each a broker and a
     voter of the controller quorum, under ``home/broker-<id>``; the cluster id is kept in
     ``home/cluster.id``. Replication 3 (``min.insync.replicas`` 2) for internal and new topics.
 
-    A test runs its own on free ports: ``LocalCluster(tmp, ports=[...], controller_ports=[...],
-    heap="384m")`` (jars shared with the stack's broker, ``jar_home``).
+    A drill or a benchmark runs its own on free ports: :meth:`on_free_ports`.
     """
 
     home: Path = CLUSTER_HOME
@@ -321,6 +332,14 @@ class LocalCluster:
     heap: str = "512m"
     jar_home: Path = DEFAULT_HOME
     replication: int = 3
+
+    @classmethod
+    def on_free_ports(cls, home: Path, brokers: int = 3, heap: str = "384m") -> "LocalCluster":
+        """A cluster of ``brokers`` under ``home`` on ports free right now (a drill's or a
+        benchmark's own; the stack's broker and cluster keep theirs), the stack's jars."""
+        ports = free_ports(2 * brokers)
+        return cls(home=home, ports=ports[:brokers], controller_ports=ports[brokers:], heap=heap,
+                   jar_home=DEFAULT_HOME, replication=min(3, brokers))
 
     def __post_init__(self) -> None:
         if len(self.ports) != len(self.controller_ports) or len(self.ports) < self.replication:
