@@ -46,6 +46,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -62,9 +63,13 @@ TABLES = ("adt_events", "discharge_scores", "readmissions", "alerts", "kpi_parti
           "dead_letters")
 
 
-def run(quick: bool = False, workers: tuple[int, ...] = (1, 2)) -> dict:
+def run(quick: bool = False, workers: tuple[int, ...] = (1, 2),
+        brokers: Callable[[], dict[str, int | None]] | None = None) -> dict:
+    """The figures of the module doc; ``brokers``: the broker processes to measure the CPU of, by
+    name (default: the local broker's JVM)."""
     from consumers.replay import copy_into_namespace, plan_replay
 
+    brokers = brokers or (lambda: {"kafka": kafka_pid()})
     days = 30 if quick else 365
     cfg = SimConfig(seed=42, days=days, facilities=10)
     logs = RESULTS / "logs" / "replay"
@@ -83,7 +88,7 @@ def run(quick: bool = False, workers: tuple[int, ...] = (1, 2)) -> dict:
                 out.setdefault("replay_copy_s", round(copy_s, 1))
                 out.setdefault("replay_copy_events_per_s", round(copied.events / copy_s))
                 with fresh_db() as url:
-                    figures = replay(produced, url, n, logs, timeout=600 if quick else 2400)
+                    figures = replay(produced, url, n, logs, brokers(), timeout=600 if quick else 2400)
                     figures.update(traffic(dst, produced.events))
                     figures.update(database(url))
             part = {f"replay_{n}w_{k}": v for k, v in figures.items()}
@@ -92,7 +97,8 @@ def run(quick: bool = False, workers: tuple[int, ...] = (1, 2)) -> dict:
     return out
 
 
-def replay(produced: Produced, url: str, n: int, logs: Path, timeout: float) -> dict[str, object]:
+def replay(produced: Produced, url: str, n: int, logs: Path, brokers: dict[str, int | None],
+           timeout: float) -> dict[str, object]:
     """``n`` workers + one sink from a cold start until every row is committed (module doc)."""
     from stream.runner import StreamWorker
 
@@ -110,7 +116,7 @@ def replay(produced: Produced, url: str, n: int, logs: Path, timeout: float) -> 
             samplers[-1].start()
         with Service("sink", log=logs / f"{n}w-sink.log") as sink:
             cpu = CpuMeter({**{f"worker{i}": w.proc.pid for i, w in enumerate(ws)},
-                            "sink": sink.proc.pid, "kafka": kafka_pid()})
+                            "sink": sink.proc.pid, **brokers})
             seconds, marks = wait_in_postgres(ws, sink, t0, timeout)
             cores = cpu.cores()
     finally:
