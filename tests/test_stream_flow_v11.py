@@ -4,6 +4,8 @@ cancellations, merges), null costs and vitals, and the KPI oracle on a simulated
 
 from __future__ import annotations
 
+from collections import Counter
+from datetime import date
 
 import orjson
 import pytest
@@ -17,9 +19,16 @@ from contracts.events import (
     dump,
 )
 from flow_inputs import flow_tables
+from producers.hl7_feed import hl7_messages
+from producers.mllp.mapping import MapContext, map_adt
+from producers.mllp.message import parse, read_header
+from producers.simulator import SimConfig, Simulation
 from stream.adt_flow import ACCEPTED, DLQ, SCORES, AdtFlow
 from stream.domain.examples import admission, discharge, event_id, ts
 from stream.kpi_combiner import KpiCombiner
+from stream.kpi_tally import capacity_partial
+from stream_oracle import Oracle, close
+from wardstream.kafka_io import key_partition
 
 ADMIT, DISCHARGE = "2025-01-01T08:00:00+00:00", "2025-01-04T08:00:00+00:00"
 
@@ -146,3 +155,63 @@ def test_null_cost_and_vitals_are_scored_and_left_out_of_cost_per_patient() -> N
     assert len(r.of(SCORES)) == 2 and not r.of(DLQ)
     cost = r.kpi("cost_per_patient", "facility", "F01")
     assert (cost.value, cost.numerator, cost.denominator) == (5000.0, 5000.0, 1.0)
+
+
+# --------------------------------------------------------------------------- a simulated HL7 feed
+
+
+@pytest.fixture(scope="module")
+def hl7_run():
+    """45 days of two small hospitals as ``wardstream mllp`` maps their HL7 feed (A01-A03, A08,
+    A11-A13, A40), through the flow on 4 partitions."""
+    sim = Simulation(SimConfig(seed=9, start=date(2025, 1, 1), days=45, facilities=2, beds=64))
+    offsets = [0, 0, 0, 0]
+    flow = AdtFlow(source_topic="hospital.adt", **flow_tables())
+    combiner = KpiCombiner(days={})
+    for p in sim.reference.providers:
+        combiner.put(capacity_partial(p.provider_id, p.facility_id, p.capacity)[2])
+    applied, out, triggers = [], [], Counter()
+    for m in hl7_messages(sim):
+        ev = map_adt(parse(m.text), read_header(m.text), MapContext())
+        triggers[ev.hl7_trigger] += 1
+        p = key_partition(ev.patient_id, 4)
+        got = flow.process(dump(ev), p, offsets[p], key=ev.patient_id.encode(), commit=False)
+        for o in flow.kpi_partials(4):
+            combiner.put(o.value)
+        flow.commit()
+        if any(o.topic == ACCEPTED for o in got):
+            applied.append({**orjson.loads(dump(ev)), "_partition": p})
+        out += got
+        offsets[p] += 1
+    capacity = {p.provider_id: p.capacity for p in sim.reference.providers}
+    return triggers, applied, out, combiner.flush(), capacity
+
+
+def test_the_feed_is_applied_or_dead_lettered_never_both_nor_lost(hl7_run) -> None:
+    triggers, applied, out, _, _ = hl7_run
+    assert {"A08", "A11", "A12", "A13"} <= set(triggers)
+    letters = [DeadLetter.model_validate_json(o.value).reason for o in out if o.topic == DLQ]
+    assert len(applied) + len(letters) == sum(triggers.values())
+    assert Counter(e["hl7_trigger"] for e in applied)["A08"] > 1000
+    applied_by = Counter(e["hl7_trigger"] for e in applied)
+    assert all(applied_by[t] == triggers[t] for t in ("A01", "A02", "A03"))
+    # the A08s of final coding come after the discharge, some after the patient's next admission
+    allowed = {"cancellation events are not applied yet", "merge events are not applied yet",
+               "update without open admission", "encounter_id does not match the open encounter"}
+    assert set(letters) <= allowed, Counter(letters)
+    assert Counter(letters)["cancellation events are not applied yet"] == sum(
+        triggers[t] for t in ("A11", "A12", "A13"))
+
+
+def test_kpis_equal_the_oracle_on_the_hl7_feed(hl7_run) -> None:
+    _, applied, out, flushed, capacity = hl7_run
+    scores = {o.key: orjson.loads(o.value) for o in out if o.topic == SCORES}
+    msgs = {k: KpiValue.model_validate_json(v) for k, v in flushed}
+    key_of = {(v.kpi, v.dimension, v.dimension_id, v.window, v.window_start.date()): k
+              for k, v in msgs.items()}
+    want = Oracle(applied, scores, capacity).expected(key_of)
+    bad = [(k, msgs[key_of[k]], w) for k, w in want.items()
+           if not all(close(a, b) for a, b in zip((msgs[key_of[k]].value, msgs[key_of[k]].numerator,
+                                                    msgs[key_of[k]].denominator), w))]
+    assert not bad, f"{len(bad)} of {len(want)} windows differ, e.g. {bad[:3]}"
+    assert Counter(k[0] for k in want)["census"] > 100
