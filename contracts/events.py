@@ -275,18 +275,23 @@ class TransferEvent(_AdtBase):
     event_type: Literal["transfer"] = "transfer"
 
 
-class RegistrationEvent(_AdtBase):
-    """v1.1, A04: a visit without an inpatient bed (ED, outpatient); ``encounter_id`` is its visit."""
+class _ClassedVisit(_AdtBase):
+    """A visit's patient class and, when the feed sends them, how it came (A04, A06)."""
 
-    event_type: Literal["registration"] = "registration"
     patient_class: PatientClass
     admission_type: AdmissionType | None = None
     admit_source: AdmitSource | None = None
-    patient: Demographics | None = None
     diagnosis_codes: list[str] = Field(default_factory=list)
 
 
-class ClassChangeEvent(_AdtBase):
+class RegistrationEvent(_ClassedVisit):
+    """v1.1, A04: a visit without an inpatient bed (ED, outpatient); ``encounter_id`` is its visit."""
+
+    event_type: Literal["registration"] = "registration"
+    patient: Demographics | None = None
+
+
+class ClassChangeEvent(_ClassedVisit):
     """v1.1, A06 (to inpatient) / A07 (to a class without a bed): the encounter's new class.
 
     An A06 also carries what an admission does when the feed sends it (null otherwise): with
@@ -294,11 +299,7 @@ class ClassChangeEvent(_AdtBase):
     """
 
     event_type: Literal["class_change"] = "class_change"
-    patient_class: PatientClass
-    admission_type: AdmissionType | None = None
-    admit_source: AdmitSource | None = None
     patient: PatientInfo | None = None
-    diagnosis_codes: list[str] = Field(default_factory=list)
     vitals: Vitals | None = None
 
     @model_validator(mode="after")

@@ -282,9 +282,9 @@ def test_model_health_equals_pandas(loaded) -> None:
 def test_contract_v11_events_in_the_views(kafka_ns, sink_db) -> None:
     """A registration is no bed, an update moves the bed, a null cost stays out of cost per
     patient (V010)."""
-    from contracts.events import RegistrationEvent, Topics, UpdateEvent, dump
+    from consumers.fake import FakeData
+    from contracts.events import RegistrationEvent, UpdateEvent
     from stream.domain.examples import admission, discharge, event_id, ts
-    from wardstream.kafka_io import ensure_topics, make_producer
 
     a1, a2 = "2025-01-01T08:00:00+00:00", "2025-01-01T09:00:00+00:00"
     events = [
@@ -300,13 +300,7 @@ def test_contract_v11_events_in_the_views(kafka_ns, sink_db) -> None:
                   total_cost=None),
         discharge("P2", "E2", a2, "2025-01-04T09:00:00+00:00", total_cost=5000.0),
     ]
-    topic = Topics(kafka_ns).adt_accepted
-    ensure_topics([topic])
-    producer = make_producer()
-    for ev in events:
-        producer.send(topic, key=ev.patient_id.encode(), value=dump(ev))
-    producer.flush()
-    producer.close()
+    produce(FakeData(adt=[(ev.patient_id, ev) for ev in events]), kafka_ns, include_invalid=False)
     run_sink(once=True)
     segments = _sql(sink_db, "SELECT encounter_id, department FROM v_bed_segments ORDER BY from_ts")
     assert list(segments.itertuples(index=False, name=None)) == [
