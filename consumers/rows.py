@@ -36,12 +36,16 @@ from contracts.events import (
     ModelHealth,
     ProviderRef,
     ReadmissionLabel,
+    RegistrationEvent,
     TransferEvent,
+    UpdateEvent,
+    Vitals,
 )
 from stream.domain.kpis import FIELDS as KPI_FIELDS
 from stream.kpi_tally import Partial
 
 Row = dict[str, Any]
+NO_VITALS = Vitals()  # an admission without vitals (contract v1.1): every vital column null
 
 # Columns of ``encounters`` set by the event that opens / closes the encounter: first writer wins.
 ENCOUNTER_SET_ONCE = (
@@ -111,10 +115,15 @@ class Batch:
 
     # ------------------------------------------------------------------ hospital.adt-accepted
 
-    def add_adt(self, ev: AdmissionEvent | DischargeEvent | TransferEvent, partition: int,
-                offset: int, raw: bytes | None = None) -> None:
+    def add_adt(self, ev: AdmissionEvent | DischargeEvent | TransferEvent | RegistrationEvent | UpdateEvent,
+                partition: int, offset: int, raw: bytes | None = None) -> None:
         """An event the stream applied, at its ``hospital.adt`` (partition, offset); ``raw``: the
-        message as received, stored as the payload when it needs no cleaning."""
+        message as received, stored as the payload when it needs no cleaning.
+
+        Contract v1.1: a registration (a visit without a bed) is stored as an event only, not as
+        an encounter (``encounters`` are inpatient stays); an update moves its encounter's
+        current department and attending like a transfer. A null cost writes no charge.
+        """
         self.messages += 1
         clean = _cleaner(raw)
         self._stubs(ev.facility_id, ev.department, ev.attending_provider_id, ev.patient_id, clean)
@@ -126,6 +135,8 @@ class Batch:
             "department": clean(ev.department), "attending_provider_id": clean(ev.attending_provider_id),
             "payload": payload, "source_partition": partition, "source_offset": offset,
         })
+        if isinstance(ev, RegistrationEvent):
+            return
         patch: Row = {
             "encounter_id": clean(ev.encounter_id), "patient_id": clean(ev.patient_id),
             "facility_id": clean(ev.facility_id), "department": clean(ev.department),
@@ -138,9 +149,7 @@ class Batch:
                 admit_department=clean(ev.department), admission_type=ev.admission_type,
                 admit_source=ev.admit_source, age_at_admission=p.age, sex=p.sex,
                 payer_at_admission=p.payer, chronic_condition_count=len(p.chronic_conditions),
-                systolic_bp=ev.vitals.systolic_bp, diastolic_bp=ev.vitals.diastolic_bp,
-                heart_rate=ev.vitals.heart_rate, glucose_mg_dl=ev.vitals.glucose_mg_dl,
-                admitted_at=ev.occurred_at,
+                **(ev.vitals or NO_VITALS).model_dump(), admitted_at=ev.occurred_at,
             )
             self._patient({
                 "patient_id": clean(ev.patient_id), "age": p.age, "sex": p.sex, "race": clean(p.race),
@@ -159,11 +168,12 @@ class Batch:
             for i, code in enumerate(ev.procedure_codes):
                 self._put("procedures", (clean(ev.encounter_id), i),
                           {"encounter_id": clean(ev.encounter_id), "position": i, "cpt_code": clean(code)})
-            self._put("charges", (clean(ev.encounter_id),), {
-                "encounter_id": clean(ev.encounter_id), "patient_id": clean(ev.patient_id),
-                "facility_id": clean(ev.facility_id), "department": clean(ev.department),
-                "payer": ev.payer, "amount": ev.total_cost, "charged_at": ev.occurred_at,
-            })
+            if ev.total_cost is not None:
+                self._put("charges", (clean(ev.encounter_id),), {
+                    "encounter_id": clean(ev.encounter_id), "patient_id": clean(ev.patient_id),
+                    "facility_id": clean(ev.facility_id), "department": clean(ev.department),
+                    "payer": ev.payer, "amount": ev.total_cost, "charged_at": ev.occurred_at,
+                })
         self._encounter(patch)
 
     def _stubs(self, facility_id: str, department: str, provider_id: str, patient_id: str,

@@ -1,8 +1,24 @@
 """The topic contracts of wardstream: topic names and typed event / output models.
 
-This is the only place that defines a topic name or an event field (DESIGN.md, contract v1).
-Producers, the Faust app, the sinks and the tests import from here. Field names are fixed:
-add fields, never rename. Every message carries ``schema_version`` 1.
+This is the only place that defines a topic name or an event field (DESIGN.md, contract v1,
+and its additive v1.1 for HL7 v2 feeds). Producers, the Faust app, the sinks and the tests import
+from here. Field names are fixed: add fields, never rename. Every message carries
+``schema_version`` 1 (v1.1 adds event types and nullable fields; a v1 event is a valid v1.1 event).
+
+Event contract v1.1 (``event_type``: ``hl7_trigger``; the README's "HL7 v2 over MLLP" and
+``producers/mllp/mapping.py`` give every field's HL7 source):
+
+================  ===========  ==========================================================
+registration      A04          an ED / outpatient visit: no inpatient bed
+class_change      A06, A07     the encounter's new ``patient_class`` (A06: to inpatient)
+update            A08          the open encounter as it now stands (department, attending,
+                               diagnoses, demographics); null / empty: not sent, unchanged
+cancellation      A11-A13      cancels the encounter's latest ``cancelled_event_type`` event
+merge             A40          ``prior_patient_id``'s history belongs to ``patient_id``
+================  ===========  ==========================================================
+
+Nullable in v1.1 (an ADT feed may not carry them): ``admission.vitals`` (and each vital),
+``discharge.total_cost`` (``satisfaction_score`` was nullable in v1).
 
 >>> ev = parse_adt(b'{"schema_version":1,"event_id":"6c0f7c0e-3a56-4a8e-9d1f-0d6f2b1e8a11",'
 ...   b'"event_type":"transfer","hl7_trigger":"A02","occurred_at":"2025-01-01T10:00:00Z",'
@@ -108,8 +124,11 @@ class Topics:
 
 # --------------------------------------------------------------------------- enums
 
-EventType = Literal["admission", "discharge", "transfer"]
-Hl7Trigger = Literal["A01", "A03", "A02"]
+EventType = Literal["admission", "discharge", "transfer", "registration", "class_change", "update",
+                    "cancellation", "merge"]
+Hl7Trigger = Literal["A01", "A03", "A02", "A04", "A06", "A07", "A08", "A11", "A12", "A13", "A40"]
+PatientClass = Literal["inpatient", "outpatient", "emergency", "preadmit", "recurring", "obstetrics"]
+CancelledType = Literal["admission", "transfer", "discharge"]
 AdmissionType = Literal["emergency", "urgent", "elective"]
 AdmitSource = Literal["ed", "referral", "transfer"]
 Payer = Literal["medicare", "medicaid", "private", "uninsured"]
@@ -121,7 +140,14 @@ AlertPolicy = Literal["budget", "lace_cold_start"]
 HealthCheck = Literal["psi_score", "psi_feature", "error_drift", "equity_recall", "equity_oe"]
 HealthLevel = Literal["ok", "watch", "act"]
 
-TRIGGER_OF: dict[str, str] = {"admission": "A01", "discharge": "A03", "transfer": "A02"}
+TRIGGER_OF: dict[str, str] = {"admission": "A01", "discharge": "A03", "transfer": "A02"}  # v1
+# every event type's possible triggers (v1.1); a cancellation's trigger names what it cancels
+TRIGGERS_OF: dict[str, tuple[str, ...]] = {
+    **{kind: (trigger,) for kind, trigger in TRIGGER_OF.items()},
+    "registration": ("A04",), "class_change": ("A06", "A07"), "update": ("A08",),
+    "cancellation": ("A11", "A12", "A13"), "merge": ("A40",),
+}
+CANCELLED_BY: dict[str, str] = {"A11": "admission", "A12": "transfer", "A13": "discharge"}
 
 DEPARTMENTS: tuple[str, ...] = (
     "Emergency",
@@ -177,30 +203,45 @@ class PatientInfo(_Model):
     chronic_conditions: list[str]
 
 
+class Demographics(_Model):
+    """v1.1: the demographics an update (A08) carries as they now stand; null: not sent."""
+
+    age: int | None = Field(default=None, ge=0, le=120)
+    sex: Sex | None = None
+    race: str | None = None
+    payer: Payer | None = None
+
+
 class Vitals(_Model):
-    systolic_bp: float = Field(gt=0, lt=400)
-    diastolic_bp: float = Field(gt=0, lt=300)
-    heart_rate: float = Field(gt=0, lt=400)
-    glucose_mg_dl: float = Field(gt=0, lt=3000)
+    # v1.1: each may be null (a feed sends the vitals it has); v1 required all four
+    systolic_bp: float | None = Field(default=None, gt=0, lt=400)
+    diastolic_bp: float | None = Field(default=None, gt=0, lt=300)
+    heart_rate: float | None = Field(default=None, gt=0, lt=400)
+    glucose_mg_dl: float | None = Field(default=None, gt=0, lt=3000)
 
 
-class _AdtBase(_Model):
+class _EventBase(_Model):
+    """What every ADT event carries; ``hl7_trigger`` must be one of its type's (TRIGGERS_OF)."""
+
     schema_version: Literal[1] = 1
     event_id: UUID
     hl7_trigger: Hl7Trigger
     occurred_at: AwareDatetime
     facility_id: str = Field(min_length=1)
     patient_id: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _trigger_matches(self) -> "_EventBase":
+        expected = TRIGGERS_OF[self.event_type]  # type: ignore[attr-defined]
+        if self.hl7_trigger not in expected:
+            raise ValueError(f"hl7_trigger {self.hl7_trigger} does not match {' / '.join(expected)}")
+        return self
+
+
+class _AdtBase(_EventBase):
     encounter_id: str = Field(min_length=1)
     department: str = Field(min_length=1)
     attending_provider_id: str = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _trigger_matches(self) -> "_AdtBase":
-        expected = TRIGGER_OF[self.event_type]  # type: ignore[attr-defined]
-        if self.hl7_trigger != expected:
-            raise ValueError(f"hl7_trigger {self.hl7_trigger} does not match {expected}")
-        return self
 
 
 class AdmissionEvent(_AdtBase):
@@ -209,7 +250,7 @@ class AdmissionEvent(_AdtBase):
     admit_source: AdmitSource
     patient: PatientInfo
     diagnosis_codes: list[str] = Field(min_length=1)
-    vitals: Vitals
+    vitals: Vitals | None = None  # v1.1: null when the feed sends none
 
 
 class DischargeEvent(_AdtBase):
@@ -219,7 +260,7 @@ class DischargeEvent(_AdtBase):
     discharge_disposition: Disposition
     diagnosis_codes: list[str] = Field(min_length=1)
     procedure_codes: list[str]
-    total_cost: NonNegFloat
+    total_cost: NonNegFloat | None = None  # v1.1: null when the feed sends no charges
     payer: Payer
     satisfaction_score: float | None = Field(default=None, ge=0, le=100)
 
@@ -234,14 +275,106 @@ class TransferEvent(_AdtBase):
     event_type: Literal["transfer"] = "transfer"
 
 
+class _ClassedVisit(_AdtBase):
+    """A visit's patient class and, when the feed sends them, how it came (A04, A06)."""
+
+    patient_class: PatientClass
+    admission_type: AdmissionType | None = None
+    admit_source: AdmitSource | None = None
+    diagnosis_codes: list[str] = Field(default_factory=list)
+
+
+class RegistrationEvent(_ClassedVisit):
+    """v1.1, A04: a visit without an inpatient bed (ED, outpatient); ``encounter_id`` is its visit."""
+
+    event_type: Literal["registration"] = "registration"
+    patient: Demographics | None = None
+
+
+class ClassChangeEvent(_ClassedVisit):
+    """v1.1, A06 (to inpatient) / A07 (to a class without a bed): the encounter's new class.
+
+    An A06 also carries what an admission does when the feed sends it (null otherwise): with
+    them, the stream can open the inpatient stay the change starts.
+    """
+
+    event_type: Literal["class_change"] = "class_change"
+    patient: PatientInfo | None = None
+    vitals: Vitals | None = None
+
+    @model_validator(mode="after")
+    def _class_matches(self) -> "ClassChangeEvent":
+        if (self.hl7_trigger == "A06") != (self.patient_class == "inpatient"):
+            raise ValueError("A06 changes to inpatient, A07 to another class")
+        return self
+
+
+class UpdateEvent(_AdtBase):
+    """v1.1, A08: the encounter as it now stands. ``department`` / ``attending_provider_id`` are
+    always sent; ``diagnosis_codes`` empty and ``patient`` / ``patient_class`` null mean the
+    message did not carry them (unchanged), not that they were removed."""
+
+    event_type: Literal["update"] = "update"
+    patient_class: PatientClass | None = None
+    diagnosis_codes: list[str] = Field(default_factory=list)
+    patient: Demographics | None = None
+
+
+class CancellationEvent(_AdtBase):
+    """v1.1, A11 / A12 / A13: cancels the latest not yet cancelled ``cancelled_event_type`` event
+    of ``encounter_id`` (HL7 names no event id: the visit and the trigger identify it; an
+    encounter has one admission and one discharge, and A12 cancels its latest transfer).
+
+    ``department`` / ``attending_provider_id`` are where the patient is after the cancellation
+    (an A12's restored location). ``cancelled_occurred_at``: when the cancelled event happened,
+    when the message says (A11: PV1-44, A13: PV1-45), else null.
+    """
+
+    event_type: Literal["cancellation"] = "cancellation"
+    cancelled_event_type: CancelledType
+    cancelled_occurred_at: AwareDatetime | None = None
+
+    @model_validator(mode="after")
+    def _cancelled_matches(self) -> "CancellationEvent":
+        if CANCELLED_BY[self.hl7_trigger] != self.cancelled_event_type:
+            raise ValueError(f"{self.hl7_trigger} cancels a {CANCELLED_BY[self.hl7_trigger]}")
+        return self
+
+
+class MergeEvent(_EventBase):
+    """v1.1, A40: ``prior_patient_id`` (MRG-1) is merged into ``patient_id`` (the survivor).
+
+    A merge concerns the patient, not a visit: encounter, department and attending are null
+    unless the message has a PV1.
+    """
+
+    event_type: Literal["merge"] = "merge"
+    encounter_id: str | None = None
+    department: str | None = None
+    attending_provider_id: str | None = None
+    prior_patient_id: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _two_patients(self) -> "MergeEvent":
+        if self.prior_patient_id == self.patient_id:
+            raise ValueError("prior_patient_id is the surviving patient_id")
+        return self
+
+
 AdtEvent = Annotated[
-    Union[AdmissionEvent, DischargeEvent, TransferEvent], Field(discriminator="event_type")
+    Union[AdmissionEvent, DischargeEvent, TransferEvent, RegistrationEvent, ClassChangeEvent,
+          UpdateEvent, CancellationEvent, MergeEvent],
+    Field(discriminator="event_type"),
 ]
+AnyAdtEvent = (AdmissionEvent | DischargeEvent | TransferEvent | RegistrationEvent
+               | ClassChangeEvent | UpdateEvent | CancellationEvent | MergeEvent)
+V1_EVENT_TYPES: frozenset[str] = frozenset(TRIGGER_OF)
 _ADT = TypeAdapter(AdtEvent)
 
 
-def parse_adt(raw: bytes | str) -> AdmissionEvent | DischargeEvent | TransferEvent:
-    """Validate one ADT message; raises ``pydantic.ValidationError`` (or ValueError) when bad."""
+def parse_adt(raw: bytes | str) -> AnyAdtEvent:
+    """Validate one ADT message (contract v1.1); raises ``pydantic.ValidationError`` (or
+    ValueError) when bad."""
     return _ADT.validate_json(raw)
 
 

@@ -73,11 +73,11 @@ def simulate(
     fmt: Format | None = typer.Option(
         None, "--format", help="json (contract v1 events, the default) or hl7 (HL7 v2.5 ADT: each event "
         "as its A01 / A02 / A03, plus A08 updates, A11-A13 cancellations and A40 merges, which "
-        "wardstream mllp does not map yet: it answers AR and dead-letters them; needs --out or --mllp)."),
+        "wardstream mllp maps to contract v1.1 events; needs --out or --mllp)."),
     mllp: str | None = typer.Option(
         None, "--mllp", help="Send the HL7 feed to this MLLP listener (HOST:PORT, e.g. 127.0.0.1:2575), "
-        "each message after the previous one's ACK; AE is retried with backoff, an AR of an "
-        "A01 / A02 / A03 stops the run. Implies --format hl7."),
+        "each message after the previous one's ACK; AE is retried with backoff, an AR stops the "
+        "run. Implies --format hl7."),
     mllp_timeout: float = typer.Option(30.0, "--mllp-timeout", help="Seconds to wait for each ACK "
                                        "before sending the message again."),
     mllp_retries: int = typer.Option(8, "--mllp-retries", help="Re-sends of one message (after AE, a "

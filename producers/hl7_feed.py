@@ -1,5 +1,5 @@
 """A simulation as a realistic HL7 v2 ADT feed (pure): the simulated A01 / A02 / A03, and the
-messages a real feed mixes in that ``wardstream mllp`` does not map yet.
+messages a real feed mixes in (``wardstream mllp`` maps them to contract v1.1 events).
 
 Per simulated event, :meth:`Hl7Feed.for_event` returns the extra messages due before it, then the
 event's own message (:func:`producers.hl7_encode.encode_event`). The extras:
@@ -47,7 +47,8 @@ MERGE_P = 0.004
 # secondary diagnoses an update adds (ICD-10-CM): hyponatremia, anemia, AKI, dehydration,
 # hypokalemia, UTI, delirium, pressure ulcer, malnutrition, pneumonia
 SECONDARY = ("E87.1", "D64.9", "N17.9", "E86.0", "E87.6", "N39.0", "R41.0", "L89.90", "E44.0", "J18.9")
-MAPPED = frozenset({"A01", "A02", "A03"})
+SIMULATED = frozenset({"A01", "A02", "A03"})  # the triggers that carry a simulated event
+MAPPED = frozenset({*SIMULATED, "A08", "A11", "A12", "A13", "A40"})  # every trigger of the feed
 
 
 class Hl7Message(NamedTuple):

@@ -8,9 +8,8 @@ send, per simulated event, the feed's messages due by then (:class:`producers.hl
   ``tests/hapi``'s sender sends it as it is.
 - **MLLP** (``--mllp HOST:PORT``): one connection, each message after the previous one's ACK
   (:class:`producers.mllp.client.MllpClient`: AE, a timeout or a lost connection -> the same
-  message again with backoff). An AR for an A01 / A02 / A03 stops the run with
-  :class:`Rejected` (the listener should map every simulated event); an AR for the other
-  triggers (A08, A11-A13, A40, which ``wardstream mllp`` does not map yet) is counted.
+  message again with backoff). An AR stops the run with :class:`Rejected`: ``wardstream mllp``
+  maps every trigger of the feed (A01-A03, A08, A11-A13, A40; contract v1.1).
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ from producers.simulator import Emitted, Simulation
 
 
 class Rejected(RuntimeError):
-    """The listener refused (AR) a simulated A01 / A02 / A03: the message says which and why."""
+    """The listener refused (AR) a message of the feed: the message says which and why."""
 
 
 @dataclass
@@ -42,7 +41,7 @@ class AckCounts:
     def table(self) -> Table:
         t = Table(title="MLLP acknowledgements")
         t.add_column("trigger")
-        codes = sorted({c for _, c in self.by_trigger})
+        codes = sorted({"AA", "AR"} | {c for _, c in self.by_trigger})  # AA and AR always shown
         for c in codes:
             t.add_column(c, justify="right")
         for trigger in sorted({tr for tr, _ in self.by_trigger}):
@@ -94,7 +93,8 @@ def hl7_to_mllp(sim: Simulation, host: str, port: int, *, timeout: float = 30.0,
     """Send ``sim``'s HL7 feed to the MLLP listener at ``host:port`` (see the module doc).
 
     Raises OSError when the listener cannot be reached at the start, :class:`Rejected` on an AR
-    for an A01 / A02 / A03, :class:`producers.mllp.client.MllpError` when retries run out.
+    for a trigger the listener maps (:data:`~producers.hl7_feed.MAPPED`: all the feed sends),
+    :class:`producers.mllp.client.MllpError` when retries run out.
     ``acks`` (filled as the run goes) has the ACK codes by trigger.
     """
     acks = acks if acks is not None else AckCounts()

@@ -53,7 +53,9 @@ from contracts.events import (
     DeadLetter,
     DischargeEvent,
     DischargeScore,
+    RegistrationEvent,
     TransferEvent,
+    UpdateEvent,
     dump,
     parse_adt,
     raw_text,
@@ -336,14 +338,23 @@ class AdtFlow:
             self._save(state)
             self.kpi_tally.add(kpis.for_admission(event))
             learned |= self._labels(outcomes, brain, out)
-        elif isinstance(event, TransferEvent):
+        elif isinstance(event, (TransferEvent, UpdateEvent)):
             assert state is not None and state.open is not None  # check() guarantees it
             before = state.open
-            state = patient.apply_transfer(state, event)
+            if isinstance(event, TransferEvent):
+                state = patient.apply_transfer(state, event)
+            else:
+                state = patient.apply_update(state, event)
             self._save(state)
             self.kpi_tally.add(kpis.for_transfer(event, before.department, before.attending_provider_id))
+        elif isinstance(event, RegistrationEvent):
+            self._save(patient.apply_registration(state, event))  # no bed: no KPI, no score
         else:
-            assert state is not None
+            assert state is not None and state.open is not None and isinstance(event, DischargeEvent)
+            # the discharge's own department and attending are the latest word: a stay known to
+            # be elsewhere moves there first, so the census it leaves is the one it was counted in
+            before = state.open
+            self.kpi_tally.add(kpis.for_transfer(event, before.department, before.attending_provider_id))
             state = self._discharge(partition, state, event, watermark, brain, out)
             # a discharge older than the watermark by 30+ days (another patient's events ran
             # ahead on this partition) is already past due: label it now, not never

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 
 import orjson
 import pandas as pd
@@ -93,7 +93,7 @@ def _ts(s: str) -> datetime:
 class Oracle:
     """Expected labels and KPI values from the valid ADT events (with their partition)."""
 
-    events: list[dict]  # valid events, each with "_partition"
+    events: list[dict]  # applied events, each with "_partition" (registrations add nothing)
     scores: dict[str, dict]  # encounter_id -> final score message (for high_risk)
     capacity: dict[str, int]
     labels: dict[str, dict] = field(default_factory=dict)
@@ -145,20 +145,22 @@ class Oracle:
                     adm.append({"dimension": dim, "dimension_id": did, "t": t})
                     moves.append({"dimension": dim, "dimension_id": did, "t": t, "delta": 1})
                 where[pid] = (dept, prov)
-            elif kind == "transfer":
+            elif kind in ("transfer", "update", "discharge"):
+                # an update (A08) moves the stay like a transfer; a discharge from elsewhere
+                # than the stay was known to be moves it there first
                 old_dept, old_prov = where[pid]
                 for dim, old, new in (("department", old_dept, dept), ("provider", old_prov, prov)):
                     if old != new:
                         moves.append({"dimension": dim, "dimension_id": old, "t": t, "delta": -1})
                         moves.append({"dimension": dim, "dimension_id": new, "t": t, "delta": 1})
                 where[pid] = (dept, prov)
-            else:
+            if kind == "discharge":
                 s = self.scores[e["encounter_id"]]
                 lab = self.labels.get(e["encounter_id"])
                 for dim, did in (("facility", fac), ("department", dept), ("provider", prov)):
                     dis.append({
                         "dimension": dim, "dimension_id": did, "t": t, "patient_id": pid,
-                        "los": e["length_of_stay_days"], "cost": e["total_cost"],
+                        "los": e["length_of_stay_days"], "cost": e.get("total_cost"),
                         "high_risk": bool(s["high_risk"]),
                         "known": lab is not None,
                         "readmitted": bool(lab and lab["readmitted"]),
@@ -190,7 +192,10 @@ class Oracle:
                          ("known", "known"), ("readmitted", "known_readmitted"),
                          ("good", "known_good"), ("tp", "tp"), ("flagged", "known_flagged")):
             daily[col] = g[src].sum()
-        patients = g.patient_id.agg(lambda s: frozenset(s)).to_dict()
+        # cost per patient: discharges with a known cost (contract v1.1: total_cost may be null)
+        costed = dis[dis.cost.notna()]
+        patients = costed.groupby(["dimension", "dimension_id", "day"]).patient_id.agg(
+            lambda s: frozenset(s)).to_dict()
         first_day = min(adm.day.min(), dis.day.min())
         out: dict[tuple, tuple] = {}
         cache: dict[tuple[str, str], dict[str, list[float]]] = {}

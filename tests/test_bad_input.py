@@ -89,7 +89,7 @@ def mutate(msgs: list[Msg], op: str, i: int, j: int) -> None:
         msgs.insert(i, Msg(m.key, orjson.dumps(ev), m.patient, "contract", True))
     elif op == "unknown_type" and ev:
         ev = _fresh(ev)
-        ev.update(event_type="update", hl7_trigger="A08")
+        ev.update(event_type="pre_admission", hl7_trigger="A05")  # no such type in v1.1 either
         msgs.insert(i, Msg(m.key, orjson.dumps(ev), m.patient, "contract", True))
     elif op == "negative" and ev:
         ev = _fresh(ev)
@@ -252,7 +252,7 @@ def _designed_bad_messages(events: list[tuple[str, dict]]) -> list[tuple[int, Ms
               "occurred_at": _ts(adm["occurred_at"], timedelta(days=3650))}
     wrong = _fresh(adm)
     wrong["patient"] = {**adm["patient"], "age": "eighty"}
-    unknown = {**_fresh(adm), "event_type": "update", "hl7_trigger": "A08"}
+    unknown = {**_fresh(adm), "event_type": "pre_admission", "hl7_trigger": "A05"}
     neg_cost = {**_fresh(dis), "total_cost": -100.0}
     neg_stay = {**_fresh(dis), "length_of_stay_days": -2.0}
     raw = orjson.dumps(adm)

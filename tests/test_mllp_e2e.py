@@ -1,5 +1,6 @@
 """``wardstream mllp`` against a sender the project did not write (HAPI HL7v2 2.6.0, tests/hapi/)
-and the real broker: every ACK, and exactly the mapped events on hospital.adt / letters on the DLQ.
+and the real broker: every ACK, and exactly the mapped events (contract v1.1: A01-A13, A40) on
+hospital.adt / letters on the DLQ.
 """
 
 from __future__ import annotations
@@ -126,34 +127,60 @@ def read_all(topic: str) -> list[bytes]:
         consumer.close()
 
 
+def v11(trigger: str, control_id: str, n: int, day: int) -> str:
+    """A contract v1.1 trigger of patient ``n`` (visit V{n}) on 2025-03-``day``: A04 registers a
+    separate ED visit (E{n}), A40 merges MRN X{n} into M{n}, the others concern visit V{n}."""
+    pv1 = {1: "1", 2: "O" if trigger == "A07" else "I", 3: "CARD^3^A", 7: f"D{n}^Doc", 19: f"V{n}",
+           20: "MC", 44: "202503010800"}
+    body = [seg("PV1", pv1), "DG1|1||I50.9^Heart failure^I10"]
+    if trigger == "A04":
+        pv1.update({2: "E", 3: "ED", 19: f"E{n}", 44: f"202503{day:02d}0700"})
+        body = [seg("PV1", pv1)]
+    elif trigger == "A40":
+        body = [f"MRG|X{n}^^^F01^MR"]
+    return "\r".join([msh(trigger, control_id), f"EVN|{trigger}|202503{day:02d}0900",
+                      f"PID|1||M{n}^^^F01^MR||Roe^Sam||19600101|M||2106-3", *body])
+
+
+V11 = {"A04": "registration", "A06": "class_change", "A07": "class_change", "A08": "update",
+       "A11": "cancellation", "A12": "cancellation", "A13": "cancellation", "A40": "merge"}
+
+
 def test_hapi_feed_gets_every_ack_and_exactly_the_mapped_events(kafka_ns, hapi_classpath, tmp_path):
     feed = []
     for n in (1, 2, 3):
         feed += [adt("A01", f"C{n}-1", n, 1), adt("A02", f"C{n}-2", n, 2), adt("A03", f"C{n}-3", n, 4)]
+    feed += [v11(trigger, f"C4-{trigger}", 4, 5) for trigger in V11]  # contract v1.1: all AA
     feed.append("\r".join([msh("R01", "LAB-1", "ORU"), "PID|1||M1^^^F01^MR", "OBR|1", "OBX|1|NM|8867-4||70"]))
-    feed.append("\r".join([msh("A08", "C1-8"), "EVN|A08|202503020900", "PID|1||M1^^^F01^MR",
+    feed.append("\r".join([msh("A05", "C1-5"), "EVN|A05|202503020900", "PID|1||M1^^^F01^MR",
                            seg("PV1", {2: "I", 3: "CARD", 19: "V1"})]))
     feed.append(feed[0])  # a re-send of the first A01 (same MSH-4 + MSH-10)
     adt_ids = [f"C{n}-{k}" for n in (1, 2, 3) for k in (1, 2, 3)]
+    v11_ids = [f"C4-{trigger}" for trigger in V11]
 
     with listener(tmp_path) as port:
         acks = send(hapi_classpath, port, feed, tmp_path)
 
     expected = [["AA", cid, f"ACK^A0{cid[-1]}^ACK"] for cid in adt_ids]
-    expected += [["AR", "LAB-1", "ACK^R01^ACK"], ["AR", "C1-8", "ACK^A08^ACK"], ["AA", "C1-1", "ACK^A01^ACK"]]
+    expected += [["AA", cid, f"ACK^{cid[3:]}^ACK"] for cid in v11_ids]
+    expected += [["AR", "LAB-1", "ACK^R01^ACK"], ["AR", "C1-5", "ACK^A05^ACK"], ["AA", "C1-1", "ACK^A01^ACK"]]
     assert acks == expected
 
     topics = Topics(kafka_ns)
     events = [parse_adt(raw) for raw in read_all(topics.adt)]
-    assert sorted(str(e.event_id) for e in events) == sorted(str(event_id_for("F01", c)) for c in adt_ids)
+    assert sorted(str(e.event_id) for e in events) == sorted(
+        str(event_id_for("F01", c)) for c in adt_ids + v11_ids)
     by_patient: dict[str, list[str]] = {}
     for e in events:
         by_patient.setdefault(e.patient_id, []).append(e.event_type)
-    assert by_patient == {f"M{n}": ["admission", "transfer", "discharge"] for n in (1, 2, 3)}  # in order
+    assert by_patient == {**{f"M{n}": ["admission", "transfer", "discharge"] for n in (1, 2, 3)},
+                          "M4": list(V11.values())}  # in order
+    merge = next(e for e in events if e.event_type == "merge")
+    assert (merge.prior_patient_id, merge.encounter_id) == ("X4", None)
 
     letters = [orjson.loads(raw) for raw in read_all(topics.dlq)]
     assert sorted((d["source_topic"], d["reason"].split(" (")[0]) for d in letters) == [
-        ("mllp", "not an ADT message"), ("mllp", "unsupported ADT trigger A08")]
+        ("mllp", "not an ADT message"), ("mllp", "unsupported ADT trigger A05")]
     assert all("MSH|" in d["raw"] for d in letters)
     log = (tmp_path / "mllp.log").read_text()
     assert "Roe" not in log and "19600101" not in log  # no patient data in the logs
@@ -165,6 +192,6 @@ def test_kafka_unreachable_gives_ae(hapi_classpath, tmp_path):
         bogus = f"127.0.0.1:{closed.getsockname()[1]}"
     with listener(tmp_path, KAFKA_BOOTSTRAP_SERVERS=bogus, WARDSTREAM_BROKER_WAIT_S="2",
                   ack_timeout="2") as port:
-        acks = send(hapi_classpath, port, [adt("A01", "X-1", 9, 1), adt("A08", "X-2", 9, 2)], tmp_path)
+        acks = send(hapi_classpath, port, [adt("A01", "X-1", 9, 1), adt("A05", "X-2", 9, 2)], tmp_path)
     # nothing stored: AE (retry) for the event and for the unmappable one's dead letter too
-    assert acks == [["AE", "X-1", "ACK^A01^ACK"], ["AE", "X-2", "ACK^A08^ACK"]]
+    assert acks == [["AE", "X-1", "ACK^A01^ACK"], ["AE", "X-2", "ACK^A05^ACK"]]

@@ -93,3 +93,39 @@ def test_a_bundle_is_one_message_and_each_record_its_row() -> None:
     rows = b.rows("kpi_partials")
     assert len(b) == 2 and [(r["adt_partition"], r["admissions_micro"]) for r in rows] == [(0, 2_000_000),
                                                                                             (1, 4_000_000)]
+
+
+def _v11(**fields) -> object:
+    from contracts.events import parse_adt
+
+    base = {"schema_version": 1, "occurred_at": "2025-01-01T10:00:00Z", "facility_id": "F1",
+            "patient_id": "P1", "encounter_id": "E1", "department": "Emergency",
+            "attending_provider_id": "D1"}
+    return parse_adt(orjson.dumps({**base, **fields}))
+
+
+def test_contract_v11_events_and_nulls() -> None:
+    """A registration is an event, not an encounter; an update moves the encounter's current
+    department; an admission without vitals and a discharge without a cost store nulls and no
+    charge."""
+    b = Batch()
+    b.add_adt(_v11(event_id="00000000-0000-4000-8000-000000000010", event_type="registration",
+                   hl7_trigger="A04", patient_class="emergency", encounter_id="R1"), 0, 1)
+    assert [r["event_type"] for r in b.rows("adt_events")] == ["registration"]
+    assert b.rows("encounters") == []
+    b.add_adt(_v11(event_id="00000000-0000-4000-8000-000000000011", event_type="admission",
+                   hl7_trigger="A01", admission_type="emergency", admit_source="ed",
+                   patient={"age": 50, "sex": "F", "race": "white", "payer": "private",
+                            "chronic_conditions": []}, diagnosis_codes=["R07.9"]), 0, 2)
+    b.add_adt(_v11(event_id="00000000-0000-4000-8000-000000000012", event_type="update",
+                   hl7_trigger="A08", occurred_at="2025-01-01T11:00:00Z", department="Cardiology",
+                   attending_provider_id="D2"), 0, 3)
+    b.add_adt(_v11(event_id="00000000-0000-4000-8000-000000000013", event_type="discharge",
+                   hl7_trigger="A03", occurred_at="2025-01-02T10:00:00Z", department="Cardiology",
+                   attending_provider_id="D2", admitted_at="2025-01-01T10:00:00Z",
+                   length_of_stay_days=1.0, discharge_disposition="home", diagnosis_codes=["R07.9"],
+                   procedure_codes=[], payer="private"), 0, 4)
+    (enc,) = b.rows("encounters")
+    assert (enc["department"], enc["attending_provider_id"]) == ("Cardiology", "D2")
+    assert enc["systolic_bp"] is None and enc["total_cost"] is None
+    assert b.rows("charges") == []

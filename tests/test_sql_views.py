@@ -277,3 +277,39 @@ def test_model_health_equals_pandas(loaded) -> None:
         assert r.labelled == size
         assert _close(r.mean_score, part.score.mean())
         assert _close(r.observed_rate, part.readmitted.astype(bool).mean())
+
+
+def test_contract_v11_events_in_the_views(kafka_ns, sink_db) -> None:
+    """A registration is no bed, an update moves the bed, a null cost stays out of cost per
+    patient (V010)."""
+    from consumers.fake import FakeData
+    from contracts.events import RegistrationEvent, UpdateEvent
+    from stream.domain.examples import admission, discharge, event_id, ts
+
+    a1, a2 = "2025-01-01T08:00:00+00:00", "2025-01-01T09:00:00+00:00"
+    events = [
+        RegistrationEvent(event_id=event_id("R"), hl7_trigger="A04", occurred_at=ts("2024-12-31T08:00:00+00:00"),
+                          facility_id="F01", patient_id="P1", encounter_id="R1", department="Emergency",
+                          attending_provider_id="D9", patient_class="emergency"),
+        admission("P1", "E1", a1).model_copy(update={"vitals": None}),
+        admission("P2", "E2", a2),
+        UpdateEvent(event_id=event_id("U"), hl7_trigger="A08", occurred_at=ts("2025-01-02T08:00:00+00:00"),
+                    facility_id="F01", patient_id="P1", encounter_id="E1", department="Cardiology",
+                    attending_provider_id="D2"),
+        discharge("P1", "E1", a1, "2025-01-04T08:00:00+00:00", department="Cardiology", provider="D2",
+                  total_cost=None),
+        discharge("P2", "E2", a2, "2025-01-04T09:00:00+00:00", total_cost=5000.0),
+    ]
+    produce(FakeData(adt=[(ev.patient_id, ev) for ev in events]), kafka_ns, include_invalid=False)
+    run_sink(once=True)
+    segments = _sql(sink_db, "SELECT encounter_id, department FROM v_bed_segments ORDER BY from_ts")
+    assert list(segments.itertuples(index=False, name=None)) == [
+        ("E1", "Internal Medicine"), ("E2", "Internal Medicine"), ("E1", "Cardiology")]
+    census = _sql(sink_db, "SELECT day::date AS day, department, census FROM v_census_daily")
+    jan2 = census[census.day.astype(str) == "2025-01-02"].set_index("department").census.to_dict()
+    assert jan2.get("Cardiology") == 1 and jan2.get("Internal Medicine") == 1 and "Emergency" not in jan2
+    cost = _sql(sink_db, "SELECT numerator, denominator FROM kpi_daily WHERE kpi = 'cost_per_patient' "
+                         "AND dimension = 'facility'")
+    assert list(cost.itertuples(index=False, name=None)) == [(5000.0, 1.0)]
+    summary = _sql(sink_db, "SELECT cost_per_patient FROM v_kpi_summary")
+    assert summary.cost_per_patient.tolist() == [5000.0]

@@ -4,7 +4,7 @@
 - :mod:`~producers.mllp.message`: decoding, parsing and the header of one HL7 v2 message, and
   its ACK (pure);
 - :mod:`~producers.mllp.departments`: the point-of-care -> department table (configuration);
-- :mod:`~producers.mllp.mapping`: A01 / A02 / A03 -> event contract v1 (pure);
+- :mod:`~producers.mllp.mapping`: ADT A01-A13, A40 -> event contract v1.1 (pure);
 - :mod:`~producers.mllp.gate`: the Kafka side (a delivery acknowledged by Kafka, or an error);
 - :mod:`~producers.mllp.server`: the asyncio listener that ties them together and ACKs.
 """

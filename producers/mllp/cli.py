@@ -36,9 +36,10 @@ def mllp(
     """Receive HL7 v2 ADT messages over MLLP and publish them as events on hospital.adt.
 
     Point an EHR's or interface engine's ADT feed (HL7 v2.3 to v2.8, MLLP framing) at this
-    listener. A01 (admit), A02 (transfer) and A03 (discharge) become admission, transfer and
-    discharge events (event contract v1, keyed by patient_id); the README's "HL7 v2 over MLLP"
-    lists each field's HL7 source.
+    listener. A01 (admit), A02 (transfer), A03 (discharge), A04 (register), A06 / A07 (change
+    patient class), A08 (update), A11 / A12 / A13 (cancel admit / transfer / discharge) and A40
+    (merge) become events of contract v1.1, keyed by patient_id; the README's "HL7 v2 over
+    MLLP" lists each field's HL7 source.
 
     Each message is acknowledged in order: AA once Kafka stored its event; AE (the sender retries)
     while Kafka is unavailable; AR, with an ERR segment, for a message that can never be mapped

@@ -25,6 +25,12 @@ ADMIT_SOURCE: dict[str, str] = {
     "RF": "referral", "TR": "transfer",
 }
 
+# PV1-2 patient class (HL7 table 0004)
+PATIENT_CLASS: dict[str, str] = {
+    "I": "inpatient", "O": "outpatient", "E": "emergency", "P": "preadmit", "R": "recurring",
+    "B": "obstetrics",
+}
+
 # PV1-36 discharge disposition (HL7 table 0112 = UB-04 patient discharge status)
 DISPOSITION: dict[str, str] = {
     "01": "home", "1": "home",

@@ -7,8 +7,8 @@ sends a patient's messages on one connection, and the producer keeps a key's ord
 ACK codes (HL7 table 0008):
 
 - **AA**: the mapped event is stored on ``hospital.adt`` (key ``patient_id``);
-- **AR** + ERR: the message can never be mapped (no MSH, not ADT, a trigger other than
-  A01 / A02 / A03, a field the contract needs is missing or not in a code table); it is stored
+- **AR** + ERR: the message can never be mapped (no MSH, not ADT, a trigger the mapping does
+  not know, a field the contract needs is missing or not in a code table); it is stored
   on ``hospital.dlq`` first (raw bytes, reason, ``source_topic`` ``"mllp"``);
 - **AE** + ERR: Kafka did not store the event (or the dead letter): the sender retries.
 

@@ -75,7 +75,7 @@ def discharge(
     facility: str = "F01",
     diagnosis_codes: list[str] | None = None,
     procedure_codes: list[str] | None = None,
-    total_cost: float = 9000.0,
+    total_cost: float | None = 9000.0,
     payer: str = "medicare",
     satisfaction_score: float | None = 80.0,
     length_of_stay_days: float | None = None,

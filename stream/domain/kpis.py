@@ -18,7 +18,8 @@ kpi                               numerator                      denominator (va
 ================================  =============================  ===============================
 readmission_rate                  readmitted index discharges    index discharges, label known
 avg_length_of_stay                sum of length_of_stay_days     discharges
-cost_per_patient                  sum of total_cost              distinct patients discharged
+cost_per_patient                  sum of total_cost (known)      distinct patients discharged
+                                                                 with a known cost
 high_risk_pct                     discharges flagged high risk   discharges scored (x 100)
 provider_utilization              sum of day-end census          capacity x days (provider only)
 outcome_efficiency                good outcomes                  patient-days (x 100)
@@ -40,7 +41,7 @@ from datetime import date, datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Any
 
-from contracts.events import KPI_NAMES, AdmissionEvent, DischargeEvent, TransferEvent
+from contracts.events import KPI_NAMES, AdmissionEvent, DischargeEvent, TransferEvent, UpdateEvent
 from stream.domain.patient import LabelOutcome
 
 FIELDS: tuple[str, ...] = (
@@ -112,8 +113,11 @@ def for_admission(adm: AdmissionEvent) -> list[Contribution]:
                  {"admissions": 1.0, "census_delta": 1.0})
 
 
-def for_transfer(tr: TransferEvent, from_department: str, from_provider: str) -> list[Contribution]:
-    """A transfer moves one census unit between departments / providers (facility unchanged)."""
+def for_transfer(tr: TransferEvent | UpdateEvent | DischargeEvent, from_department: str,
+                 from_provider: str) -> list[Contribution]:
+    """A move of the open encounter (a transfer, an update that changes department or
+    attending, a discharge from elsewhere than the stay was known to be): one census unit
+    moves between departments / providers (facility unchanged), at the event's time."""
     day = utc_day(tr.occurred_at)
     out: list[Contribution] = []
     for dim, old, new in (("department", from_department, tr.department),
@@ -125,17 +129,24 @@ def for_transfer(tr: TransferEvent, from_department: str, from_provider: str) ->
 
 
 def for_discharge(dis: DischargeEvent, high_risk: bool) -> list[Contribution]:
-    """A discharge: counts, stay, cost, patient-days, scoring, -1 census; carries the patient id."""
+    """A discharge: counts, stay, cost, patient-days, scoring, -1 census.
+
+    Cost per patient counts only discharges with a known cost (contract v1.1: ``total_cost``
+    is null when the feed sends no charges): such a discharge adds its cost and its patient
+    id (the distinct patients of the denominator); one without adds neither, so a missing
+    cost does not read as a free stay.
+    """
     los = float(dis.length_of_stay_days)
+    costed = dis.total_cost is not None
     return _each(dis.facility_id, dis.department, dis.attending_provider_id, utc_day(dis.occurred_at), {
         "discharges": 1.0,
         "los_sum": los,
-        "cost_sum": float(dis.total_cost),
+        "cost_sum": float(dis.total_cost) if costed else 0.0,
         "patient_days": los,
         "scored": 1.0,
         "high_risk": 1.0 if high_risk else 0.0,
         "census_delta": -1.0,
-    }, patient_id=dis.patient_id)
+    }, patient_id=dis.patient_id if costed else None)
 
 
 LABEL_FIELDS = frozenset({"index_known", "readmitted", "good_outcomes", "tp", "fp", "fn"})

@@ -22,7 +22,15 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from contracts.events import AdmissionEvent, DischargeEvent, ReadmissionLabel, TransferEvent
+from contracts.events import (
+    AdmissionEvent,
+    AnyAdtEvent,
+    DischargeEvent,
+    ReadmissionLabel,
+    RegistrationEvent,
+    TransferEvent,
+    UpdateEvent,
+)
 from stream.domain.charlson import charlson_index
 
 READMISSION_WINDOW = timedelta(days=30)
@@ -34,8 +42,11 @@ ED_HISTORY = timedelta(days=183)
 FAR_FUTURE = timedelta(days=7)
 RECENT_EVENT_IDS = 64
 LOS_TOLERANCE_DAYS = 0.05
+# contract v1.1 event types the stream does not apply yet: they go to the DLQ, whole, so that a
+# later version can apply them from there (their withdrawals, the merge of two histories)
+NOT_APPLIED_YET = frozenset({"cancellation", "merge", "class_change"})
 
-AdtEvent = AdmissionEvent | DischargeEvent | TransferEvent
+AdtEvent = AdmissionEvent | DischargeEvent | TransferEvent | RegistrationEvent | UpdateEvent
 
 
 def _ts(value: datetime) -> str:
@@ -84,7 +95,7 @@ class OpenEncounter:
             payer=adm.patient.payer,
             chronic_conditions=list(adm.patient.chronic_conditions),
             diagnosis_codes=list(adm.diagnosis_codes),
-            vitals={k: float(v) for k, v in adm.vitals.model_dump().items()},
+            vitals=_known_vitals(adm),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -111,6 +122,13 @@ class OpenEncounter:
                       "chronic_conditions": list(d["chronic_conditions"]),
                       "diagnosis_codes": list(d["diagnosis_codes"]),
                       "vitals": {k: float(v) for k, v in d["vitals"].items()}})
+
+
+def _known_vitals(adm: AdmissionEvent) -> dict[str, float]:
+    """The vitals the admission carries (v1.1: any may be null; features read absent as normal)."""
+    if adm.vitals is None:
+        return {}
+    return {k: float(v) for k, v in adm.vitals.model_dump().items() if v is not None}
 
 
 @dataclass
@@ -235,11 +253,13 @@ class PatientState:
 # --------------------------------------------------------------------------- validation
 
 
-def check(state: PatientState | None, event: AdtEvent, watermark: datetime | None) -> str | None:
+def check(state: PatientState | None, event: AnyAdtEvent, watermark: datetime | None) -> str | None:
     """Why this (contract-valid) event cannot be applied to the patient, or None if it can.
 
     Reasons are short and carry no patient data (they go to the DLQ and to logs).
     """
+    if event.event_type in NOT_APPLIED_YET:
+        return f"{event.event_type} events are not applied yet"
     if state is not None:
         if str(event.event_id) in state.recent_event_ids:
             return "duplicate event_id"
@@ -252,6 +272,8 @@ def check(state: PatientState | None, event: AdtEvent, watermark: datetime | Non
         if open_ is not None:
             return "admission while an encounter is open"
         return None
+    if isinstance(event, RegistrationEvent):
+        return None  # a visit without a bed: with or without an inpatient stay open
     if open_ is None:
         return f"{event.event_type} without open admission"
     if event.encounter_id != open_.encounter_id:
@@ -327,6 +349,33 @@ def apply_transfer(state: PatientState, tr: TransferEvent) -> PatientState:
         raise ValueError("transfer without open admission")
     moved = replace(state.open, department=tr.department, attending_provider_id=tr.attending_provider_id)
     return replace(_touched(state, tr), open=moved)
+
+
+def apply_update(state: PatientState, upd: UpdateEvent) -> PatientState:
+    """The open encounter as the update (A08) says it now stands.
+
+    Department and attending always replace (a move, like a transfer); diagnoses replace when
+    the update carries any; each demographic the update carries replaces. What it does not
+    carry stays: an empty list or a null means "not sent", not "removed".
+    """
+    if state.open is None:
+        raise ValueError("update without open admission")
+    o, p = state.open, upd.patient
+    moved = replace(
+        o, department=upd.department, attending_provider_id=upd.attending_provider_id,
+        diagnosis_codes=list(upd.diagnosis_codes) or o.diagnosis_codes,
+        age=o.age if p is None or p.age is None else p.age,
+        sex=o.sex if p is None or p.sex is None else p.sex,
+        race=o.race if p is None or p.race is None else p.race,
+        payer=o.payer if p is None or p.payer is None else p.payer,
+    )
+    return replace(_touched(state, upd), open=moved)
+
+
+def apply_registration(state: PatientState | None, reg: RegistrationEvent) -> PatientState:
+    """A visit without an inpatient bed (A04): the patient's event record only (its id guards
+    against a duplicate, its time orders later events); no stay opens, no history changes."""
+    return _touched(state or PatientState(patient_id=reg.patient_id), reg)
 
 
 def apply_discharge(state: PatientState, dis: DischargeEvent) -> tuple[PatientState, DischargeContext]:
