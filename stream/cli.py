@@ -65,10 +65,13 @@ def run_worker(s: Settings, loglevel: str = "info", log_file: str | None = None)
     ``log_file``: see ``wardstream worker --log-file`` (None: the default file; "-": none).
     """
     from stream.app import create_worker
-    from wardstream.kafka_io import ensure_topics
+    from stream.faust_app import changelog_topics
+    from wardstream.kafka_io import ensure_topics, topic_specs
 
-    ensure_topics(s=s)
-    _worker_class(log_file)(create_worker(s), loglevel=loglevel).execute_from_commandline()
+    app = create_worker(s)
+    changelogs = changelog_topics(app)
+    ensure_topics([*topic_specs(s), *changelogs], s=s, extra=changelogs)
+    _worker_class(log_file)(app, loglevel=loglevel).execute_from_commandline()
 
 
 def _worker_class(log_file: str | None) -> type:

@@ -94,3 +94,14 @@ def create_app(s: Settings) -> faust.App:
         # outputs go through a producer with a shorter linger (WARDSTREAM_EVENTS_LINGER).
         producer_linger=s.stream.producer_linger,
     )
+
+
+def changelog_topics(app: faust.App) -> dict[str, tuple[int, dict[str, str]]]:
+    """Each table's changelog topic with its partitions and config, to create before Faust starts
+    (:func:`wardstream.kafka_io.ensure_topics`, which waits for their leaders). Faust creates
+    them itself at its start, but on a cluster its consumer can then see a new changelog without
+    partitions; the table's first write raises PartitionsMismatch, the crashed agent's messages
+    stay unacknowledged, and the next rebalance waits for them forever."""
+    return {table.changelog_topic.get_topic_name(): (table.partitions or app.conf.topic_partitions,
+                                                     {"cleanup.policy": "compact"})
+            for table in app.tables.values()}

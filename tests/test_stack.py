@@ -55,3 +55,27 @@ def test_ensure_topics_gives_an_existing_topic_its_spec_config(kafka_ns) -> None
         found = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, None)],
                                        config_filter="all")["topic"][topic]
     assert found["cleanup.policy"]["value"] == "delete" and found["retention.ms"]["value"] == "-1"
+
+
+def test_worker_changelogs_exist_with_leaders_before_faust_starts(kafka_ns) -> None:
+    """The worker creates its tables' changelog topics itself (compacted, one partition per
+    source partition) and waits for their leaders: a changelog Faust creates at its start can be
+    seen without partitions on a cluster, and the table's first write then raises."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    from stream.app import create_worker
+    from stream.faust_app import changelog_topics
+    from wardstream.config import settings
+    from wardstream.kafka_io import admin_client
+
+    changelogs = changelog_topics(create_worker(settings()))
+    assert {name.rsplit("-", 2)[-2] for name in changelogs} >= {"patients", "partition_state", "kpi_days"}
+    ensure_topics(list(changelogs), extra=changelogs)
+    with admin_client() as admin:
+        described = {t["name"]: t for t in admin.describe_topics(list(changelogs))}
+        configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name, None)
+                                          for name in changelogs], config_filter="all")["topic"]
+    for name, (partitions, _) in changelogs.items():
+        assert len(described[name]["partitions"]) == partitions
+        assert all(p["leader_id"] >= 0 for p in described[name]["partitions"])
+        assert configs[name]["cleanup.policy"]["value"] == "compact"

@@ -13,7 +13,8 @@ look-ups here do so themselves), and it gives up after a limit with one readable
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -226,14 +227,17 @@ def delete_namespace_topics(*namespaces: str, s: Settings | None = None) -> int:
     return len(doomed)
 
 
-def ensure_topics(names: Iterable[str] | None = None, s: Settings | None = None) -> None:
+def ensure_topics(names: Iterable[str] | None = None, s: Settings | None = None,
+                  extra: Mapping[str, tuple[int, dict[str, str]]] | None = None) -> None:
     """Create the wardstream topics that do not exist yet (idempotent), with
-    WARDSTREAM_REPLICATION_FACTOR copies; a name outside :func:`topic_specs` gets the ADT
-    partition count and the :func:`durability` config. An existing topic whose config differs
-    from its spec gets the spec's values (a release may change one: ``hospital.kpi-partials``
-    went from compacted to kept)."""
+    WARDSTREAM_REPLICATION_FACTOR copies; a name outside :func:`topic_specs` and ``extra`` (more
+    topics' partitions and own config) gets the ADT partition count and the :func:`durability`
+    config. An existing topic whose config differs from its spec gets the spec's values (a
+    release may change one: ``hospital.kpi-partials`` went from compacted to kept). Returns once
+    every partition of the topics asked for has a leader (on a cluster a topic just created is
+    listed before it does, and a client that looks then sees it without partitions)."""
     s = s or settings()
-    specs = topic_specs(s)
+    specs = {**topic_specs(s), **{n: (p, {**durability(s), **c}) for n, (p, c) in (extra or {}).items()}}
     wanted = list(names) if names is not None else list(specs)
     with admin_client(s) as admin:
         existing = set(broker_call("the topic list", admin.list_topics, s=s))
@@ -248,6 +252,22 @@ def ensure_topics(names: Iterable[str] | None = None, s: Settings | None = None)
             except TopicAlreadyExistsError:
                 pass
             log.info("created topics: %s", ", ".join(t.name for t in new))
+        _wait_leaders(admin, wanted, s)
+
+
+def _wait_leaders(admin: KafkaAdminClient, names: list[str], s: Settings, timeout: float = 60) -> None:
+    """Until every partition of ``names`` has a leader (retriable: raises BrokerUnavailable after
+    ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        described = broker_call("the topic metadata", lambda: admin.describe_topics(names), s=s)
+        waiting = [t["name"] for t in described
+                   if t["error_code"] or not t["partitions"] or any(p["leader_id"] < 0 for p in t["partitions"])]
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            raise BrokerUnavailable(f"topics without a leader after {timeout:.0f}s: {', '.join(waiting[:3])}")
+        time.sleep(0.2)
 
 
 def _align_configs(admin: KafkaAdminClient, wanted: dict[str, dict[str, str]], s: Settings) -> None:
