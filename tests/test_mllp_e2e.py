@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -195,3 +196,55 @@ def test_kafka_unreachable_gives_ae(hapi_classpath, tmp_path):
         acks = send(hapi_classpath, port, [adt("A01", "X-1", 9, 1), adt("A05", "X-2", 9, 2)], tmp_path)
     # nothing stored: AE (retry) for the event and for the unmappable one's dead letter too
     assert acks == [["AE", "X-1", "ACK^A01^ACK"], ["AE", "X-2", "ACK^A05^ACK"]]
+
+
+def test_broker_stopped_mid_feed_gives_ae_and_the_retries_store_each_message_once(hapi_classpath, tmp_path):
+    """The broker is SIGKILLed after 20 of 60 admissions and restarted 8 s later, while HAPI
+    sends with retries (on AE or no answer, as an interface engine does): what was not stored is
+    answered AE (never AA), the retries complete the feed, and in the end every message has one
+    AA and exactly one event on hospital.adt. A private broker: the shared one is never touched."""
+    from wardstream.config import scoped_env
+    from wardstream.stack.kafka import LocalCluster
+
+    feed = [adt("A01", f"B-{n}", n, 1) for n in range(60)]
+    path = tmp_path / "messages.hl7"
+    path.write_text("\n\n".join(m.replace("\r", "\n") for m in feed) + "\n")
+    broker = LocalCluster.on_free_ports(tmp_path / "kafka", brokers=1)
+    with scoped_env(**broker.env(), WARDSTREAM_NAMESPACE=""):
+        broker.up(timeout=180)
+        try:
+            with listener(tmp_path, ack_timeout="3") as port:
+                answers = _send_through_outage(hapi_classpath, port, path, broker, after=20, down_s=8)
+            stored = [parse_adt(v).event_id for v in read_all(Topics("").adt)]
+        finally:
+            broker.down()
+    last = {control_id: kind for kind, control_id, *_ in answers}
+    print("answers:", dict(Counter(kind for kind, *_ in answers)), "events stored:", len(stored))
+    assert last == {f"B-{n}": "AA" for n in range(60)}, answers
+    assert any(kind in ("AE", "ERROR") for kind, *_ in answers), "the outage gave no AE: nothing was tested"
+    assert sorted(map(str, stored)) == sorted(str(event_id_for("F01", f"B-{n}")) for n in range(60))
+
+
+def _send_through_outage(classpath: str, port: int, path: Path, broker, after: int, down_s: float) -> list[list[str]]:
+    """Run the HAPI sender with retries; SIGKILL the broker once ``after`` answers came, start it
+    again ``down_s`` later. Every attempt's answer, in order."""
+    import threading
+
+    proc = subprocess.Popen(["java", "-cp", classpath, "wardstream.hapi.Sender", "127.0.0.1", str(port),
+                             str(path), "10", "120"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    node = broker.node(1)
+    restart = threading.Thread(target=lambda: (time.sleep(down_s), node.up(timeout=180)))
+    answers: list[list[str]] = []
+    try:
+        for line in proc.stdout:
+            answers.append(line.rstrip("\n").split("\t"))
+            if len(answers) == after:
+                node.kill()
+                restart.start()
+        assert proc.wait(60) == 0, proc.stderr.read()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if restart.is_alive():
+            restart.join()
+    return answers

@@ -23,7 +23,11 @@ import java.util.concurrent.TimeUnit;
  *
  * <p>File format: one segment per line, messages separated by a blank line.
  *
- * <p>Usage: {@code java -cp ... wardstream.hapi.Sender HOST PORT FILE [TIMEOUT_S]}
+ * <p>With {@code RETRIES} > 0 a message answered AE, or not answered, is sent again after a
+ * second (on a new connection when the listener closed it), up to {@code RETRIES} more times, as
+ * interface engines retry; every attempt's line is printed.
+ *
+ * <p>Usage: {@code java -cp ... wardstream.hapi.Sender HOST PORT FILE [TIMEOUT_S [RETRIES]]}
  */
 public final class Sender {
     public static void main(String[] args) throws Exception {
@@ -31,28 +35,55 @@ public final class Sender {
         int port = Integer.parseInt(args[1]);
         List<String> messages = readMessages(Path.of(args[2]));
         long timeoutS = args.length > 3 ? Long.parseLong(args[3]) : 30;
+        int retries = args.length > 4 ? Integer.parseInt(args[4]) : 0;
 
         try (HapiContext ctx = new DefaultHapiContext()) {
             // the listener, not this sender, judges the messages: send non-ADT and A08 as they are
             ctx.setValidationContext(ValidationContextFactory.noValidation());
             Parser parser = ctx.getGenericParser();
             Connection connection = ctx.newClient(host, port, false);
-            Initiator initiator = connection.getInitiator();
-            initiator.setTimeout(timeoutS, TimeUnit.SECONDS);
             for (String text : messages) {
                 Message message = parser.parse(text);
                 String controlId = new Terser(message).get("/MSH-10");
-                try {
-                    Message ack = initiator.sendAndReceive(message);
-                    Terser t = new Terser(ack);
-                    System.out.println(t.get("/MSA-1") + "\t" + t.get("/MSA-2") + "\t"
-                            + t.get("/MSH-9-1") + "^" + t.get("/MSH-9-2") + "^" + t.get("/MSH-9-3"));
-                } catch (Exception e) {
-                    System.out.println("ERROR\t" + controlId + "\t" + e.getClass().getSimpleName());
+                for (int attempt = 0; attempt <= retries; attempt++) {
+                    if (attempt > 0) {
+                        Thread.sleep(1000);
+                        if (!connection.isOpen()) {
+                            connection = reconnect(ctx, host, port);
+                        }
+                    }
+                    String answer;
+                    try {
+                        Initiator initiator = connection.getInitiator();
+                        initiator.setTimeout(timeoutS, TimeUnit.SECONDS);
+                        Terser t = new Terser(initiator.sendAndReceive(message));
+                        answer = t.get("/MSA-1") + "\t" + t.get("/MSA-2") + "\t"
+                                + t.get("/MSH-9-1") + "^" + t.get("/MSH-9-2") + "^" + t.get("/MSH-9-3");
+                    } catch (Exception e) {
+                        answer = "ERROR\t" + controlId + "\t" + e.getClass().getSimpleName();
+                    }
+                    System.out.println(answer);
+                    System.out.flush();
+                    if (!answer.startsWith("AE") && !answer.startsWith("ERROR")) {
+                        break;
+                    }
                 }
-                System.out.flush();
             }
             connection.close();
+        }
+    }
+
+    /** A new connection, waiting up to a minute for the listener to accept it. */
+    static Connection reconnect(HapiContext ctx, String host, int port) throws Exception {
+        for (int i = 0; ; i++) {
+            try {
+                return ctx.newClient(host, port, false);
+            } catch (Exception e) {
+                if (i >= 60) {
+                    throw e;
+                }
+                Thread.sleep(1000);
+            }
         }
     }
 
