@@ -2,9 +2,9 @@
 
 A ``wardstream mllp`` subprocess against the real local Kafka, in a namespace of its own
 (:func:`bench.bench_e2e.namespace`). The messages are a simulated HL7 feed
-(:mod:`producers.hl7_feed`, seed 42: A01 / A02 / A03, which the listener maps and stores on
-``hospital.adt`` before its AA, and A08 / A11-A13 / A40, which it stores on ``hospital.dlq``
-before its AR: each ACK waits for one Kafka acknowledgement either way).
+(:mod:`producers.hl7_feed`, seed 42: A01 / A02 / A03 with A08 updates, A11-A13 cancellations
+and A40 merges mixed in, each of which the listener maps to its contract v1.1 event and stores on
+``hospital.adt`` before its AA: each ACK waits for one Kafka acknowledgement).
 
 The sender is Python (:class:`producers.mllp.client.MllpClient`, blocking sockets), each
 connection sending one message after the previous one's ACK, as HAPI and interface engines do:
