@@ -13,6 +13,11 @@ commit re-sends that alert on restart; every POST carries ``Idempotency-Key: <al
 receiver can drop it. HTTP goes through the standard library (``urllib.request``): no dependency.
 The payload is Slack-style (``text`` + ``blocks``) and carries ids, department, score, LACE and
 the reasons in plain words; never a name (the contract has none).
+
+Retractions (DESIGN.md "Withdrawals"): an alert marked ``withdrawn`` (its discharge was
+cancelled) is delivered once too, through its own ledger ``alert_retractions`` (by alert_id,
+migration V011), with ``Idempotency-Key: <alert_id>:withdrawn``; only when the alert itself was
+delivered (else there is nothing to retract: recorded ``skipped``).
 """
 
 from __future__ import annotations
@@ -83,6 +88,30 @@ def build_payload(alert: Alert) -> dict[str, Any]:
     }
 
 
+def build_retraction(alert: Alert) -> dict[str, Any]:
+    """Slack-style message withdrawing a delivered alert.
+
+    >>> from datetime import datetime, timezone
+    >>> a = Alert(alert_id="alert-E1", encounter_id="E1", patient_id="P1", facility_id="F01",
+    ...           department="Cardiology", attending_provider_id="D1",
+    ...           discharged_at=datetime(2025, 3, 1, 12, tzinfo=timezone.utc), score=0.41,
+    ...           lace=12, threshold=0.3, reasons=[], withdrawn=True)
+    >>> build_retraction(a)["text"]
+    'Withdrawn: the high readmission risk alert for encounter E1 (Cardiology, F01); its discharge was cancelled'
+    """
+    text = (f"Withdrawn: the high readmission risk alert for encounter {alert.encounter_id} "
+            f"({alert.department}, {alert.facility_id}); its discharge was cancelled")
+    return {"text": text, "withdrawn": True, "blocks": [
+        {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": f"alert_id {alert.alert_id} (withdrawn)"}]},
+    ]}
+
+
+def retraction_key(alert_id: str) -> str:
+    """The idempotency key of an alert's retraction (the alert's own key is its alert_id)."""
+    return f"{alert_id}:withdrawn"
+
+
 def post_json(url: str, payload: dict[str, Any], idempotency_key: str, timeout: float = 10.0) -> None:
     """POST ``payload``; raises :class:`WebhookError` unless the answer is 2xx."""
     req = urllib.request.Request(
@@ -141,29 +170,36 @@ class Notifier:
         if self.conn is None or self.conn.closed:
             self.conn = connect(self.db_url, "wardstream-notifier")
         conn = self.conn
+        # an alert's ledger row is its encounter's; a retraction's is its alert_id's
+        ledger, col, key = (("alert_retractions", "alert_id", alert.alert_id) if alert.withdrawn
+                            else ("alert_deliveries", "encounter_id", alert.encounter_id))
         try:
             with conn.cursor() as cur:
-                cur.execute("INSERT INTO alert_deliveries (encounter_id, alert_id, status) "
-                            "VALUES (%s, %s, 'pending') ON CONFLICT (encounter_id) DO NOTHING",
+                cur.execute(f"INSERT INTO {ledger} (encounter_id, alert_id, status) "
+                            f"VALUES (%s, %s, 'pending') ON CONFLICT ({col}) DO NOTHING",
                             (alert.encounter_id, alert.alert_id))
-                cur.execute("SELECT status FROM alert_deliveries WHERE encounter_id = %s FOR UPDATE",
-                            (alert.encounter_id,))
+                cur.execute(f"SELECT status FROM {ledger} WHERE {col} = %s FOR UPDATE", (key,))
                 (status,) = cur.fetchone()
-                if status == "delivered":
+                if status in ("delivered", "skipped"):
                     conn.commit()
                     self.stats.duplicates += 1
                     return status
+                if alert.withdrawn and not self._was_delivered(cur, alert):
+                    cur.execute("UPDATE alert_retractions SET status = 'skipped', updated_at = now() "
+                                "WHERE alert_id = %s", (key,))
+                    conn.commit()
+                    return "skipped"
                 attempts, error = self._deliver(alert)
                 if error is None:
-                    cur.execute("UPDATE alert_deliveries SET status = 'delivered', attempts = attempts + %s, "
+                    cur.execute(f"UPDATE {ledger} SET status = 'delivered', attempts = attempts + %s, "
                                 "delivered_at = now(), updated_at = now(), last_error = NULL "
-                                "WHERE encounter_id = %s", (attempts, alert.encounter_id))
+                                f"WHERE {col} = %s", (attempts, key))
                     status = "delivered"
                     self.stats.delivered += 1
                 else:
-                    cur.execute("UPDATE alert_deliveries SET status = 'failed', attempts = attempts + %s, "
-                                "last_error = %s, updated_at = now() WHERE encounter_id = %s",
-                                (attempts, error[:500], alert.encounter_id))
+                    cur.execute(f"UPDATE {ledger} SET status = 'failed', attempts = attempts + %s, "
+                                f"last_error = %s, updated_at = now() WHERE {col} = %s",
+                                (attempts, error[:500], key))
                     status = "failed"
                     self.stats.failed += 1
                     log.error("alert %s not delivered after %d attempts: %s", alert.alert_id, attempts, error)
@@ -176,16 +212,26 @@ class Notifier:
             conn.rollback()
             raise
 
+    @staticmethod
+    def _was_delivered(cur, alert: Alert) -> bool:
+        """Whether the alert a retraction withdraws reached the webhook."""
+        cur.execute("SELECT status FROM alert_deliveries WHERE encounter_id = %s", (alert.encounter_id,))
+        row = cur.fetchone()
+        return row is not None and row[0] == "delivered"
+
     def _deliver(self, alert: Alert) -> tuple[int, str | None]:
         """POST with retries; (attempts made, last error or None when delivered)."""
-        payload = build_payload(alert)
+        if alert.withdrawn:
+            payload, key = build_retraction(alert), retraction_key(alert.alert_id)
+        else:
+            payload, key = build_payload(alert), alert.alert_id
         attempts = 0
 
         def once() -> None:
             nonlocal attempts
             attempts += 1
             self.stats.attempts += 1
-            self.post(self.url, payload, alert.alert_id, timeout=self.timeout)
+            self.post(self.url, payload, key, timeout=self.timeout)
 
         try:
             for attempt in Retrying(

@@ -76,6 +76,9 @@ def _json(model_data: Any) -> str:
     return orjson.dumps(clean(model_data)).decode()
 
 
+WITHDRAWAL_FIELDS = ("withdrawn", "withdrawn_at")  # an output's withdrawal: a row removed, not a column
+
+
 def _fields(model: Any, *drop: str) -> Row:
     """A contract model's fields as a dict (shallow: faster than ``model_dump`` for flat models)."""
     return {k: v for k, v in model.__dict__.items() if k != "schema_version" and k not in drop}
@@ -95,6 +98,7 @@ class Batch:
 
     def __init__(self) -> None:
         self._rows: dict[str, dict[tuple, Row]] = {}
+        self._deletes: dict[str, set[tuple]] = {}  # output rows a withdrawal removes
         self.messages = 0
 
     # ------------------------------------------------------------------ generic merges
@@ -102,6 +106,18 @@ class Batch:
     def _put(self, table: str, key: tuple, row: Row) -> None:
         """Last writer wins (outputs: scores, labels, alerts, KPI partials, dead letters, facts)."""
         self._rows.setdefault(table, {})[key] = row
+        self._deletes.get(table, set()).discard(key)
+
+    def _withdraw(self, table: str, key: tuple, message: Any, partition: int, offset: int) -> None:
+        """A withdrawn output (``withdrawn`` true; the last message for a key is its state):
+        its row leaves ``table``, so no view or panel counts it, and ``withdrawn_outputs``
+        records the withdrawal (a later message for the key puts the row back)."""
+        self._rows.get(table, {}).pop(key, None)
+        self._deletes.setdefault(table, set()).add(key)
+        self._put("withdrawn_outputs", (table, key[0]), {
+            "output": table, "key": key[0], "withdrawn_at": message.withdrawn_at,
+            "payload": _json(message.model_dump(mode="json")),
+            "source_partition": partition, "source_offset": offset})
 
     def _fill(self, table: str, key: tuple, row: Row) -> None:
         """Reference rows: a non-null value replaces, a null keeps what is known."""
@@ -241,23 +257,29 @@ class Batch:
 
     def add_score(self, s: DischargeScore, partition: int, offset: int, raw: bytes | None = None) -> None:
         self.messages += 1
+        if s.withdrawn:
+            return self._withdraw("discharge_scores", (s.encounter_id,), s, partition, offset)
         clean = _cleaner(raw)
-        row = clean(_fields(s, "top_factors"))
+        row = clean(_fields(s, "top_factors", *WITHDRAWAL_FIELDS))
         row.update(top_factors=_json([f.model_dump(mode="json") for f in s.top_factors]),
                    source_partition=partition, source_offset=offset)
         self._put("discharge_scores", (row["encounter_id"],), row)
 
     def add_label(self, lab: ReadmissionLabel, partition: int, offset: int, raw: bytes | None = None) -> None:
         self.messages += 1
+        if lab.withdrawn:  # the label is unknown again
+            return self._withdraw("readmissions", (lab.encounter_id,), lab, partition, offset)
         clean = _cleaner(raw)
-        row = clean(_fields(lab))
+        row = clean(_fields(lab, *WITHDRAWAL_FIELDS))
         row.update(source_partition=partition, source_offset=offset)
         self._put("readmissions", (row["encounter_id"],), row)
 
     def add_alert(self, a: Alert, partition: int, offset: int, raw: bytes | None = None) -> None:
         self.messages += 1
+        if a.withdrawn:
+            return self._withdraw("alerts", (a.alert_id,), a, partition, offset)
         clean = _cleaner(raw)
-        row = clean(_fields(a))
+        row = clean(_fields(a, *WITHDRAWAL_FIELDS))
         row.update(source_partition=partition, source_offset=offset)
         self._put("alerts", (row["alert_id"],), row)
 
@@ -299,6 +321,10 @@ class Batch:
         """The rows of ``table`` sorted by key (a fixed lock order: concurrent sinks cannot deadlock)."""
         items = self._rows.get(table, {})
         return [items[k] for k in sorted(items, key=_sort_key)]
+
+    def deletes(self, table: str) -> list[tuple]:
+        """The keys whose rows ``table`` loses (withdrawn outputs), sorted like :meth:`rows`."""
+        return sorted(self._deletes.get(table, ()), key=_sort_key)
 
     def tables(self) -> list[str]:
         return [t for t, rows in self._rows.items() if rows]

@@ -139,6 +139,8 @@ TABLES: tuple[Table, ...] = (
     Table("kpi_partials", ("dimension", "dimension_id", "day", "adt_partition", "facility_id",
                            *(f"{f}_micro" for f in KPI_FIELDS), "patients"),
           ("dimension", "dimension_id", "day", "adt_partition"), "latest", (("patients", "text[]"),)),
+    Table("withdrawn_outputs", ("output", "key", "withdrawn_at", "payload", "source_partition", "source_offset"),
+          ("output", "key"), "latest", (("payload", "jsonb"),)),
     Table("dead_letters", ("source_topic", "source_partition", "source_offset", "reason", "raw",
                            "raw_encoding", "failed_at", "dlq_partition", "dlq_offset"),
           ("source_topic", "source_partition", "source_offset"), "latest"),
@@ -155,6 +157,9 @@ def write_batch(cur, batch: Batch, method: str = "auto") -> dict[str, int]:
         raise ValueError(f"unknown write method {method!r}")
     written: dict[str, int] = {}
     for table in TABLES:
+        if gone := batch.deletes(table.name):  # withdrawn outputs (V011)
+            execute_values(cur, f"DELETE FROM {table.name} WHERE ({', '.join(table.key)}) IN (VALUES %s)", gone)
+            written[f"{table.name} withdrawn"] = len(gone)
         rows = batch.rows(table.name)
         if not rows:
             continue

@@ -43,8 +43,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     TypeAdapter,
     field_serializer,
+    model_serializer,
     model_validator,
 )
 
@@ -386,13 +388,35 @@ def dump(model: BaseModel) -> bytes:
 # --------------------------------------------------------------------------- outputs
 
 
+class _Withdrawable(_Model):
+    """An output a cancellation can withdraw (DESIGN.md "Withdrawals"): the message sent again
+    under its key with ``withdrawn`` true and ``withdrawn_at`` the cancellation's event time;
+    the last message for a key is its state. Both fields are left out of the JSON while unset,
+    so an output nothing withdrew is byte for byte what it was before withdrawals existed."""
+
+    withdrawn: bool = False
+    withdrawn_at: AwareDatetime | None = None
+
+    @model_serializer(mode="wrap")
+    def _unset_left_out(self, handler: SerializerFunctionWrapHandler) -> dict:
+        d = handler(self)
+        if not self.withdrawn:
+            d.pop("withdrawn", None)
+            d.pop("withdrawn_at", None)
+        return d
+
+    def withdrawn_copy(self, at: datetime):
+        """This message as its withdrawal (same key, same fields)."""
+        return self.model_copy(update={"withdrawn": True, "withdrawn_at": at})
+
+
 class TopFactor(_Model):
     feature: str
     contribution: float
     text: str
 
 
-class DischargeScore(_Model):
+class DischargeScore(_Withdrawable):
     schema_version: Literal[1] = 1
     encounter_id: str
     patient_id: str
@@ -412,7 +436,7 @@ class DischargeScore(_Model):
     policy: AlertPolicy | None = None
 
 
-class ReadmissionLabel(_Model):
+class ReadmissionLabel(_Withdrawable):
     schema_version: Literal[1] = 1
     encounter_id: str
     patient_id: str
@@ -422,7 +446,7 @@ class ReadmissionLabel(_Model):
     known_at: AwareDatetime
 
 
-class Alert(_Model):
+class Alert(_Withdrawable):
     schema_version: Literal[1] = 1
     alert_id: str
     encounter_id: str

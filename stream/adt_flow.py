@@ -50,6 +50,7 @@ from pydantic import ValidationError
 from contracts.events import (
     AdmissionEvent,
     Alert,
+    CancellationEvent,
     DeadLetter,
     DischargeEvent,
     DischargeScore,
@@ -60,7 +61,7 @@ from contracts.events import (
     parse_adt,
     raw_text,
 )
-from stream.domain import health, kpis, patient
+from stream.domain import health, kpis, patient, withdrawals
 from stream.domain.features import discharge_features
 from stream.domain.lace import lace_points
 from stream.domain.model import OnlineRiskModel
@@ -349,6 +350,9 @@ class AdtFlow:
             self.kpi_tally.add(kpis.for_transfer(event, before.department, before.attending_provider_id))
         elif isinstance(event, RegistrationEvent):
             self._save(patient.apply_registration(state, event))  # no bed: no KPI, no score
+        elif isinstance(event, CancellationEvent):
+            assert state is not None  # check() guarantees it
+            learned |= self._cancel(partition, state, event, watermark, brain, out)
         else:
             assert state is not None and state.open is not None and isinstance(event, DischargeEvent)
             # the discharge's own department and attending are the latest word: a stay known to
@@ -452,6 +456,7 @@ class AdtFlow:
         )
         out.append(Output(SCORES, dis.encounter_id, dump(scored)))
         index = patient.is_index(dis)
+        alert = None
         if high_risk and index:  # no care-team alert for a patient who died in hospital
             alert = Alert(
                 alert_id=alert_id(dis.encounter_id), encounter_id=dis.encounter_id,
@@ -462,6 +467,8 @@ class AdtFlow:
                 alert_share=decision.alert_share, policy=decision.policy,
             )
             out.append(Output(ALERTS, dis.encounter_id, dump(alert)))
+        state = patient.remember_discharge(state, ctx.open, dis, high_risk, scored.model_dump(mode="json"),
+                                           None if alert is None else alert.model_dump(mode="json"))
         self.kpi_tally.add(kpis.for_discharge(dis, high_risk))
         self.tally.discharge(dis.facility_id, dis.occurred_at, score, x, index)
         if index:
@@ -473,16 +480,36 @@ class AdtFlow:
                 subgroups=health.subgroups(ctx.open.sex, ctx.open.race, dis.payer, ctx.open.age),
             )
             state = patient.add_pending(state, pending)
-            day = pending.due_at.date()
-            key = due_key(partition, day)
-            entry = [pending.due_at.timestamp(), dis.patient_id]
-            entries = self._due_entries(key)
-            if entry not in entries:
-                self.due[key] = [*entries, entry]
-                floor = self._due_floor.get((partition, day))
-                if floor is not None:
-                    self._due_floor[(partition, day)] = min(floor, entry[0])
+            self._file_due(partition, pending)
         return state
+
+    def _file_due(self, partition: int, pending: patient.PendingDischarge) -> None:
+        """List a pending discharge under its due day (the watermark expires it from there)."""
+        day = pending.due_at.date()
+        key = due_key(partition, day)
+        entry = [pending.due_at.timestamp(), pending.patient_id]
+        entries = self._due_entries(key)
+        if entry not in entries:
+            self.due[key] = [*entries, entry]
+            floor = self._due_floor.get((partition, day))
+            if floor is not None:
+                self._due_floor[(partition, day)] = min(floor, entry[0])
+
+    def _cancel(self, partition: int, state: patient.PatientState, ev: CancellationEvent,
+                watermark: datetime, brain: Brain, out: list[Output]) -> bool:
+        """Withdraw what the cancelled event produced (stream/domain/withdrawals.py): its
+        messages again marked withdrawn, its KPI contributions reverted (the day partials it
+        touched are sent again, absolute), labels known again, discharges pending again."""
+        state, w = withdrawals.cancel(state, ev, watermark)
+        self._save(state)
+        for message in w.withdrawn:
+            topic = {DischargeScore: SCORES, Alert: ALERTS}.get(type(message), LABELS)
+            out.append(Output(topic, message.encounter_id, dump(message)))
+        self.kpi_tally.revert(w.revert)
+        self.kpi_tally.add(w.add)
+        for pending in w.pending:
+            self._file_due(partition, pending)
+        return self._labels(w.labels, brain, out)
 
     def _dead_letter(self, raw: bytes | None, key: bytes | None, reason: str, partition: int, offset: int,
                      watermark: datetime | None) -> Output:

@@ -106,23 +106,34 @@ class KpiTally:
     def add(self, contributions: Iterable[kpis.Contribution]) -> None:
         """Add to the buckets; each bucket the batch changed remembers which inputs (``c``) and
         whether the batch created it (``n``), which its record carries (:meth:`partials`)."""
-        partition = self.table.partition
         for c in contributions:
-            item = item_key(c.dimension, c.dimension_id)
-            key = table_key(partition, c.day, item)
-            o = self._open.get((key, item))
-            if o is None:
-                entry = self.table.get(key)
-                stored = entry["i"].get(item) if entry else None
-                if stored is None:
-                    o = _Open(partition, c.facility_id, kpis.DayBucket(), set(), True)
-                else:  # a copy: a rolled-back batch must leave the committed entry as it was
-                    staged = key in self.table.pending
-                    o = _Open(partition, stored["f"], kpis.DayBucket.from_dict(stored["b"]),
-                              set(entry["c"].get(item, ())) if staged else set(),
-                              staged and item in entry["n"])
-                self._open[(key, item)] = o
+            o = self._bucket(c)
             o.changed |= o.bucket.add(c)
+
+    def revert(self, contributions: Iterable[kpis.Contribution]) -> None:
+        """Take contributions added before back out (a cancellation withdraws their event)."""
+        for c in contributions:
+            o = self._bucket(c)
+            o.changed |= o.bucket.revert(c)
+
+    def _bucket(self, c: kpis.Contribution) -> _Open:
+        """The live bucket of ``c``'s dimension and day on the current partition."""
+        partition = self.table.partition
+        item = item_key(c.dimension, c.dimension_id)
+        key = table_key(partition, c.day, item)
+        o = self._open.get((key, item))
+        if o is None:
+            entry = self.table.get(key)
+            stored = entry["i"].get(item) if entry else None
+            if stored is None:
+                o = _Open(partition, c.facility_id, kpis.DayBucket(), set(), True)
+            else:  # a copy: a rolled-back batch must leave the committed entry as it was
+                staged = key in self.table.pending
+                o = _Open(partition, stored["f"], kpis.DayBucket.from_dict(stored["b"]),
+                          set(entry["c"].get(item, ())) if staged else set(),
+                          staged and item in entry["n"])
+            self._open[(key, item)] = o
+        return o
 
     def stage(self) -> None:
         """Write the entries whose buckets the batch changed to the (staged) table."""

@@ -85,6 +85,40 @@ class RunOutputs:
 # --------------------------------------------------------------------------- oracle
 
 
+def _last_times(events: list[dict]) -> dict[int, datetime]:
+    """The latest event time of each ADT partition (what expires labels)."""
+    out: dict[int, datetime] = {}
+    for e in events:
+        t = _ts(e["occurred_at"])
+        out[e["_partition"]] = max(out.get(e["_partition"], t), t)
+    return out
+
+
+def without_cancelled(events: list[dict]) -> list[dict]:
+    """The events as if every cancelled one never happened (DESIGN.md "Withdrawals"), in order.
+
+    A cancellation names the encounter's latest not yet cancelled event of a kind. A cancelled
+    transfer goes; a cancelled admission takes every earlier event of its encounter with it
+    (the stay never was); a cancelled discharge stays as a move to where it was sent from (the
+    stay goes on there). Cancellations themselves add nothing.
+    """
+    kept: list[dict | None] = []
+    for e in events:
+        if e["event_type"] != "cancellation":
+            kept.append(e)
+            continue
+        enc, kind = e["encounter_id"], e["cancelled_event_type"]
+        i = max(j for j, x in enumerate(kept) if x is not None and x["encounter_id"] == enc
+                and x["event_type"] == kind)
+        if kind == "transfer":
+            kept[i] = None
+        elif kind == "discharge":
+            kept[i] = {**kept[i], "event_type": "update"}
+        else:
+            kept = [None if x is not None and x["encounter_id"] == enc else x for x in kept]
+    return [e for e in kept if e is not None]
+
+
 def _ts(s: str) -> datetime:
     return datetime.fromisoformat(s.replace("Z", "+00:00"))
 
@@ -99,6 +133,8 @@ class Oracle:
     labels: dict[str, dict] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.last_time = _last_times(self.events)  # cancellations move event time too
+        self.events = without_cancelled(self.events)
         self.labels = self._labels()
 
     # ------------------------------------------------------------------ labels
@@ -106,12 +142,10 @@ class Oracle:
     def _labels(self) -> dict[str, dict]:
         """DESIGN.md: index discharge readmitted if a non-elective admission follows within 30
         days (known then); false once event time on its ADT partition passes discharge + 30d."""
-        last_time: dict[int, datetime] = {}
+        last_time = self.last_time
         admissions: dict[str, list[tuple[datetime, str, str]]] = {}
         for e in self.events:
             t = _ts(e["occurred_at"])
-            p = e["_partition"]
-            last_time[p] = max(last_time.get(p, t), t)
             if e["event_type"] == "admission":
                 admissions.setdefault(e["patient_id"], []).append(
                     (t, e["encounter_id"], e["admission_type"]))

@@ -9,7 +9,7 @@ import orjson
 from consumers.fake import generate
 from consumers.rows import Batch, clean
 from consumers.tables import TABLES
-from contracts.events import TransferEvent
+from contracts.events import ReadmissionLabel, TransferEvent
 from stream.kpi_tally import Partial, capacity_partial
 
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
@@ -129,3 +129,21 @@ def test_contract_v11_events_and_nulls() -> None:
     assert (enc["department"], enc["attending_provider_id"]) == ("Cardiology", "D2")
     assert enc["systolic_bp"] is None and enc["total_cost"] is None
     assert b.rows("charges") == []
+
+
+def test_a_withdrawn_output_removes_its_row_and_a_later_message_puts_it_back() -> None:
+    """The last message for a key is its state: withdrawn -> the row leaves its table (a delete)
+    and ``withdrawn_outputs`` records it; a later message for the key -> the row, no delete."""
+    at = datetime(2025, 1, 4, 10, tzinfo=timezone.utc)
+    label = ReadmissionLabel(encounter_id="E1", patient_id="P1", discharged_at=at - timedelta(days=3),
+                             readmitted=True, readmission_encounter_id="E2", known_at=at)
+    b = Batch()
+    b.add_label(label, 0, 1)
+    b.add_label(label.withdrawn_copy(at), 0, 2)
+    assert b.rows("readmissions") == [] and b.deletes("readmissions") == [("E1",)]
+    (record,) = b.rows("withdrawn_outputs")
+    assert (record["output"], record["key"], record["source_offset"]) == ("readmissions", "E1", 2)
+    assert orjson.loads(record["payload"])["withdrawn"] is True
+    b.add_label(label.model_copy(update={"readmitted": False, "readmission_encounter_id": None}), 0, 3)
+    assert b.deletes("readmissions") == [] and b.rows("readmissions")[0]["readmitted"] is False
+    assert "withdrawn" not in b.rows("readmissions")[0]

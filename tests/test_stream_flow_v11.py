@@ -17,13 +17,14 @@ from contracts.events import (
     RegistrationEvent,
     UpdateEvent,
     dump,
+    format_ts,
 )
 from flow_inputs import flow_tables
 from producers.hl7_feed import hl7_messages
 from producers.mllp.mapping import MapContext, map_adt
 from producers.mllp.message import parse, read_header
 from producers.simulator import SimConfig, Simulation
-from stream.adt_flow import ACCEPTED, DLQ, SCORES, AdtFlow
+from stream.adt_flow import ACCEPTED, ALERTS, DLQ, LABELS, SCORES, AdtFlow
 from stream.domain.examples import admission, discharge, event_id, ts
 from stream.kpi_combiner import KpiCombiner
 from stream.kpi_tally import capacity_partial
@@ -120,7 +121,9 @@ def test_a_registration_is_recorded_without_a_bed() -> None:
 
 @pytest.mark.parametrize("fields, reason", [
     ({"event_type": "cancellation", "hl7_trigger": "A13", "cancelled_event_type": "discharge"},
-     "cancellation events are not applied yet"),
+     "discharge cancellation while an encounter is open"),
+    ({"event_type": "cancellation", "hl7_trigger": "A12", "cancelled_event_type": "transfer"},
+     "transfer cancellation without a transfer"),
     ({"event_type": "merge", "hl7_trigger": "A40", "prior_patient_id": "P0"}, "merge events are not applied yet"),
     ({"event_type": "class_change", "hl7_trigger": "A07", "patient_class": "outpatient"},
      "class_change events are not applied yet"),
@@ -170,7 +173,7 @@ def hl7_run():
     combiner = KpiCombiner(days={})
     for p in sim.reference.providers:
         combiner.put(capacity_partial(p.provider_id, p.facility_id, p.capacity)[2])
-    applied, out, triggers = [], [], Counter()
+    applied, dead, out, triggers = [], [], [], Counter()
     for m in hl7_messages(sim):
         ev = map_adt(parse(m.text), read_header(m.text), MapContext())
         triggers[ev.hl7_trigger] += 1
@@ -181,30 +184,42 @@ def hl7_run():
         flow.commit()
         if any(o.topic == ACCEPTED for o in got):
             applied.append({**orjson.loads(dump(ev)), "_partition": p})
+        dead += [(ev, DeadLetter.model_validate_json(o.value).reason) for o in got if o.topic == DLQ]
         out += got
         offsets[p] += 1
     capacity = {p.provider_id: p.capacity for p in sim.reference.providers}
-    return triggers, applied, out, combiner.flush(), capacity
+    return triggers, applied, out, combiner.flush(), capacity, dead
 
 
 def test_the_feed_is_applied_or_dead_lettered_never_both_nor_lost(hl7_run) -> None:
-    triggers, applied, out, _, _ = hl7_run
+    triggers, applied, out, _, _, dead = hl7_run
     assert {"A08", "A11", "A12", "A13"} <= set(triggers)
     letters = [DeadLetter.model_validate_json(o.value).reason for o in out if o.topic == DLQ]
     assert len(applied) + len(letters) == sum(triggers.values())
     assert Counter(e["hl7_trigger"] for e in applied)["A08"] > 1000
-    applied_by = Counter(e["hl7_trigger"] for e in applied)
-    assert all(applied_by[t] == triggers[t] for t in ("A01", "A02", "A03"))
     # the A08s of final coding come after the discharge, some after the patient's next admission
-    allowed = {"cancellation events are not applied yet", "merge events are not applied yet",
+    allowed = {"merge events are not applied yet",
                "update without open admission", "encounter_id does not match the open encounter"}
-    assert set(letters) <= allowed, Counter(letters)
-    assert Counter(letters)["cancellation events are not applied yet"] == sum(
-        triggers[t] for t in ("A11", "A12", "A13"))
+    assert {r for ev, r in dead if ev.hl7_trigger in ("A08", "A40")} <= allowed
+    # the simulated feed goes on as simulated after a cancellation: a cancelled admission's
+    # transfers, discharge and their cancellations find no stay; a patient whose discharge was
+    # cancelled is in hospital again when the next admission comes
+    applied_by = Counter(e["hl7_trigger"] for e in applied)
+    assert sum(applied_by[t] for t in ("A11", "A12", "A13")) > 40
+    cancelled = {e["encounter_id"] for e in applied if e["hl7_trigger"] == "A11"}
+    reopened = {e["patient_id"] for e in applied if e["hl7_trigger"] == "A13"}
+    for ev, reason in dead:
+        if ev.hl7_trigger in ("A08", "A40"):
+            continue
+        if reason in ("admission while an encounter is open", "encounter_id does not match the open encounter"):
+            assert ev.patient_id in reopened, reason
+        else:
+            assert ev.encounter_id in cancelled, reason
+    assert "cancellation events are not applied yet" not in letters
 
 
 def test_kpis_equal_the_oracle_on_the_hl7_feed(hl7_run) -> None:
-    _, applied, out, flushed, capacity = hl7_run
+    _, applied, out, flushed, capacity, _ = hl7_run
     scores = {o.key: orjson.loads(o.value) for o in out if o.topic == SCORES}
     msgs = {k: KpiValue.model_validate_json(v) for k, v in flushed}
     key_of = {(v.kpi, v.dimension, v.dimension_id, v.window, v.window_start.date()): k
@@ -215,3 +230,25 @@ def test_kpis_equal_the_oracle_on_the_hl7_feed(hl7_run) -> None:
                                                     msgs[key_of[k]].denominator), w))]
     assert not bad, f"{len(bad)} of {len(want)} windows differ, e.g. {bad[:3]}"
     assert Counter(k[0] for k in want)["census"] > 100
+
+
+def test_labels_and_withdrawn_outputs_equal_the_oracle_on_the_hl7_feed(hl7_run) -> None:
+    """The last label per discharge is the oracle's (cancelled admissions' readmissions undone,
+    cancelled discharges never labelled); every cancelled discharge's score and alert end
+    withdrawn."""
+    _, applied, out, _, capacity, _ = hl7_run
+    last = {}
+    for o in out:
+        if o.topic in (SCORES, LABELS, ALERTS):
+            last[(o.topic, o.key)] = orjson.loads(o.value)
+    scores = {k: v for (t, k), v in last.items() if t == SCORES}
+    oracle = Oracle(applied, scores, capacity)
+    labels = {k: v for (t, k), v in last.items() if t == LABELS and not v.get("withdrawn")}
+    assert {k: (v["readmitted"], v["readmission_encounter_id"], v["known_at"]) for k, v in labels.items()} == {
+        k: (v["readmitted"], v["readmission_encounter_id"], format_ts(v["known_at"]))
+        for k, v in oracle.labels.items()}
+    assert any(v.get("withdrawn") for (t, _), v in last.items() if t == LABELS)  # readmissions undone
+    cancelled = {e["encounter_id"] for e in applied if e["hl7_trigger"] == "A13"}
+    assert cancelled and all(scores[k].get("withdrawn") for k in cancelled)
+    withdrawn = {k for (t, k), v in last.items() if v.get("withdrawn") and t in (SCORES, ALERTS)}
+    assert withdrawn <= cancelled and {k for (t, k) in last if t == ALERTS} & cancelled <= withdrawn

@@ -109,8 +109,12 @@ def _each(facility_id: str, department: str, provider: str, day: date, fields: d
 
 def for_admission(adm: AdmissionEvent) -> list[Contribution]:
     """An admission: +1 admission and +1 census on its day, for each dimension."""
-    return _each(adm.facility_id, adm.department, adm.attending_provider_id, utc_day(adm.occurred_at),
-                 {"admissions": 1.0, "census_delta": 1.0})
+    return admitted(adm.facility_id, adm.department, adm.attending_provider_id, adm.occurred_at)
+
+
+def admitted(facility_id: str, department: str, provider: str, at: datetime) -> list[Contribution]:
+    """An admission's contributions from what a stay remembers of it (a cancellation reverts them)."""
+    return _each(facility_id, department, provider, utc_day(at), {"admissions": 1.0, "census_delta": 1.0})
 
 
 def for_transfer(tr: TransferEvent | UpdateEvent | DischargeEvent, from_department: str,
@@ -118,14 +122,30 @@ def for_transfer(tr: TransferEvent | UpdateEvent | DischargeEvent, from_departme
     """A move of the open encounter (a transfer, an update that changes department or
     attending, a discharge from elsewhere than the stay was known to be): one census unit
     moves between departments / providers (facility unchanged), at the event's time."""
-    day = utc_day(tr.occurred_at)
+    return moved(tr.facility_id, tr.occurred_at, (from_department, from_provider),
+                 (tr.department, tr.attending_provider_id))
+
+
+MOVE_DIMENSIONS = ("department", "provider")  # what a move changes: (department, attending)
+
+
+def moved(facility_id: str, at: datetime, old: tuple[str, str] | list[str],
+          new: tuple[str, str] | list[str]) -> list[Contribution]:
+    """One census unit moves from ``old`` to ``new`` (department, attending) at ``at``, in each
+    dimension where they differ."""
     out: list[Contribution] = []
-    for dim, old, new in (("department", from_department, tr.department),
-                          ("provider", from_provider, tr.attending_provider_id)):
-        if old != new:
-            out.append(Contribution(dim, old, tr.facility_id, day, {"census_delta": -1.0}))
-            out.append(Contribution(dim, new, tr.facility_id, day, {"census_delta": 1.0}))
+    for dim, a, b in zip(MOVE_DIMENSIONS, old, new):
+        out.extend(moved_in(dim, a, b, facility_id, at))
     return out
+
+
+def moved_in(dimension: str, old: str, new: str, facility_id: str, at: datetime) -> list[Contribution]:
+    """One census unit moves from ``old`` to ``new`` in one dimension (none when they are equal)."""
+    if old == new:
+        return []
+    day = utc_day(at)
+    return [Contribution(dimension, old, facility_id, day, {"census_delta": -1.0}),
+            Contribution(dimension, new, facility_id, day, {"census_delta": 1.0})]
 
 
 def for_discharge(dis: DischargeEvent, high_risk: bool) -> list[Contribution]:
@@ -190,6 +210,9 @@ class DayBucket:
     fields: dict[str, float] = field(default_factory=dict)
     patients: set[str] = field(default_factory=set)
     micro: dict[str, int] = field(default_factory=dict)
+    # how many times more than once a patient was added: a revert removes a patient from
+    # ``patients`` only when no other contribution of theirs remains (stored only when any)
+    repeats: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.micro:
@@ -205,18 +228,44 @@ class DayBucket:
                 self.micro[k] = self.micro.get(k, 0) + m
                 self.fields[k] = self.micro[k] / SCALE
                 changed.add(k)
-        if c.patient_id is not None and c.patient_id not in self.patients:
-            self.patients.add(c.patient_id)
-            changed.add(PATIENTS)
+        if c.patient_id is not None:
+            if c.patient_id not in self.patients:
+                self.patients.add(c.patient_id)
+                changed.add(PATIENTS)
+            else:
+                self.repeats[c.patient_id] = self.repeats.get(c.patient_id, 0) + 1
+        return changed
+
+    def revert(self, c: Contribution) -> set[str]:
+        """Remove a contribution added before (a cancellation withdraws its event); returns
+        what changed, like :meth:`add`."""
+        changed = self.add(Contribution(c.dimension, c.dimension_id, c.facility_id, c.day,
+                                        {k: -v for k, v in c.fields.items()}))
+        pid = c.patient_id
+        if pid is not None and pid in self.patients:
+            if self.repeats.get(pid):
+                self.repeats[pid] -= 1
+                if not self.repeats[pid]:
+                    del self.repeats[pid]
+            else:
+                self.patients.discard(pid)
+                changed.add(PATIENTS)
+        for k in [k for k in changed if k in self.micro and not self.micro[k]]:
+            del self.micro[k]
+            del self.fields[k]
         return changed
 
     def to_dict(self) -> dict[str, Any]:
-        return {"micro": dict(sorted(self.micro.items())), "patients": sorted(self.patients)}
+        d: dict[str, Any] = {"micro": dict(sorted(self.micro.items())), "patients": sorted(self.patients)}
+        if self.repeats:
+            d["repeats"] = dict(sorted(self.repeats.items()))
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DayBucket":
         micro = {k: int(v) for k, v in d["micro"].items()}
-        return cls(patients=set(d["patients"]), micro=micro)
+        return cls(patients=set(d["patients"]), micro=micro,
+                   repeats={k: int(v) for k, v in (d.get("repeats") or {}).items()})
 
 
 def affected_kpis(changed: set[str], dimension: str) -> list[str]:

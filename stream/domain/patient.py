@@ -25,6 +25,7 @@ from typing import Any
 from contracts.events import (
     AdmissionEvent,
     AnyAdtEvent,
+    CancellationEvent,
     DischargeEvent,
     ReadmissionLabel,
     RegistrationEvent,
@@ -43,8 +44,8 @@ FAR_FUTURE = timedelta(days=7)
 RECENT_EVENT_IDS = 64
 LOS_TOLERANCE_DAYS = 0.05
 # contract v1.1 event types the stream does not apply yet: they go to the DLQ, whole, so that a
-# later version can apply them from there (their withdrawals, the merge of two histories)
-NOT_APPLIED_YET = frozenset({"cancellation", "merge", "class_change"})
+# later version can apply them from there (the merge of two histories, a change of class)
+NOT_APPLIED_YET = frozenset({"merge", "class_change"})
 
 AdtEvent = AdmissionEvent | DischargeEvent | TransferEvent | RegistrationEvent | UpdateEvent
 
@@ -78,6 +79,28 @@ class OpenEncounter:
     chronic_conditions: list[str]
     diagnosis_codes: list[str]
     vitals: dict[str, float]
+    # what a cancellation needs (stream/README.md "Withdrawals"): the stay's moves in order
+    # (``{"at", "kind", "from": [department, attending], "to": [...]}``; kind transfer, update
+    # or discharge) and the pending index discharges this admission labelled readmitted
+    moves: list[dict[str, Any]] = field(default_factory=list)
+    resolved: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def admitted_in(self) -> tuple[str, str]:
+        """(department, attending) at the admission: where the first move left from."""
+        if self.moves:
+            return self.moves[0]["from"][0], self.moves[0]["from"][1]
+        return self.department, self.attending_provider_id
+
+    def moved_to(self, at: datetime, kind: str, department: str, provider: str) -> "OpenEncounter":
+        """The stay in ``department`` / with ``provider`` from ``at`` on; the move is recorded
+        when it changes either, and a transfer always (an A12 cancels the latest transfer)."""
+        if kind != "transfer" and (department, provider) == (self.department, self.attending_provider_id):
+            return self
+        move = {"at": _ts(at), "kind": kind, "from": [self.department, self.attending_provider_id],
+                "to": [department, provider]}
+        return replace(self, department=department, attending_provider_id=provider,
+                       moves=[*self.moves, move])
 
     @classmethod
     def from_admission(cls, adm: AdmissionEvent) -> "OpenEncounter":
@@ -114,6 +137,8 @@ class OpenEncounter:
             "chronic_conditions": list(self.chronic_conditions),
             "diagnosis_codes": list(self.diagnosis_codes),
             "vitals": dict(self.vitals),
+            "moves": [dict(m) for m in self.moves],
+            "resolved": [dict(r) for r in self.resolved],
         }
 
     @classmethod
@@ -121,7 +146,9 @@ class OpenEncounter:
         return cls(**{**d, "admitted_at": _dt(d["admitted_at"]),
                       "chronic_conditions": list(d["chronic_conditions"]),
                       "diagnosis_codes": list(d["diagnosis_codes"]),
-                      "vitals": {k: float(v) for k, v in d["vitals"].items()}})
+                      "vitals": {k: float(v) for k, v in d["vitals"].items()},
+                      "moves": [dict(m) for m in d.get("moves", ())],
+                      "resolved": [dict(r) for r in d.get("resolved", ())]})
 
 
 def _known_vitals(adm: AdmissionEvent) -> dict[str, float]:
@@ -221,6 +248,9 @@ class PatientState:
     # extension: discharge times and readmission (admission) times, 12 months, for history features
     discharges: list[datetime] = field(default_factory=list)
     readmissions: list[datetime] = field(default_factory=list)
+    # the last discharge as a cancellation (A13) withdraws it, until the next admission:
+    # {"open": the stay at its end, "discharge": the event, "high_risk", "score", "alert"}
+    closed: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -233,6 +263,7 @@ class PatientState:
             "pending": [p.to_dict() for p in self.pending],
             "discharges": [_ts(t) for t in self.discharges],
             "readmissions": [_ts(t) for t in self.readmissions],
+            "closed": self.closed,
         }
 
     @classmethod
@@ -247,6 +278,7 @@ class PatientState:
             pending=[PendingDischarge.from_dict(p) for p in d["pending"]],
             discharges=[_dt(t) for t in d.get("discharges", [])],
             readmissions=[_dt(t) for t in d.get("readmissions", [])],
+            closed=d.get("closed"),
         )
 
 
@@ -268,6 +300,8 @@ def check(state: PatientState | None, event: AnyAdtEvent, watermark: datetime | 
     if watermark is not None and event.occurred_at > watermark + FAR_FUTURE:
         return "far future"
     open_ = None if state is None else state.open
+    if isinstance(event, CancellationEvent):
+        return cancellation_check(state, event)
     if isinstance(event, AdmissionEvent):
         if open_ is not None:
             return "admission while an encounter is open"
@@ -287,6 +321,34 @@ def check(state: PatientState | None, event: AnyAdtEvent, watermark: datetime | 
     return None
 
 
+def cancellation_check(state: PatientState | None, ev: CancellationEvent) -> str | None:
+    """Why a cancellation cannot withdraw what it names, or None (stream/domain/withdrawals.py).
+
+    An admission or transfer is cancelled on the open stay; a discharge is cancelled while the
+    patient has no stay open and it is the last discharge, before its label is known (a label
+    known already, or the patient's next admission, came first: the DLQ keeps the message).
+    """
+    kind = ev.cancelled_event_type
+    open_ = None if state is None else state.open
+    if kind == "discharge":
+        if open_ is not None:
+            return "discharge cancellation while an encounter is open"
+        closed = None if state is None else state.closed
+        if closed is None or closed["discharge"]["encounter_id"] != ev.encounter_id:
+            return "discharge cancellation without a discharge of the encounter"
+        index = closed["discharge"]["discharge_disposition"] != "expired"
+        if index and not any(p.encounter_id == ev.encounter_id for p in state.pending):
+            return "discharge cancellation after its label is known"
+        return None
+    if open_ is None:
+        return f"{kind} cancellation without open admission"
+    if ev.encounter_id != open_.encounter_id:
+        return "encounter_id does not match the open encounter"
+    if kind == "transfer" and not any(m["kind"] == "transfer" for m in open_.moves):
+        return "transfer cancellation without a transfer"
+    return None
+
+
 def is_index(dis: DischargeEvent) -> bool:
     """An index discharge unless the patient expired (DESIGN.md, CMS)."""
     return dis.discharge_disposition != "expired"
@@ -295,7 +357,8 @@ def is_index(dis: DischargeEvent) -> bool:
 # --------------------------------------------------------------------------- transitions
 
 
-def _touched(state: PatientState, event: AdtEvent) -> PatientState:
+def touched(state: PatientState, event: AdtEvent | CancellationEvent) -> PatientState:
+    """The event is recorded on the patient: its id (duplicates) and its time (order)."""
     ids = [*state.recent_event_ids, str(event.event_id)][-RECENT_EVENT_IDS:]
     last = event.occurred_at if state.last_event_at is None else max(state.last_event_at, event.occurred_at)
     return replace(state, recent_event_ids=ids, last_event_at=last)
@@ -331,14 +394,16 @@ def apply_admission(
     ed_visits = [e for e in state.ed_visits if e > t - ED_HISTORY]
     if adm.admit_source == "ed":
         ed_visits.append(t)
+    resolved = [o.pending.to_dict() for o in outcomes if o.readmitted]
     new = replace(
-        _touched(state, adm),
+        touched(state, adm),
         admissions=admissions,
         ed_visits=ed_visits,
-        open=OpenEncounter.from_admission(adm),
+        open=replace(OpenEncounter.from_admission(adm), resolved=resolved),
         pending=keep,
         readmissions=readmissions,
         discharges=[x for x in state.discharges if x > t - ADMISSION_HISTORY],
+        closed=None,
     )
     return new, _sorted_outcomes(outcomes)
 
@@ -347,8 +412,8 @@ def apply_transfer(state: PatientState, tr: TransferEvent) -> PatientState:
     """Move the open encounter to the new department / attending provider."""
     if state.open is None:
         raise ValueError("transfer without open admission")
-    moved = replace(state.open, department=tr.department, attending_provider_id=tr.attending_provider_id)
-    return replace(_touched(state, tr), open=moved)
+    moved = state.open.moved_to(tr.occurred_at, "transfer", tr.department, tr.attending_provider_id)
+    return replace(touched(state, tr), open=moved)
 
 
 def apply_update(state: PatientState, upd: UpdateEvent) -> PatientState:
@@ -362,20 +427,20 @@ def apply_update(state: PatientState, upd: UpdateEvent) -> PatientState:
         raise ValueError("update without open admission")
     o, p = state.open, upd.patient
     moved = replace(
-        o, department=upd.department, attending_provider_id=upd.attending_provider_id,
+        o.moved_to(upd.occurred_at, "update", upd.department, upd.attending_provider_id),
         diagnosis_codes=list(upd.diagnosis_codes) or o.diagnosis_codes,
         age=o.age if p is None or p.age is None else p.age,
         sex=o.sex if p is None or p.sex is None else p.sex,
         race=o.race if p is None or p.race is None else p.race,
         payer=o.payer if p is None or p.payer is None else p.payer,
     )
-    return replace(_touched(state, upd), open=moved)
+    return replace(touched(state, upd), open=moved)
 
 
 def apply_registration(state: PatientState | None, reg: RegistrationEvent) -> PatientState:
     """A visit without an inpatient bed (A04): the patient's event record only (its id guards
     against a duplicate, its time orders later events); no stay opens, no history changes."""
-    return _touched(state or PatientState(patient_id=reg.patient_id), reg)
+    return touched(state or PatientState(patient_id=reg.patient_id), reg)
 
 
 def apply_discharge(state: PatientState, dis: DischargeEvent) -> tuple[PatientState, DischargeContext]:
@@ -397,7 +462,16 @@ def apply_discharge(state: PatientState, dis: DischargeEvent) -> tuple[PatientSt
         readmissions_12m=readmitted,
         days_since_last_discharge=None if last is None else (t0 - last).total_seconds() / 86400,
     )
-    return replace(_touched(state, dis), open=None, discharges=[*state.discharges, dis.occurred_at]), ctx
+    return replace(touched(state, dis), open=None, discharges=[*state.discharges, dis.occurred_at]), ctx
+
+
+def remember_discharge(state: PatientState, stay: OpenEncounter, dis: DischargeEvent, high_risk: bool,
+                       score: dict[str, Any], alert: dict[str, Any] | None) -> PatientState:
+    """Keep what a cancellation of this discharge (A13) withdraws: the stay as it ended (moved
+    to the discharge's department and attending), the event, its score and alert messages."""
+    ended = stay.moved_to(dis.occurred_at, "discharge", dis.department, dis.attending_provider_id)
+    return replace(state, closed={"open": ended.to_dict(), "discharge": dis.model_dump(mode="json"),
+                                  "high_risk": high_risk, "score": score, "alert": alert})
 
 
 def add_pending(state: PatientState, pending: PendingDischarge) -> PatientState:

@@ -1,0 +1,81 @@
+"""A cancelled discharge through the real broker and PostgreSQL: worker, sink, notifier and a
+real HTTP receiver. Its score, its alert (a retraction delivered once) and its KPI contributions
+end withdrawn in Kafka and in PostgreSQL; the other discharge of the day stays."""
+
+from __future__ import annotations
+
+import psycopg2
+import pytest
+
+from consumers.notify import retraction_key, run_notifier
+from consumers.sink import run_sink
+from contracts.events import Topics, dump
+from stream.runner import StreamWorker
+from stream_oracle import RunOutputs
+from test_sink_support import reset_group, sink_db  # noqa: F401  (fixture)
+from test_stream_withdrawals import SICK, cancel
+from stream.domain.examples import admission, discharge
+from wardstream.config import scoped_env
+from wardstream.kafka_io import ensure_topics, make_producer
+from webhook import Webhook
+
+pytestmark = pytest.mark.e2e
+
+ADMIT, DISCHARGE, LATER = "2025-01-01T08:00:00+00:00", "2025-01-04T08:00:00+00:00", "2025-01-04T10:00:00+00:00"
+
+
+def _events() -> list:
+    """P1's flagged discharge, cancelled two hours later; P2 discharged the same day."""
+    return [admission("P1", "E1", ADMIT, diagnosis_codes=SICK),
+            admission("P2", "E2", ADMIT, seed="p2"),
+            discharge("P1", "E1", ADMIT, DISCHARGE, diagnosis_codes=SICK),
+            discharge("P2", "E2", ADMIT, "2025-01-04T09:00:00+00:00", seed="d2"),
+            cancel("discharge", "E1", LATER)]
+
+
+def _query(url: str, sql: str) -> list[tuple]:
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute(sql)
+        rows = cur.fetchall()
+    conn.close()
+    return rows
+
+
+def test_a_cancelled_discharge_is_withdrawn_in_kafka_and_postgresql(kafka_ns, sink_db, tmp_path) -> None:
+    topics = Topics(kafka_ns)
+    ensure_topics()
+    producer = make_producer()
+    for ev in _events():
+        producer.send(topics.adt, key=ev.patient_id.encode(), value=dump(ev))
+    producer.flush()
+    producer.close()
+    with scoped_env(WARDSTREAM_STATE_DIR=str(tmp_path / "state")):
+        with StreamWorker(env={"WARDSTREAM_ALERT_SHARE": "1.0"}, log_path=tmp_path / "worker.log") as w:
+            w.wait_caught_up(timeout=600)
+
+    # Kafka: the last message per key is the state
+    final = RunOutputs.read(kafka_ns).final()
+    assert final["scores"]["E1"]["withdrawn"] is True and "withdrawn" not in final["scores"]["E2"]
+    assert final["alerts"]["E1"]["withdrawn"] is True
+    assert not final["labels"] and not RunOutputs.read(kafka_ns).dlq
+
+    run_sink(until_idle=3, handle_signals=False)
+    assert _query(sink_db, "SELECT encounter_id FROM discharge_scores") == [("E2",)]
+    assert ("alert-E1",) not in _query(sink_db, "SELECT alert_id FROM alerts")
+    assert sorted(_query(sink_db, "SELECT output, key FROM withdrawn_outputs")) == [
+        ("alerts", "alert-E1"), ("discharge_scores", "E1")]
+    kpi = {r[0]: r[1] for r in _query(sink_db, "SELECT kpi, value FROM kpi_windows WHERE dimension = 'facility' "
+                                               "AND dimension_id = 'F01' AND \"window\" = '1d' "
+                                               "AND window_start = '2025-01-04'")}
+    assert kpi["discharges"] == 1 and kpi["census"] == 1  # P1 is in hospital again
+
+    with Webhook() as hook:
+        run_notifier(url=hook.url, once=True, backoff_initial=0.01, backoff_max=0.05, handle_signals=False)
+        reset_group(f"{kafka_ns}wardstream-notifier", [topics.alerts])
+        run_notifier(url=hook.url, once=True, backoff_initial=0.01, backoff_max=0.05, handle_signals=False)
+    keys = [d["key"] for d in hook.delivered]
+    assert sorted(keys) == sorted(["alert-E1", retraction_key("alert-E1")] + [
+        f"alert-{e}" for e in ("E2",) if "E2" in final["alerts"]])  # each once, over two runs
+    retraction = next(d["body"] for d in hook.delivered if d["key"] == retraction_key("alert-E1"))
+    assert retraction["withdrawn"] is True and "E1" in retraction["text"]
+    assert _query(sink_db, "SELECT alert_id, status FROM alert_retractions") == [("alert-E1", "delivered")]
