@@ -141,6 +141,7 @@ class Pipeline:
     async def _close_outputs(self, app: faust.App, **kwargs: Any) -> None:
         self.watch.close()
         self.outputs.close()
+        self.kpis.close()
 
     # -- agents ------------------------------------------------------------------------------
 

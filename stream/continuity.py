@@ -30,14 +30,20 @@ range(5, 3)
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from faust.types import EventT
 from kafka import TopicPartition
 
+from stream.faust_batch import as_event
 from wardstream.config import Settings
-from wardstream.kafka_io import make_consumer
+from wardstream.kafka_io import beginning_offsets_of, broker_call, make_consumer
+
+log = logging.getLogger(__name__)
 
 
 def missing(offset: int, applied: int) -> range:
@@ -139,6 +145,93 @@ class Refetch:
             consumer.unsubscribe()
 
     def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+
+@dataclass(frozen=True)
+class Item:
+    """A message for an agent: Faust's event, or one read back from Kafka because Faust skipped
+    it; ``context`` is the event it goes with (same partition: tables file writes under it)."""
+
+    context: EventT
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+async def in_line(refetch: "Refetch", events: list[EventT], applied: Callable[[int], int]) -> list[Item]:
+    """``events`` (one agent's batch), each partition's continuing right after ``applied(p)``
+    (the last offset its truth holds): where Faust skipped messages, they are read back from
+    Kafka with ``refetch`` and come first. ``applied`` is read under the partition's first event
+    (a table files reads under the current event's partition)."""
+    out: list[Item] = []
+    done: dict[int, int] = {}  # partition -> last offset taken in this batch
+    for event in events:
+        msg = event.message
+        if msg.partition not in done:
+            with as_event(event):
+                done[msg.partition] = applied(msg.partition)
+        if gap := missing(msg.offset, done[msg.partition]):
+            records = await refetch.read(msg.topic, msg.partition, gap)
+            # none: a real gap (transaction markers under exactly_once); else Faust skipped them
+            log.log(logging.WARNING if records else logging.DEBUG,
+                    "partition %s of %s: got offset %s after %s; read %d skipped messages back from Kafka",
+                    msg.partition, msg.topic, msg.offset, done[msg.partition], len(records))
+            out.extend(Item(event, msg.partition, r.offset, r.key, r.value) for r in records)
+        out.append(Item(event, msg.partition, msg.offset, event.key, event.value))
+        done[msg.partition] = max(done[msg.partition], msg.offset)
+    return out
+
+
+class CommittedLine:
+    """The read-back for an agent whose offset truth is its group's committed offset (the KPI
+    combiner, the reference loader): after an assignment each partition must continue from
+    the commit, so a partition's first message is compared with the group's committed offset
+    (or the log's start, before any commit), later ones with the last one taken.
+
+    Faust can hand such an agent a later message than the next one too (a skipped capacity
+    record left a provider without utilization for good in a cluster drill), and with no state
+    of its own the agent would never notice.
+    """
+
+    def __init__(self, group: str, s: Settings | None = None) -> None:
+        self.group = group
+        self._settings = s
+        self._refetch = Refetch(s)
+        self._next: dict[int, int] = {}  # partition -> the next offset to take
+        self._consumer: Any = None  # in the group, never joining it: committed-offset look-ups only
+
+    def forget(self) -> None:
+        """After an assignment: every partition continues from its commit again."""
+        self._next.clear()
+
+    async def take(self, events: list[EventT]) -> list[Item]:
+        """The batch's messages in line, skipped ones read back (:func:`in_line`)."""
+        new = sorted({e.message.partition for e in events if e.message.partition not in self._next})
+        if new:
+            starts = await asyncio.to_thread(self._starts, events[0].message.topic, new)
+            self._next.update(starts)
+        return await in_line(self._refetch, events, lambda partition: self._next[partition] - 1)
+
+    def moved(self, taken: list[Item]) -> None:
+        """After the batch was applied."""
+        for item in taken:
+            self._next[item.partition] = max(self._next.get(item.partition, 0), item.offset + 1)
+
+    def _starts(self, topic: str, partitions: list[int]) -> dict[int, int]:
+        if self._consumer is None:
+            self._consumer = make_consumer(group_id=self.group, s=self._settings)
+        consumer, tps = self._consumer, [TopicPartition(topic, p) for p in partitions]
+        beginning = beginning_offsets_of(consumer, tps)
+        committed = broker_call("the group's committed offsets",
+                                lambda: {tp: consumer.committed(tp) for tp in tps}, s=self._settings)
+        return {tp.partition: max(committed[tp] or 0, beginning[tp]) for tp in tps}
+
+    def close(self) -> None:
+        self._refetch.close()
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None

@@ -25,6 +25,7 @@ from faust.types import EventT
 
 from contracts.events import ProviderRef, parse_reference
 from stream import kpi_tally
+from stream.continuity import CommittedLine, Item
 from stream.faust_batch import ack, as_event, stopping
 from stream.kpi_combiner import KpiCombiner
 from stream.output_lanes import OutputLanes
@@ -65,6 +66,9 @@ class KpiAgent:
         self._assignments = 0  # rebalances so far: a flush begun before one acknowledges nothing
         self._next_flush = 0.0
         self._flush_lock = asyncio.Lock()  # one flush at a time: each acknowledges what it covered
+        # each input continues from the group's commit: what Faust skips is read back
+        self._partials_line = CommittedLine(app.conf.id, s)
+        self._reference_line = CommittedLine(app.conf.id, s)
 
     async def combine_kpis(self, stream: faust.StreamT) -> None:
         """hospital.kpi-partials -> the combiner's table (flushed to hospital.kpis by the timer).
@@ -78,16 +82,18 @@ class KpiAgent:
         self._stream = stream
         async for events in stream.noack_take(self.tuning.adt_batch, within=self.tuning.kpi_batch_within):
             last = {event.message.partition: event for event in events}
+            taken = await self._partials_line.take(events)
             try:
-                for event in events:
-                    state.partition = event.message.partition
-                    with as_event(event):
-                        combiner.put(event.value, event.message.partition)
+                for item in taken:
+                    state.partition = item.partition
+                    with as_event(item.context):
+                        combiner.put(item.value, item.partition)
             except BaseException:
                 state.rollback()
                 combiner.forget_cache()  # its in-memory buckets hold the rolled-back records
                 raise
             state.commit(lambda partition: as_event(last[partition]))
+            self._partials_line.moved(taken)
             self._unacked.extend(events)
             # dirty (dimension, day) pairs after which the agent flushes at once: in a backlog (a
             # replay, a catch-up) simulated months pass between two timer ticks, and their buckets
@@ -100,17 +106,25 @@ class KpiAgent:
         """hospital.reference -> provider capacity (provider_utilization's denominator), as one
         more record on hospital.kpi-partials, on the partition of the provider's records."""
         async for event in stream.events():
-            try:
-                record = parse_reference(event.value)
-            except ValueError:
-                log.warning("ignoring an invalid reference record at offset %s", event.message.offset)
-                continue
-            if isinstance(record, ProviderRef):
-                key, to, value = kpi_tally.capacity_partial(record.provider_id, record.facility_id,
-                                                            record.capacity)
-                await self.partials_topic.send(
-                    key=key.encode(), value=value,
-                    partition=key_partition(to, self.settings.adt_partitions))
+            taken = await self._reference_line.take([event])
+            for item in taken:
+                await self._send_capacity(item)
+            self._reference_line.moved(taken)
+
+    async def _send_capacity(self, item: Item) -> None:
+        """A provider's capacity from its reference record, in Kafka before the record is
+        acknowledged (else a record committed with its send lost leaves the provider's
+        utilization without a denominator for good)."""
+        try:
+            record = parse_reference(item.value)
+        except ValueError:
+            log.warning("ignoring an invalid reference record at offset %s", item.offset)
+            return
+        if isinstance(record, ProviderRef):
+            key, to, value = kpi_tally.capacity_partial(record.provider_id, record.facility_id, record.capacity)
+            sent = await self.partials_topic.send(key=key.encode(), value=value,
+                                                  partition=key_partition(to, self.settings.adt_partitions))
+            await sent
 
     async def flush_kpis(self) -> None:
         """Emit the KPI windows whose inputs changed since the last flush.
@@ -176,7 +190,13 @@ class KpiAgent:
         """After a rebalance: the table is the truth (in-memory buckets dropped), and the records
         taken but not flushed are delivered again from the committed offsets."""
         self.combiner.forget_cache()
+        self._partials_line.forget()
+        self._reference_line.forget()
         if self._unacked:
             log.info("rebalance: %d partials taken but not flushed are delivered again", len(self._unacked))
         self._unacked.clear()
         self._assignments += 1
+
+    def close(self) -> None:
+        self._partials_line.close()
+        self._reference_line.close()

@@ -19,7 +19,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import faust
@@ -28,8 +27,7 @@ from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
 from stream import adt_flow, faust_patches
-from stream.continuity import Refetch, StallWatch, missing
-from stream.faust_batch import as_event
+from stream.continuity import Item, Refetch, StallWatch, in_line
 from wardstream.config import Settings
 from wardstream.kafka_io import group_offsets, make_admin
 
@@ -37,18 +35,6 @@ log = logging.getLogger(__name__)
 
 WATCH_TIMEOUT_S = 15.0  # a watch step that takes longer is cut short and logged
 REBALANCE_PATIENCE_S = 60.0
-
-
-@dataclass(frozen=True)
-class Item:
-    """A message for an agent: Faust's event, or one read back from Kafka because Faust skipped
-    it; ``context`` is the event it goes with (same partition: tables file writes under it)."""
-
-    context: EventT
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
 
 
 class PartitionWatch:
@@ -69,25 +55,9 @@ class PartitionWatch:
 
     async def in_line(self, events: list[EventT], applied: Callable[[int], int]) -> list[Item]:
         """The batch's messages, each partition's continuing its state: where Faust skipped some,
-        they are read back from Kafka and come first (stream/continuity.py). ``applied`` reads the
-        state (committed, or staged by this batch's earlier events)."""
-        out: list[Item] = []
-        done: dict[int, int] = {}  # partition -> last offset taken in this batch
-        for event in events:
-            msg = event.message
-            if msg.partition not in done:
-                with as_event(event):
-                    done[msg.partition] = applied(msg.partition)
-            if gap := missing(msg.offset, done[msg.partition]):
-                records = await self._refetch.read(msg.topic, msg.partition, gap)
-                # none: a real gap (transaction markers under exactly_once); else Faust skipped them
-                log.log(logging.WARNING if records else logging.DEBUG,
-                        "partition %s of %s: got offset %s after %s; read %d skipped messages back from Kafka",
-                        msg.partition, msg.topic, msg.offset, done[msg.partition], len(records))
-                out.extend(Item(event, msg.partition, r.offset, r.key, r.value) for r in records)
-            out.append(Item(event, msg.partition, msg.offset, event.key, event.value))
-            done[msg.partition] = max(done[msg.partition], msg.offset)
-        return out
+        they are read back from Kafka and come first (:func:`stream.continuity.in_line`).
+        ``applied`` reads the state (committed, or staged by this batch's earlier events)."""
+        return await in_line(self._refetch, events, applied)
 
     def moved(self, taken: list[Item]) -> None:
         """After a batch's state is written: its partitions moved (for the stall watch)."""

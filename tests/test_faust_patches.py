@@ -92,6 +92,61 @@ def test_refetch_reads_a_range_back_from_the_broker(kafka_ns) -> None:
         refetch.close()
 
 
+class _Message:
+    def __init__(self, topic: str, partition: int, offset: int) -> None:
+        self.topic, self.partition, self.offset = topic, partition, offset
+
+
+class _Event:
+    """What ``CommittedLine.take`` reads of a Faust event."""
+
+    def __init__(self, topic: str, partition: int, offset: int) -> None:
+        self.message = _Message(topic, partition, offset)
+        self.key, self.value = b"k", f"v{offset}".encode()
+
+
+@pytest.mark.e2e
+def test_committed_line_reads_back_what_faust_skipped_after_the_groups_commit(kafka_ns) -> None:
+    """An agent whose truth is its group's commit (the KPI combiner, the reference loader):
+    the first message after an assignment continues the commit, later ones the last taken."""
+    from kafka import TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    from contracts.events import Topics
+    from stream.continuity import CommittedLine
+    from wardstream.kafka_io import make_consumer
+
+    topic, group = Topics(kafka_ns).kpi_partials, f"{kafka_ns}line-test"
+    ensure_topics([topic])
+    producer = make_producer()
+    for i in range(8):
+        producer.send(topic, key=b"k", value=f"v{i}".encode(), partition=2)
+    producer.flush()
+    producer.close()
+    line = CommittedLine(group)
+
+    def take(offset: int) -> list[tuple[int, bytes]]:
+        async def run() -> list:
+            taken = await line.take([_Event(topic, 2, offset)])
+            line.moved(taken)
+            return taken
+        return [(item.offset, item.value) for item in asyncio.run(run())]
+
+    try:
+        assert take(2) == [(0, b"v0"), (1, b"v1"), (2, b"v2")]  # no commit yet: from the log's start
+        assert take(3) == [(3, b"v3")]
+        assert take(6) == [(4, b"v4"), (5, b"v5"), (6, b"v6")]  # 4 and 5 skipped by Faust: read back
+        committer = make_consumer(group_id=group)
+        committer.commit({TopicPartition(topic, 2): OffsetAndMetadata(5, "", -1)})
+        committer.close()
+        line.forget()  # a rebalance: Faust delivers from the commit again
+        assert take(5) == [(5, b"v5")]
+        line.forget()
+        assert take(7) == [(5, b"v5"), (6, b"v6"), (7, b"v7")]
+    finally:
+        line.close()
+
+
 def test_the_worker_consumer_waits_at_most_fetch_max_wait_ms_for_a_fetch(tmp_path) -> None:
     """Faust fixes the broker's wait for a fetch at 1.5 s; aiokafka keeps one fetch in flight and
     leaves out partitions with records not yet taken, so new ADT events could wait that long
