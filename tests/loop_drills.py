@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:32} {passed:3d}/{args.runs} passed  {seconds:6.0f} s  ({log.relative_to(ROOT)})",
               flush=True)
     out = ROOT / "bench" / "results" / "drills.json"
+    out.parent.mkdir(parents=True, exist_ok=True)  # not in a fresh clone
     out.write_text(json.dumps(results, indent=2) + "\n")
     return 0 if all(r["failed"] == 0 for r in results) else 1
 
