@@ -70,17 +70,22 @@ def test_missing_offsets() -> None:
     assert not missing(offset=5, applied=4) and not missing(offset=2, applied=4)
 
 
+def _produce_values(topic: str, partition: int, count: int) -> None:
+    """``v0`` .. ``v{count-1}`` (key ``k``) into one partition of ``topic``."""
+    ensure_topics([topic])
+    producer = make_producer()
+    for i in range(count):
+        producer.send(topic, key=b"k", value=f"v{i}".encode(), partition=partition)
+    producer.flush()
+    producer.close()
+
+
 @pytest.mark.e2e
 def test_refetch_reads_a_range_back_from_the_broker(kafka_ns) -> None:
     from contracts.events import Topics
 
     topic = Topics(kafka_ns).adt
-    ensure_topics([topic])
-    producer = make_producer()
-    for i in range(10):
-        producer.send(topic, key=b"k", value=f"v{i}".encode(), partition=1)
-    producer.flush()
-    producer.close()
+    _produce_values(topic, partition=1, count=10)
     refetch = Refetch()
     try:
         got = asyncio.run(refetch.read(topic, 1, range(3, 7)))
@@ -117,12 +122,7 @@ def test_committed_line_reads_back_what_faust_skipped_after_the_groups_commit(ka
     from wardstream.kafka_io import make_consumer
 
     topic, group = Topics(kafka_ns).kpi_partials, f"{kafka_ns}line-test"
-    ensure_topics([topic])
-    producer = make_producer()
-    for i in range(8):
-        producer.send(topic, key=b"k", value=f"v{i}".encode(), partition=2)
-    producer.flush()
-    producer.close()
+    _produce_values(topic, partition=2, count=8)
     line = CommittedLine(group)
 
     def take(offset: int) -> list[tuple[int, bytes]]:
