@@ -137,7 +137,7 @@ def _host_files(run_dir: Path) -> dict[str, int]:
 
 
 def _files_outside_hosts() -> set[str]:
-    """Paths under the checkout's default state and log directories (where a worker that ignored
-    its host's settings would write)."""
+    """Paths under the checkout's default state directory and this user's ``~/.faust`` (where a
+    worker that ignored its host's state directory or home would write)."""
     return {str(p) for d in (ROOT / ".wardstream" / "state", Path.home() / ".faust") if d.exists()
             for p in d.rglob("*")}
