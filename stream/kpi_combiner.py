@@ -21,6 +21,12 @@ per window equals the value over every partial, whatever the flush timing:
   Nothing else is remembered about flushes.
 * A census change on day d moves the census at the end of every later day too, so it dirties
   the census KPIs of every window holding a known day >= d.
+* A window's ``facility_id`` is the facility of its latest record: the one of the highest ADT
+  partition on its last known day (a department name can span facilities). It depends on the
+  window's data only, not on when it is sent, so a window re-sent after a fault carries the
+  same label; the view ``kpi_windows`` picks it the same way. A record that moves that label
+  (a new partition on a window's last known day, with another facility) re-sends those windows
+  (:data:`RELABEL`).
 * Memory is bounded by time, not by history: after each flush a dimension's day buckets older
   than ``keep_days`` behind its last day leave memory (they stay in the table) and their census
   deltas are folded into one number (``_base``). A record for an older day first brings the
@@ -46,6 +52,7 @@ log = logging.getLogger(__name__)
 Dim = tuple[str, str]  # (dimension, dimension_id)
 CENSUS_INPUTS = {"census_delta"}
 CAPACITY = "capacity"  # pseudo-input: the provider's capacity changed
+RELABEL = "facility"  # pseudo-input: the facility label of the windows ending with this day changed
 CAPACITY_KEY = "cap|"  # days[cap|{provider_id}] = {"capacity": ...}
 MAX_WINDOW = timedelta(days=max(kpis.WINDOWS.values()))
 KEEP_DAYS = 120  # days of buckets kept in memory behind a dimension's last day (labels come <= 31 days late)
@@ -99,9 +106,8 @@ class KpiCombiner:
         self.capacity: dict[str, float] = {}
         self._loaded = False
         self._buckets: dict[Dim, dict[date, kpis.DayBucket]] = {}
-        # the facility_id a dimension's messages carry: its record's of the latest (day, ADT
-        # partition), as the kpi_windows view picks it: a department name can span facilities
-        self._facility: dict[Dim, tuple[date, int, str]] = {}
+        # per dimension and day in memory: ADT partition -> the facility of its record (labels)
+        self._facility: dict[Dim, dict[date, dict[int, str]]] = {}
         # dimension -> (old, new) last known day, since the last flush: windows ending in
         # (old + 1, new + 1] are no longer future windows and go out at the next flush
         self._advance: dict[Dim, tuple[date, date]] = {}
@@ -134,8 +140,7 @@ class KpiCombiner:
                 dimension, dim_id = item.split("|", 1)
                 dim = (dimension, dim_id)
                 self._buckets.setdefault(dim, {})[day] = summed(stored["p"])
-                for partition, facility_id in stored["f"].items():
-                    self._note_facility(dim, day, int(partition), facility_id)
+                self._note_facilities(dim, day, stored["f"])
         for dim in list(self._buckets):
             self._prune(dim)
         self._loaded = True
@@ -158,7 +163,9 @@ class KpiCombiner:
         if floor <= self._floor.get(dim, date.min):
             return
         old = [day for day in buckets if day < floor]
+        labels = self._facility.get(dim, {})
         for day in old:
+            labels.pop(day, None)
             delta = buckets.pop(day).micro.get("census_delta", 0)
             if delta:
                 self._base[dim] = self._base.get(dim, 0) + delta
@@ -178,6 +185,7 @@ class KpiCombiner:
             entry = (self.days.get(day_key(partition, dim, d)) or {}).get(item)
             if entry:
                 bucket = buckets[d] = summed(entry["p"])
+                self._note_facilities(dim, d, entry["f"])
                 self._base[dim] = self._base.get(dim, 0) - bucket.micro.get("census_delta", 0)
         self._floor[dim] = start
 
@@ -216,14 +224,38 @@ class KpiCombiner:
             if before is not None:
                 self._advance_over(dim, before, day)
         new = days[day] = summed(parts)
-        self._note_facility(dim, day, p.partition, p.facility_id)
-        self._dirty[dim][day] |= p.changed | (_inputs_of(new) if old is None else _changed(old, new))
+        self._note_facilities(dim, day, {p.partition: p.facility_id})
+        changed = set(p.changed) | (_inputs_of(new) if old is None else _changed(old, new))
+        if p.new and self._relabels(dim, day, p.partition):
+            changed.add(RELABEL)
+        self._dirty[dim][day] |= changed
 
-    def _note_facility(self, dim: Dim, day: date, partition: int, facility_id: str) -> None:
-        """Keep the facility of ``dim``'s latest (day, ADT partition) record: the same whatever
-        order the records come in."""
-        if (day, partition) >= self._facility.get(dim, (date.min, -1, ""))[:2]:
-            self._facility[dim] = (day, partition, facility_id)
+    def _note_facilities(self, dim: Dim, day: date, facilities: dict[Any, str]) -> None:
+        labels = self._facility.setdefault(dim, {}).setdefault(day, {})
+        labels.update({int(partition): f for partition, f in facilities.items()})
+
+    def _label(self, dim: Dim, day: date) -> str:
+        """The facility of ``dim``'s record from the highest ADT partition on ``day``."""
+        labels = self._facility[dim][day]
+        return labels[max(labels)]
+
+    def _relabels(self, dim: Dim, day: date, partition: int) -> bool:
+        """Whether the first record of ``partition`` for ``day`` changed the label of the
+        windows whose last known day is ``day``: it is the day's highest partition and its
+        facility differs from the label those windows had without it. Decided on the state
+        with the record in, so a record delivered again after a crash decides the same."""
+        labels = self._facility[dim][day]
+        if partition != max(labels):
+            return False
+        others = [q for q in labels if q != partition]
+        if others:
+            before = labels[max(others)]
+        else:
+            earlier = [d for d in self._buckets[dim] if d < day]
+            if not earlier:
+                return False  # no window ending after this day had a label before it
+            before = self._label(dim, max(earlier))
+        return labels[partition] != before
 
     def _advance_over(self, dim: Dim, before: date, day: date) -> None:
         """Note that the windows ending in ``(before + 1, day + 1]`` go out at the next flush."""
@@ -291,6 +323,14 @@ class KpiCombiner:
         windows: dict[tuple[str, date, date], set[str]] = defaultdict(set)
         census_from: date | None = None
         for day, changed in dirty_days.items():
+            if RELABEL in changed:
+                # every KPI of the windows whose last known day this is: their label moved
+                changed = changed - {RELABEL}
+                i = bisect_left(known, day) + 1
+                upto = known[i] if i < len(known) else limit
+                for w in kpis.day_windows(day):
+                    if w[2] <= upto:
+                        windows[w] |= _inputs(buckets, known, w[1], w[2], dim in self._base_census)
             for w in kpis.day_windows(day):
                 if w[2] <= limit:
                     windows[w] |= changed
@@ -331,9 +371,9 @@ class KpiCombiner:
             census_at[day] = total / kpis.SCALE
             sums.append(running)
         capacity = self.capacity.get(dim_id) if dimension == "provider" else None
-        facility_id = self._facility[dim][2] if dim in self._facility else ""
         out: list[tuple[str, bytes]] = []
         for (window, start, end), changed in sorted(windows.items()):
+            facility_id = self._label(dim, known[bisect_left(known, end) - 1])
             names = kpis.affected_kpis(changed | ({"census_delta"} if CAPACITY in changed else set()),
                                        dimension)
             if not names:

@@ -29,7 +29,7 @@ from wardstream.kafka_io import ensure_topics, make_producer
 
 pytestmark = pytest.mark.e2e
 
-CFG = SimConfig(seed=11, start=date(2025, 1, 1), days=100, beds=64)
+CFG = SimConfig(seed=11, start=date(2025, 1, 1), days=100, beds=64, facilities=2)  # departments span both
 BATCH = 250
 PARTITIONS = 4
 

@@ -343,23 +343,57 @@ def test_bad_input_goes_to_the_dlq_with_its_source(messages) -> None:
 
 
 
-def test_kpi_messages_do_not_depend_on_which_worker_sent_first() -> None:
-    """Two workers (ADT partitions 0-1 and 2-3) send their bundles in either interleaving: the
-    last message per window is the same, facility_id included (a department name spans
-    facilities; the combiner labels it with its latest (day, ADT partition) record's facility,
-    as the kpi_windows view does)."""
+def _window_labels(records: list[bytes]) -> dict[tuple[str, str, str], list[tuple[date, str]]]:
+    """Per (dimension, id): (day, facility of the highest ADT partition's record that day),
+    sorted, from the records themselves."""
+    top: dict[tuple[str, str, str], tuple[int, str]] = {}
+    for raw in records:
+        for r in orjson.loads(raw):
+            if r.get("day") is not None:
+                key = (r["dimension"], r["dimension_id"], r["day"])
+                top[key] = max(top.get(key, (-1, "")), (r["partition"], r["facility_id"]))
+    out: dict = {}
+    for (dimension, dim_id, day), (_, facility) in sorted(top.items()):
+        out.setdefault((dimension, dim_id), []).append((date.fromisoformat(day), facility))
+    return out
+
+
+def test_kpi_messages_do_not_depend_on_send_order_or_flush_timing() -> None:
+    """Two workers (ADT partitions 0-1 and 2-3) send their bundles in either interleaving, the
+    combiner flushes at random moments and restarts from its table: the last message per
+    window is the same, facility_id included. A department name spans facilities; a window is
+    labelled with the facility of the highest ADT partition's record on its last known day
+    (the kpi_windows view picks it the same way), whenever it was sent."""
     msgs = partitioned_messages(SimConfig(seed=3, start=date(2025, 1, 1), days=20, facilities=2, beds=64))
     halves = [[m for m in msgs if m[0] in (0, 1)], [m for m in msgs if m[0] in (2, 3)]]
     sent = [_batched(half, 200) for half in halves]
     assert all(sent)
-    one_first, two_first = KpiCombiner(days={}), KpiCombiner(days={})
-    for raw in sent[0] + sent[1]:
-        one_first.put(raw)
-    for raw in sent[1] + sent[0]:
-        two_first.put(raw)
-    first, second = _final(one_first.flush()), _final(two_first.flush())
-    assert first == second
-    spanning = {orjson.loads(v)["dimension_id"] for v in first.values() if orjson.loads(v)["dimension"] == "department"}
-    facilities = {d: {orjson.loads(v)["facility_id"] for v in first.values() if orjson.loads(v)["dimension_id"] == d}
-                  for d in spanning}
-    assert spanning and all(len(f) == 1 for f in facilities.values())
+    expected = _expected(sent[0] + sent[1])
+    assert _expected(sent[1] + sent[0]) == expected
+    rng = random.Random(8)
+    records = [r for pair in zip(sent[1], sent[0]) for r in pair] + sent[0][len(sent[1]):] + sent[1][len(sent[0]):]
+    days: dict = {}
+    combiner, emitted, unflushed = KpiCombiner(days=days), [], []
+    for raw in records:
+        combiner.put(raw)
+        unflushed.append(raw)
+        if rng.random() < 0.05:
+            emitted.extend(combiner.flush())
+            unflushed = []
+        elif rng.random() < 0.01:  # a crash: a restart from the table gets the unflushed records again
+            combiner = KpiCombiner(days=json.loads(json.dumps(days)))
+            for again in unflushed:
+                combiner.put(again)
+    emitted.extend(combiner.flush())
+    assert _final(emitted) == expected
+
+    labels = _window_labels(records)
+    spanning = set()
+    for value in expected.values():
+        v = orjson.loads(value)
+        days_of = labels[(v["dimension"], v["dimension_id"])]
+        end = date.fromisoformat(v["window_end"][:10])
+        assert v["facility_id"] == [f for d, f in days_of if d < end][-1], v
+        if v["dimension"] == "department":
+            spanning.add((v["dimension_id"], v["facility_id"]))
+    assert len({f for _, f in spanning}) == 2  # departments are labelled with either hospital
