@@ -120,7 +120,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Deliver each alert of hospital.alerts once to a Slack-style webhook.
 
-        One delivery per encounter (ledger table alert_deliveries: pending / delivered / failed,
+        One delivery per discharge (ledger table alert_deliveries: pending / delivered / failed,
         attempts, last_error), retries with exponential backoff, offsets committed after the
         status is recorded. The message carries ids, department, score, LACE and reasons; no names.
         """

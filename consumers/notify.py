@@ -1,11 +1,11 @@
 """``wardstream notify``: deliver each high-risk discharge alert once to a webhook.
 
-Reads ``hospital.alerts``; for each alert, one transaction holds the encounter's row of
-``alert_deliveries`` (created ``pending`` on first sight, locked ``FOR UPDATE``): an encounter
+Reads ``hospital.alerts``; for each alert, one transaction holds its discharge's row of
+``alert_deliveries`` (created ``pending`` on first sight, locked ``FOR UPDATE``): a discharge
 already ``delivered`` is skipped (duplicates on the topic, replays, restarts), otherwise the alert
 is POSTed with retries and exponential backoff (tenacity) and the outcome is recorded
 (``delivered`` + ``delivered_at``, or ``failed`` + ``last_error``; ``attempts`` counts POSTs).
-Kafka offsets are committed only after the statuses are recorded. A ``failed`` encounter is tried
+Kafka offsets are committed only after the statuses are recorded. A ``failed`` one is tried
 again when its alert is seen again (``--retry-failed`` re-sends every failed one from the table).
 
 Exactly once, except in one window: a crash after the webhook answered 2xx but before the status
@@ -18,6 +18,11 @@ Retractions (DESIGN.md "Withdrawals"): an alert marked ``withdrawn`` (its discha
 cancelled) is delivered once too, through its own ledger ``alert_retractions`` (by alert_id,
 migration V011), with ``Idempotency-Key: <alert_id>:withdrawn``; only when the alert itself was
 delivered (else there is nothing to retract: recorded ``skipped``).
+
+Both ledgers hold one row per *discharge* of an encounter (``discharged_at``, migration V014): a
+patient discharged again after a cancelled discharge gets a new alert under the same alert_id,
+and it is delivered (and its retraction, if any) like the first, with the discharge time in the
+idempotency key (:func:`idempotency_key`) so that a receiver does not drop it as a repeat.
 """
 
 from __future__ import annotations
@@ -107,9 +112,23 @@ def build_retraction(alert: Alert) -> dict[str, Any]:
     ]}
 
 
-def retraction_key(alert_id: str) -> str:
-    """The idempotency key of an alert's retraction (the alert's own key is its alert_id)."""
-    return f"{alert_id}:withdrawn"
+def idempotency_key(alert: Alert, again: bool = False) -> str:
+    """The ``Idempotency-Key`` of an alert's delivery: its alert_id, or for a retraction
+    ``<alert_id>:withdrawn``; ``again`` (an earlier discharge of the encounter has a ledger
+    row) adds the discharge time, so a receiver keeps a later discharge's alert.
+
+    >>> from datetime import datetime, timezone
+    >>> a = Alert(alert_id="alert-E1", encounter_id="E1", patient_id="P1", facility_id="F01",
+    ...           department="Cardiology", attending_provider_id="D1",
+    ...           discharged_at=datetime(2025, 3, 1, 12, tzinfo=timezone.utc), score=0.41,
+    ...           lace=12, threshold=0.3, reasons=[])
+    >>> idempotency_key(a), idempotency_key(a, again=True)
+    ('alert-E1', 'alert-E1@2025-03-01T12:00:00Z')
+    >>> idempotency_key(a.model_copy(update={"withdrawn": True}), again=True)
+    'alert-E1@2025-03-01T12:00:00Z:withdrawn'
+    """
+    key = f"{alert.alert_id}@{format_ts(alert.discharged_at)}" if again else alert.alert_id
+    return f"{key}:withdrawn" if alert.withdrawn else key
 
 
 def post_json(url: str, payload: dict[str, Any], idempotency_key: str, timeout: float = 10.0) -> None:
@@ -170,36 +189,39 @@ class Notifier:
         if self.conn is None or self.conn.closed:
             self.conn = connect(self.db_url, "wardstream-notifier")
         conn = self.conn
-        # an alert's ledger row is its encounter's; a retraction's is its alert_id's
+        # an alert's ledger row is its encounter's discharge's; a retraction's is its alert_id's
         ledger, col, key = (("alert_retractions", "alert_id", alert.alert_id) if alert.withdrawn
                             else ("alert_deliveries", "encounter_id", alert.encounter_id))
         try:
             with conn.cursor() as cur:
-                cur.execute(f"INSERT INTO {ledger} (encounter_id, alert_id, status) "
-                            f"VALUES (%s, %s, 'pending') ON CONFLICT ({col}) DO NOTHING",
-                            (alert.encounter_id, alert.alert_id))
-                cur.execute(f"SELECT status FROM {ledger} WHERE {col} = %s FOR UPDATE", (key,))
-                (status,) = cur.fetchone()
+                row = self._ledger_row(cur, ledger, col, key, alert)
+                if row is None:
+                    cur.execute(f"INSERT INTO {ledger} (encounter_id, alert_id, discharged_at, status) "
+                                f"VALUES (%s, %s, %s, 'pending') ON CONFLICT ({col}, discharged_at) DO NOTHING",
+                                (alert.encounter_id, alert.alert_id, alert.discharged_at))
+                    row = self._ledger_row(cur, ledger, col, key, alert)
+                status, discharged_at, again = row
+                where = f"WHERE {col} = %s AND discharged_at = %s"
                 if status in ("delivered", "skipped"):
                     conn.commit()
                     self.stats.duplicates += 1
                     return status
                 if alert.withdrawn and not self._was_delivered(cur, alert):
-                    cur.execute("UPDATE alert_retractions SET status = 'skipped', updated_at = now() "
-                                "WHERE alert_id = %s", (key,))
+                    cur.execute(f"UPDATE alert_retractions SET status = 'skipped', updated_at = now() {where}",
+                                (key, discharged_at))
                     conn.commit()
                     return "skipped"
-                attempts, error = self._deliver(alert)
+                attempts, error = self._deliver(alert, again)
                 if error is None:
                     cur.execute(f"UPDATE {ledger} SET status = 'delivered', attempts = attempts + %s, "
-                                "delivered_at = now(), updated_at = now(), last_error = NULL "
-                                f"WHERE {col} = %s", (attempts, key))
+                                f"delivered_at = now(), updated_at = now(), last_error = NULL {where}",
+                                (attempts, key, discharged_at))
                     status = "delivered"
                     self.stats.delivered += 1
                 else:
                     cur.execute(f"UPDATE {ledger} SET status = 'failed', attempts = attempts + %s, "
-                                f"last_error = %s, updated_at = now() WHERE {col} = %s",
-                                (attempts, error[:500], key))
+                                f"last_error = %s, updated_at = now() {where}",
+                                (attempts, error[:500], key, discharged_at))
                     status = "failed"
                     self.stats.failed += 1
                     log.error("alert %s not delivered after %d attempts: %s", alert.alert_id, attempts, error)
@@ -213,18 +235,27 @@ class Notifier:
             raise
 
     @staticmethod
-    def _was_delivered(cur, alert: Alert) -> bool:
-        """Whether the alert a retraction withdraws reached the webhook."""
-        cur.execute("SELECT status FROM alert_deliveries WHERE encounter_id = %s", (alert.encounter_id,))
-        row = cur.fetchone()
-        return row is not None and row[0] == "delivered"
+    def _ledger_row(cur, ledger: str, col: str, key: str, alert: Alert) -> tuple[str, Any, bool] | None:
+        """(status, discharged_at, whether another discharge of the encounter has a row) of the
+        ledger row of ``alert``'s discharge, locked; None when there is none yet. A row from
+        before V014 (discharged_at '-infinity') stands for any discharge."""
+        cur.execute(f"SELECT status, discharged_at, discharged_at IN (%s, '-infinity') FROM {ledger} "
+                    f"WHERE {col} = %s ORDER BY discharged_at FOR UPDATE", (alert.discharged_at, key))
+        rows = cur.fetchall()
+        mine = [r for r in rows if r[2]]
+        return (mine[-1][0], mine[-1][1], len(rows) > len(mine)) if mine else None
 
-    def _deliver(self, alert: Alert) -> tuple[int, str | None]:
+    @staticmethod
+    def _was_delivered(cur, alert: Alert) -> bool:
+        """Whether the alert a retraction withdraws (the same discharge's) reached the webhook."""
+        cur.execute("SELECT 1 FROM alert_deliveries WHERE encounter_id = %s AND status = 'delivered' "
+                    "AND discharged_at IN (%s, '-infinity')", (alert.encounter_id, alert.discharged_at))
+        return cur.fetchone() is not None
+
+    def _deliver(self, alert: Alert, again: bool = False) -> tuple[int, str | None]:
         """POST with retries; (attempts made, last error or None when delivered)."""
-        if alert.withdrawn:
-            payload, key = build_retraction(alert), retraction_key(alert.alert_id)
-        else:
-            payload, key = build_payload(alert), alert.alert_id
+        payload = build_retraction(alert) if alert.withdrawn else build_payload(alert)
+        key = idempotency_key(alert, again)
         attempts = 0
 
         def once() -> None:
@@ -255,6 +286,7 @@ class Notifier:
             cur.execute("SELECT a.alert_id, a.encounter_id, a.patient_id, a.facility_id, a.department, "
                         "a.attending_provider_id, a.discharged_at, a.score, a.lace, a.threshold, a.reasons "
                         "FROM alert_deliveries d JOIN alerts a ON a.alert_id = d.alert_id "
+                        "AND d.discharged_at IN (a.discharged_at, '-infinity') "
                         "WHERE d.status = 'failed' ORDER BY d.encounter_id")
             cols = [c.name for c in cur.description]
             rows = [dict(zip(cols, r)) for r in cur.fetchall()]

@@ -19,9 +19,11 @@ and the worker's logs know them by does not depend on the module layout.
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import Any
 
 import faust
+import mode
 from faust.types import EventT
 
 from contracts.events import Topics
@@ -124,10 +126,16 @@ class Pipeline:
         app, kpis = self.app, self.kpis
         app.timer(interval=5.0, name="stream.app.watch_partitions")(self.watch.watch_partitions)
         app.on_before_shutdown.connect(self._close_outputs)
-        app.agent(self.adt_topic, concurrency=1, name="stream.app.process_adt")(self.process_adt)
-        app.agent(self.kpi_partials_topic, concurrency=1, name="stream.app.combine_kpis")(kpis.combine_kpis)
-        app.agent(self.reference_topic, concurrency=1, name="stream.app.load_reference")(kpis.load_reference)
-        app.agent(self.health_partials_topic, concurrency=1, name="stream.app.monitor_health")(self.monitor_health)
+        # An agent that raises stops the worker (its supervisor starts a new one from the
+        # changelogs). Faust's default restarts the agent in the process instead, but the crashed
+        # agent's taken messages stay unacknowledged: the next rebalance waits for them until
+        # the group drops the worker, which then still writes changelogs for partitions it no
+        # longer owns (a chaos soak run lost KPI state that way).
+        agent = partial(app.agent, concurrency=1, supervisor_strategy=mode.CrashingSupervisor)
+        agent(self.adt_topic, name="stream.app.process_adt")(self.process_adt)
+        agent(self.kpi_partials_topic, name="stream.app.combine_kpis")(kpis.combine_kpis)
+        agent(self.reference_topic, name="stream.app.load_reference")(kpis.load_reference)
+        agent(self.health_partials_topic, name="stream.app.monitor_health")(self.monitor_health)
         app.timer(interval=self.tuning.kpi_flush_seconds, name="stream.app.flush_kpis")(kpis.flush_kpis)
         app.on_partitions_assigned.connect(self._on_assigned)
 

@@ -202,7 +202,6 @@ class CommittedLine:
         self._settings = s
         self._refetch = Refetch(s)
         self._next: dict[int, int] = {}  # partition -> the next offset to take
-        self._consumer: Any = None  # in the group, never joining it: committed-offset look-ups only
 
     def forget(self) -> None:
         """After an assignment: every partition continues from its commit again."""
@@ -222,16 +221,19 @@ class CommittedLine:
             self._next[item.partition] = max(self._next.get(item.partition, 0), item.offset + 1)
 
     def _starts(self, topic: str, partitions: list[int]) -> dict[int, int]:
-        if self._consumer is None:
-            self._consumer = make_consumer(group_id=self.group, s=self._settings)
-        consumer, tps = self._consumer, [TopicPartition(topic, p) for p in partitions]
-        beginning = beginning_offsets_of(consumer, tps)
-        committed = broker_call("the group's committed offsets",
-                                lambda: {tp: consumer.committed(tp) for tp in tps}, s=self._settings)
+        """Where each partition continues: the group's commit, or the log's start. A consumer
+        of the group (never joining it) made for the look-up and closed after it: one kept
+        between rebalances held metadata from before a broker restart and timed out for 90 s
+        on a running cluster (a chaos soak run)."""
+        tps = [TopicPartition(topic, p) for p in partitions]
+        consumer = make_consumer(group_id=self.group, s=self._settings)
+        try:
+            beginning = beginning_offsets_of(consumer, tps)
+            committed = broker_call("the group's committed offsets",
+                                    lambda: {tp: consumer.committed(tp) for tp in tps}, s=self._settings)
+        finally:
+            consumer.close()
         return {tp.partition: max(committed[tp] or 0, beginning[tp]) for tp in tps}
 
     def close(self) -> None:
         self._refetch.close()
-        if self._consumer is not None:
-            self._consumer.close()
-            self._consumer = None

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import datetime, timedelta, timezone
 
 import psycopg2
 import pytest
 
+from consumers.migrate import MIGRATIONS_DIR, migrate
 from consumers.notify import build_payload, run_notifier
 from contracts.events import Alert, Topics, dump
 from test_sink_support import reset_group, sink_db  # noqa: F401  (fixture)
@@ -100,3 +102,38 @@ def test_cli_notify_needs_a_webhook(monkeypatch) -> None:
     assert missing.exit_code == 2 and "ALERT_WEBHOOK_URL" in missing.output
     bad = runner.invoke(app, ["notify", "--once", "--url", "ftp://x"])
     assert bad.exit_code == 2 and "http(s)" in bad.output
+
+
+@pytest.mark.e2e
+def test_ledger_rows_from_before_v014_keep_their_discharge(fresh_db, tmp_path, kafka_ns) -> None:
+    """V014 gives each ledger row its discharge: from the stored alert, else '-infinity' (any
+    discharge of the encounter). Neither kind of old row is delivered again on a replay; a later
+    discharge of the encounter is."""
+    old = tmp_path / "migrations"
+    old.mkdir()
+    for f in MIGRATIONS_DIR.glob("*.sql"):
+        if int(f.name[1:4]) < 14:
+            shutil.copy(f, old / f.name)
+    migrate(fresh_db, old)
+    stored, unstored = _alert(1), _alert(2)
+    with psycopg2.connect(fresh_db) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO alerts (alert_id, encounter_id, patient_id, facility_id, department, "
+                    "attending_provider_id, discharged_at, score, lace, threshold, reasons, "
+                    "source_partition, source_offset) VALUES (%s, %s, 'P1', 'F01', 'Cardiology', 'D1', "
+                    "%s, 0.5, 11, 0.3, '{}', 0, 0)", (stored.alert_id, stored.encounter_id, stored.discharged_at))
+        for a in (stored, unstored):
+            cur.execute("INSERT INTO alert_deliveries (encounter_id, alert_id, status, delivered_at) "
+                        "VALUES (%s, %s, 'delivered', now())", (a.encounter_id, a.alert_id))
+    conn.close()
+    assert migrate(fresh_db).applied == ["V014__alert_ledger_per_discharge.sql"]
+    with psycopg2.connect(fresh_db) as conn, conn.cursor() as cur:
+        cur.execute("SET TIME ZONE 'UTC'")
+        cur.execute("SELECT encounter_id, discharged_at::text FROM alert_deliveries ORDER BY 1")
+        assert cur.fetchall() == [("E1", "2025-02-01 01:00:00+00"), ("E2", "-infinity")]
+    conn.close()
+    later = stored.model_copy(update={"discharged_at": stored.discharged_at + timedelta(days=2)})
+    _produce(kafka_ns, [stored, unstored, later])
+    with Webhook() as hook:
+        run_notifier(url=hook.url, once=True, backoff_initial=0.01, backoff_max=0.05, db_url=fresh_db,
+                     handle_signals=False)
+    assert [d["key"] for d in hook.delivered] == ["alert-E1@2025-02-03T01:00:00Z"]

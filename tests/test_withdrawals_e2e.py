@@ -1,13 +1,14 @@
 """A cancelled discharge through the real broker and PostgreSQL: worker, sink, notifier and a
 real HTTP receiver. Its score, its alert (a retraction delivered once) and its KPI contributions
-end withdrawn in Kafka and in PostgreSQL; the other discharge of the day stays."""
+end withdrawn in Kafka and in PostgreSQL; the other discharge of the day stays. A discharge of
+the same encounter after the cancellation is alerted and delivered again."""
 
 from __future__ import annotations
 
 import psycopg2
 import pytest
 
-from consumers.notify import retraction_key, run_notifier
+from consumers.notify import run_notifier
 from consumers.sink import run_sink
 from contracts.events import Topics, dump
 from stream.runner import StreamWorker
@@ -41,17 +42,31 @@ def _query(url: str, sql: str) -> list[tuple]:
     return rows
 
 
-def test_a_cancelled_discharge_is_withdrawn_in_kafka_and_postgresql(kafka_ns, sink_db, tmp_path) -> None:
-    topics = Topics(kafka_ns)
+def _stream(kafka_ns: str, events: list, tmp_path) -> None:
+    """``events`` on the namespace's hospital.adt, through one worker (every flagged discharge
+    alerted: alert share 1.0)."""
     ensure_topics()
     producer = make_producer()
-    for ev in _events():
-        producer.send(topics.adt, key=ev.patient_id.encode(), value=dump(ev))
+    for ev in events:
+        producer.send(Topics(kafka_ns).adt, key=ev.patient_id.encode(), value=dump(ev))
     producer.flush()
     producer.close()
     with scoped_env(WARDSTREAM_STATE_DIR=str(tmp_path / "state")):
         with StreamWorker(env={"WARDSTREAM_ALERT_SHARE": "1.0"}, log_path=tmp_path / "worker.log") as w:
             w.wait_caught_up(timeout=600)
+
+
+def _notify_twice(kafka_ns: str) -> list[dict]:
+    """The notifier over hospital.alerts, then again from offset 0 (a replay): the deliveries."""
+    with Webhook() as hook:
+        run_notifier(url=hook.url, once=True, backoff_initial=0.01, backoff_max=0.05, handle_signals=False)
+        reset_group(f"{kafka_ns}wardstream-notifier", [Topics(kafka_ns).alerts])
+        run_notifier(url=hook.url, once=True, backoff_initial=0.01, backoff_max=0.05, handle_signals=False)
+    return hook.delivered
+
+
+def test_a_cancelled_discharge_is_withdrawn_in_kafka_and_postgresql(kafka_ns, sink_db, tmp_path) -> None:
+    _stream(kafka_ns, _events(), tmp_path)
 
     # Kafka: the last message per key is the state
     final = RunOutputs.read(kafka_ns).final()
@@ -69,13 +84,30 @@ def test_a_cancelled_discharge_is_withdrawn_in_kafka_and_postgresql(kafka_ns, si
                                                "AND window_start = '2025-01-04'")}
     assert kpi["discharges"] == 1 and kpi["census"] == 1  # P1 is in hospital again
 
-    with Webhook() as hook:
-        run_notifier(url=hook.url, once=True, backoff_initial=0.01, backoff_max=0.05, handle_signals=False)
-        reset_group(f"{kafka_ns}wardstream-notifier", [topics.alerts])
-        run_notifier(url=hook.url, once=True, backoff_initial=0.01, backoff_max=0.05, handle_signals=False)
-    keys = [d["key"] for d in hook.delivered]
-    assert sorted(keys) == sorted(["alert-E1", retraction_key("alert-E1")] + [
+    delivered = _notify_twice(kafka_ns)
+    keys = [d["key"] for d in delivered]
+    assert sorted(keys) == sorted(["alert-E1", "alert-E1:withdrawn"] + [
         f"alert-{e}" for e in ("E2",) if "E2" in final["alerts"]])  # each once, over two runs
-    retraction = next(d["body"] for d in hook.delivered if d["key"] == retraction_key("alert-E1"))
+    retraction = next(d["body"] for d in delivered if d["key"] == "alert-E1:withdrawn")
     assert retraction["withdrawn"] is True and "E1" in retraction["text"]
     assert _query(sink_db, "SELECT alert_id, status FROM alert_retractions") == [("alert-E1", "delivered")]
+
+
+def test_a_discharge_after_a_cancelled_one_is_alerted_and_delivered_again(kafka_ns, sink_db, tmp_path) -> None:
+    """A13 then a new A03 of the same encounter: the new discharge's alert (same alert_id) is
+    delivered after the retraction, each once over a replay, under its own idempotency key."""
+    again = "2025-01-05T08:00:00+00:00"
+    _stream(kafka_ns, _events() + [discharge("P1", "E1", ADMIT, again, diagnosis_codes=SICK, seed="D2")], tmp_path)
+    outputs = RunOutputs.read(kafka_ns)
+    assert not outputs.dlq
+    final = outputs.final()
+    assert "withdrawn" not in final["alerts"]["E1"] and final["alerts"]["E1"]["discharged_at"].startswith("2025-01-05")
+
+    run_sink(until_idle=3, handle_signals=False)
+    delivered = _notify_twice(kafka_ns)
+    keys = [d["key"] for d in delivered if d["key"].startswith("alert-E1")]
+    assert keys == ["alert-E1", "alert-E1:withdrawn", "alert-E1@2025-01-05T08:00:00Z"], keys
+    assert "withdrawn" not in delivered[[d["key"] for d in delivered].index(keys[-1])]["body"]
+    assert sorted(_query(sink_db, "SELECT alert_id, discharged_at::text, status FROM alert_deliveries "
+                                  "WHERE encounter_id = 'E1'")) == [
+        ("alert-E1", "2025-01-04 08:00:00+00", "delivered"), ("alert-E1", "2025-01-05 08:00:00+00", "delivered")]

@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RDKAFKA_LOG = logging.getLogger("librdkafka")  # librdkafka's log lines (confluent_config's logger)
+# A script that configures no logging (a bench, the soak) would print librdkafka's retries on
+# stderr through logging's last resort; a command's setup_logging still gets them (propagation).
+RDKAFKA_LOG.addHandler(logging.NullHandler())
 
 BOOTSTRAP_MS = 5000  # one connection attempt of a kafka-python client; broker_call repeats it
 

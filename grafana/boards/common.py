@@ -23,6 +23,13 @@ DEPARTMENT = Variable(
 )
 
 IN_FACILITY = "facility_id = '$facility'"
+
+
+def of_facility(dimension: str) -> str:
+    """The facility filter of a ``kpi_windows`` query: a facility's own rows by ``dimension_id``,
+    which reaches the view's ``kpi_partials`` scan (its per-window ``facility_id`` does not)."""
+    return "dimension_id = '$facility'" if dimension == "facility" else IN_FACILITY
+
 IN_DEPARTMENT = "department IN ($department)"
 # KPIs that need the 30-day readmission label: a window's value fills in as labels arrive (a
 # readmission is known early, "not readmitted" only 30 days after discharge), so a recent window
@@ -94,7 +101,7 @@ ORDER BY 1"""
 SELECT window_end AS "time", {metric_sql}value AS {kpi}
 FROM kpi_windows
 WHERE kpi = '{kpi}' AND dimension = '{dimension}' AND "window" = '{window}'
-  AND {IN_FACILITY} AND $__timeFilter(window_end){where}
+  AND {of_facility(dimension)} AND $__timeFilter(window_end){where}
 ORDER BY 1"""
 
 
@@ -116,7 +123,7 @@ WITH latest AS (
     SELECT DISTINCT ON (kpi, dimension_id) kpi, dimension_id, value
     FROM kpi_windows
     WHERE dimension = '{dimension}' AND "window" = '{window}' AND kpi IN ({names})
-      AND {IN_FACILITY} AND $__timeFilter(window_end){where}{settled_clause(kpis)}
+      AND {of_facility(dimension)} AND $__timeFilter(window_end){where}{settled_clause(kpis)}
     ORDER BY kpi, dimension_id, window_end DESC
 )
 SELECT dimension_id AS {dimension},

@@ -61,6 +61,7 @@ SELECT $__timeGroupAlias(a.discharged_at, 1d),
        count(*) FILTER (WHERE d.status IS DISTINCT FROM 'delivered') AS undelivered
 FROM alerts a
 LEFT JOIN alert_deliveries d ON d.encounter_id = a.encounter_id
+                          AND d.discharged_at IN (a.discharged_at, '-infinity')
 WHERE a.{IN_FACILITY} AND a.{IN_DEPARTMENT} AND $__timeFilter(a.discharged_at)
 GROUP BY 1
 ORDER BY 1""", "none", 0, "Alerts the notifier has not delivered (pending, failed or not yet seen).",
@@ -83,6 +84,7 @@ SELECT a.discharged_at AS "time",
        coalesce(d.status, 'not seen') AS delivery
 FROM alerts a
 LEFT JOIN alert_deliveries d ON d.encounter_id = a.encounter_id
+                          AND d.discharged_at IN (a.discharged_at, '-infinity')
 WHERE a.{IN_FACILITY} AND a.{IN_DEPARTMENT} AND $__timeFilter(a.discharged_at)
 ORDER BY a.discharged_at DESC, a.encounter_id
 LIMIT 500""", "Every high-risk discharge in the range with the reasons the care team receives.",

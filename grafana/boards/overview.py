@@ -6,6 +6,7 @@ from grafana.boards.common import (
     FACILITY,
     HEADLINE_KPIS,
     IN_FACILITY,
+    of_facility,
     KPI_DISPLAY,
     LABELLED_KPIS,
     SETTLED_NOTE,
@@ -52,7 +53,7 @@ ORDER BY 1""",
 SELECT $__timeGroupAlias(window_start, 1d), kpi AS metric, sum(value) AS value
 FROM kpi_windows
 WHERE kpi IN ('admissions', 'discharges') AND dimension = 'facility' AND "window" = '1d'
-  AND {IN_FACILITY} AND $__timeFilter(window_start)
+  AND {of_facility("facility")} AND $__timeFilter(window_start)
 GROUP BY 1, 2
 ORDER BY 1""",
             "none", 0, "Daily counts from the stream (1-day windows).", w=8, bars=True, core=True,
