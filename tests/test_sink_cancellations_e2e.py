@@ -6,6 +6,7 @@ as its event), and the ADT fact tables are only updated (the sink has no DELETE 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -16,7 +17,7 @@ from consumers.migrate import migrate
 from consumers.rows import Batch
 from consumers.sink import run_sink
 from consumers.tables import write_batch
-from contracts.events import Topics, dump
+from contracts.events import KPI_NAMES, Topics, dump
 from faults import new_namespace
 from stream.domain.examples import admission, discharge, transfer
 from stream.runner import StreamWorker
@@ -176,6 +177,21 @@ def test_a_cancellation_before_the_sink_saw_its_event_waits_for_it(sink_db) -> N
     assert _read(sink_db, VIEWS) == want
 
 
+# every 1d KPI the views recompute beside the stream's window of the same day (kpi_windows, from
+# the partials the stream sent again after each withdrawal): the two sides agree on the cancellations
+KPI_DAILY_VS_STREAM = f"""
+SELECT d.kpi, d.dimension, d.dimension_id, d.day, d.value, w.value
+FROM kpi_daily d
+JOIN kpi_windows w ON w.kpi = d.kpi AND w.dimension = d.dimension AND w.dimension_id = d.dimension_id
+                  AND w."window" = '1d' AND w.window_start = d.day
+WHERE d.kpi IN ({", ".join(f"'{k}'" for k in KPI_NAMES)})
+ORDER BY 1, 2, 3, 4"""
+
+
+def _close(a: float | None, b: float | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and math.isclose(a, b, rel_tol=1e-9))
+
+
 @contextmanager
 def _second_db() -> Iterator[str]:
     with LocalPostgres().scratch_database() as url:
@@ -185,6 +201,7 @@ def _second_db() -> Iterator[str]:
 
 def _pipeline(events: list, namespace: str, db_url: str, state_dir) -> None:
     """The events on hospital.adt of ``namespace``, a stream worker until caught up, the sink."""
+    state_dir.mkdir(parents=True)
     with scoped_env(WARDSTREAM_NAMESPACE=namespace, WARDSTREAM_STATE_DIR=str(state_dir)):
         topics = Topics(namespace)
         ensure_topics()
@@ -205,8 +222,11 @@ def test_through_the_stream_the_cancelled_feed_gives_the_views_of_the_feed_witho
     with_, without = _feed()
     _pipeline(with_, kafka_ns, sink_db, tmp_path / "with")
     got = _read(sink_db, {**VIEWS, "dead letters": "SELECT reason FROM dead_letters",
-                          "cancellations": "SELECT count(*) FROM adt_events WHERE event_type = 'cancellation'"})
+                          "cancellations": "SELECT count(*) FROM adt_events WHERE event_type = 'cancellation'",
+                          "kpi_daily vs stream": KPI_DAILY_VS_STREAM})
     assert got.pop("dead letters") == [] and got.pop("cancellations") == [(4,)]  # each forwarded, applied
+    compared = got.pop("kpi_daily vs stream")
+    assert len(compared) > 50 and [r for r in compared if not _close(r[-2], r[-1])] == []
     with _second_db() as other:
         _pipeline(without, new_namespace("t"), other, tmp_path / "without")
         want = _read(other, VIEWS)
