@@ -44,6 +44,10 @@ class Stored(NamedTuple):
     partition: int
     offset: int
 
+    @property
+    def id(self) -> str:
+        return str(self.event.event_id)
+
 
 class Mark(NamedTuple):
     """What withdrew an event: its own cancellation, and the A11 of its stay (event ids)."""
@@ -97,7 +101,7 @@ def stays(events: Sequence[Stored]) -> list[list[Stored]]:
 def _target(stay: list[Stored], upto: int, kind: str, marks: dict[str, Mark]) -> Stored | None:
     """The stay's latest event of ``kind`` before position ``upto`` not cancelled yet."""
     for s in reversed(stay[:upto]):
-        if s.event.event_type == kind and marks[str(s.event.event_id)].cancelled_by is None:
+        if s.event.event_type == kind and marks[s.id].cancelled_by is None:
             return s
     return None
 
@@ -108,13 +112,12 @@ def _mark_stay(stay: list[Stored], marks: dict[str, Mark]) -> None:
         if isinstance(s.event, CancellationEvent):
             target = _target(stay, i, s.event.cancelled_event_type, marks)
             if target is not None:
-                marks[str(target.event.event_id)] = Mark(str(s.event.event_id), s.event.occurred_at)
-    head = stay[0].event
-    a11 = marks[str(head.event_id)].cancelled_by if head.event_type == "admission" else None
+                marks[target.id] = Mark(s.id, s.event.occurred_at)
+    a11 = marks[stay[0].id].cancelled_by if stay[0].event.event_type == "admission" else None
     if a11 is not None:
         for s in stay:
             if not isinstance(s.event, CancellationEvent):
-                marks[str(s.event.event_id)] = marks[str(s.event.event_id)]._replace(stay_cancelled_by=a11)
+                marks[s.id] = marks[s.id]._replace(stay_cancelled_by=a11)
 
 
 def withdrawer(mark: Mark, at: dict[str, datetime]) -> tuple[str, datetime] | None:
@@ -123,14 +126,19 @@ def withdrawer(mark: Mark, at: dict[str, datetime]) -> tuple[str, datetime] | No
     return None if by is None else (by, at[by])
 
 
+def _mark_columns(by: tuple[str, datetime] | None) -> dict[str, Any]:
+    """``cancelled_by`` / ``cancelled_at`` of a row ``by`` withdrew (both None: it counts)."""
+    return {"cancelled_by": by[0] if by else None, "cancelled_at": by[1] if by else None}
+
+
 def resolve(encounter_id: str, events: Sequence[Stored]) -> Resolution:
     """Marks and fact rows of one encounter from all its stored events (any order)."""
     ordered = _ordered(events)
-    res = Resolution(encounter_id, marks={str(s.event.event_id): LIVE for s in ordered})
+    res = Resolution(encounter_id, marks={s.id: LIVE for s in ordered})
     all_stays = stays(ordered)
     for stay in all_stays:
         _mark_stay(stay, res.marks)
-    at = {str(s.event.event_id): s.event.occurred_at for s in ordered}
+    at = {s.id: s.event.occurred_at for s in ordered}
     if all_stays:
         _derive(res, all_stays[-1], at)
     _withdrawn_codes(res, ordered, at)
@@ -142,21 +150,20 @@ def _derive(res: Resolution, stay: list[Stored], at: dict[str, datetime]) -> Non
     (a withdrawn stay is described as admitted, marked cancelled, and codes nothing)."""
     marks = res.marks
     basis = [s for s in stay if s.event.event_type in BED_TYPES
-             and (s.event.event_type == "admission" or marks[str(s.event.event_id)].cancelled_by is None)]
+             and (s.event.event_type == "admission" or marks[s.id].cancelled_by is None)]
     if not basis:
         return
     rows = Batch()
     for s in basis:
         rows.add_adt(s.event, s.partition, s.offset)
     encounter = rows.rows("encounters")[0]
+    # where the stay is: its latest bed event, a cancelled discharge included (it moved the stay)
     last = [s for s in stay if s.event.event_type in BED_TYPES and (
-        s.event.event_type in ("admission", "discharge") or marks[str(s.event.event_id)].cancelled_by is None)][-1]
+        s.event.event_type in ("admission", "discharge") or marks[s.id].cancelled_by is None)][-1]
     encounter.update(department=last.event.department, attending_provider_id=last.event.attending_provider_id,
                      last_event_at=last.event.occurred_at, last_event_offset=last.offset)
-    head = marks[str(stay[0].event.event_id)]
-    withdrawn = withdrawer(head, at) if stay[0].event.event_type == "admission" else None
-    encounter.update(cancelled_by=None if withdrawn is None else withdrawn[0],
-                     cancelled_at=None if withdrawn is None else withdrawn[1])
+    withdrawn = withdrawer(marks[stay[0].id], at) if stay[0].event.event_type == "admission" else None
+    encounter.update(_mark_columns(withdrawn))
     res.encounter = encounter
     if withdrawn is None:
         charges = rows.rows("charges")
@@ -170,7 +177,7 @@ def _withdrawn_codes(res: Resolution, events: list[Stored], at: dict[str, dateti
     event that codes it (a cancelled discharge, a withdrawn admission)."""
     latest: dict[str, tuple[str, datetime]] = {}
     for s in events:
-        w = withdrawer(res.marks[str(s.event.event_id)], at)
+        w = withdrawer(res.marks[s.id], at)
         if w is not None:
             latest[s.event.event_type] = w
     live = {(c.table, c.coded_at): c for c in res.codes}
@@ -189,12 +196,7 @@ def mark_rows(resolutions: Sequence[Resolution]) -> dict[str, list[dict[str, Any
         out["adt_events"] += [{"event_id": eid, **m._asdict()} for eid, m in r.marks.items()]
         if r.encounter is not None:
             out["encounters"].append(r.encounter)
-        by = r.charge_withdrawn_by
-        out["charges"].append({"encounter_id": r.encounter_id, "cancelled_by": by and by[0],
-                               "cancelled_at": by and by[1]})
-        for c in r.codes:
-            w = c.withdrawn_by
-            out["codes"].append({"table": c.table, "encounter_id": r.encounter_id, "coded_at": c.coded_at,
-                                 "live_count": len(c.live), "cancelled_by": w and w[0],
-                                 "cancelled_at": w and w[1]})
+        out["charges"].append({"encounter_id": r.encounter_id, **_mark_columns(r.charge_withdrawn_by)})
+        out["codes"] += [{"table": c.table, "encounter_id": r.encounter_id, "coded_at": c.coded_at,
+                          "live_count": len(c.live), **_mark_columns(c.withdrawn_by)} for c in r.codes]
     return out
