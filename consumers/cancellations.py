@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 
 from consumers.rows import Batch, Row
 from contracts.events import AnyAdtEvent, CancellationEvent
+from stream.domain.withdrawals import drop_latest_transfer
 
 BED_TYPES = frozenset({"admission", "transfer", "update", "discharge"})  # events of a stay's bed timeline
 CODED = (("diagnoses", "admission", "admission"), ("diagnoses", "discharge", "discharge"),
@@ -77,6 +78,7 @@ class Resolution:
 
     encounter_id: str
     marks: dict[str, Mark] = field(default_factory=dict)  # event_id -> mark, every event
+    places: dict[str, tuple[str, str]] = field(default_factory=dict)  # event_id -> bed, where not its own
     encounter: Row | None = None  # the encounters row (+ cancelled_by / cancelled_at); None: no stay
     charge: Row | None = None  # the charge that counts, if any
     charge_withdrawn_by: tuple[str, datetime] | None = None  # else: what withdrew the stored one
@@ -120,6 +122,36 @@ def _mark_stay(stay: list[Stored], marks: dict[str, Mark]) -> None:
                 marks[s.id] = marks[s.id]._replace(stay_cancelled_by=a11)
 
 
+def bed_places(stay: list[Stored], marks: dict[str, Mark]) -> dict[str, list[str]]:
+    """(department, attending) of the stay after each of its bed events, as the stream has it:
+    the moves it records (a transfer always, another event when it changes either), each A12
+    dropping the latest transfer and re-attributing the moves after it
+    (:func:`stream.domain.withdrawals.drop_latest_transfer`). An A08 sent between a transfer
+    and its A12 names the transfer's department: the stream, and so this, puts it back where
+    the stay was before. Cancelled transfers have no place."""
+    head = stay[0].event
+    if head.event_type != "admission":
+        return {}
+    current, moves = [head.department, head.attending_provider_id], []
+    for s in stay[1:]:
+        e = s.event
+        if isinstance(e, CancellationEvent):
+            if e.cancelled_event_type == "transfer" and any(m["kind"] == "transfer" for m in moves):
+                moves, current, _ = drop_latest_transfer(moves, current)
+        elif e.event_type in BED_TYPES and (e.event_type == "transfer"
+                                             or [e.department, e.attending_provider_id] != current):
+            moves.append({"id": s.id, "at": e.occurred_at.isoformat(), "kind": e.event_type,
+                          "from": current, "to": [e.department, e.attending_provider_id]})
+            current = moves[-1]["to"]
+    to = {m["id"]: m["to"] for m in moves}
+    places, here = {}, [head.department, head.attending_provider_id]
+    for s in stay:
+        if s.event.event_type in BED_TYPES and not (s.event.event_type == "transfer" and marks[s.id].cancelled_by):
+            here = to.get(s.id, here)
+            places[s.id] = here
+    return places
+
+
 def withdrawer(mark: Mark, at: dict[str, datetime]) -> tuple[str, datetime] | None:
     """The cancellation that took an event out of the facts: its own, else its stay's A11."""
     by = mark.cancelled_by or mark.stay_cancelled_by
@@ -138,6 +170,12 @@ def resolve(encounter_id: str, events: Sequence[Stored]) -> Resolution:
     all_stays = stays(ordered)
     for stay in all_stays:
         _mark_stay(stay, res.marks)
+    places: dict[str, list[str]] = {}
+    for stay in all_stays:
+        if not res.marks[stay[0].id].stay_cancelled_by:
+            places.update(bed_places(stay, res.marks))
+    res.places = {s.id: (places[s.id][0], places[s.id][1]) for s in ordered
+                  if s.id in places and places[s.id] != [s.event.department, s.event.attending_provider_id]}
     at = {s.id: s.event.occurred_at for s in ordered}
     if all_stays:
         _derive(res, all_stays[-1], at)
@@ -157,12 +195,13 @@ def _derive(res: Resolution, stay: list[Stored], at: dict[str, datetime]) -> Non
     for s in basis:
         rows.add_adt(s.event, s.partition, s.offset)
     encounter = rows.rows("encounters")[0]
-    # where the stay is: its latest bed event, a cancelled discharge included (it moved the stay)
+    withdrawn = withdrawer(marks[stay[0].id], at) if stay[0].event.event_type == "admission" else None
+    # where the stay is: after its latest bed event, a cancelled discharge included (it moved the stay)
     last = [s for s in stay if s.event.event_type in BED_TYPES and (
         s.event.event_type in ("admission", "discharge") or marks[s.id].cancelled_by is None)][-1]
-    encounter.update(department=last.event.department, attending_provider_id=last.event.attending_provider_id,
+    department, attending = res.places.get(last.id, (last.event.department, last.event.attending_provider_id))
+    encounter.update(department=department, attending_provider_id=attending,
                      last_event_at=last.event.occurred_at, last_event_offset=last.offset)
-    withdrawn = withdrawer(marks[stay[0].id], at) if stay[0].event.event_type == "admission" else None
     encounter.update(_mark_columns(withdrawn))
     res.encounter = encounter
     if withdrawn is None:
@@ -187,13 +226,21 @@ def _withdrawn_codes(res: Resolution, events: list[Stored], at: dict[str, dateti
         res.charge_withdrawn_by = latest.get("discharge")
 
 
+def _bed_columns(place: tuple[str, str] | None) -> dict[str, str | None]:
+    """``bed_department`` / ``bed_attending_provider_id``: the place, when the stream has the
+    stay elsewhere than the event says (both None: where the event says)."""
+    return {"bed_department": place[0] if place else None,
+            "bed_attending_provider_id": place[1] if place else None}
+
+
 def mark_rows(resolutions: Sequence[Resolution]) -> dict[str, list[dict[str, Any]]]:
     """The resolutions as plain rows per target, for ``jsonb_populate_recordset`` updates:
     ``adt_events`` marks, ``encounters`` rows, ``charges`` marks and code marks (positions from
     ``live_count`` on are withdrawn)."""
     out: dict[str, list[dict[str, Any]]] = {"adt_events": [], "encounters": [], "charges": [], "codes": []}
     for r in resolutions:
-        out["adt_events"] += [{"event_id": eid, **m._asdict()} for eid, m in r.marks.items()]
+        out["adt_events"] += [{"event_id": eid, **m._asdict(), **_bed_columns(r.places.get(eid))}
+                              for eid, m in r.marks.items()]
         if r.encounter is not None:
             out["encounters"].append(r.encounter)
         out["charges"].append({"encounter_id": r.encounter_id, **_mark_columns(r.charge_withdrawn_by)})

@@ -226,8 +226,9 @@ def write_resolutions(cur, resolutions: list[Resolution]) -> None:
     those that no longer do. Each statement writes only rows that change (replays stay cheap)."""
     rows = mark_rows(resolutions)
     record = "cancelled_by uuid, cancelled_at timestamptz"
-    _set_marks(cur, "adt_events", f"event_id uuid, {record}, stay_cancelled_by uuid", "t.event_id = r.event_id",
-               rows["adt_events"], {c: f"r.{c}" for c in (*MARKS, "stay_cancelled_by")})
+    _set_marks(cur, "adt_events", f"event_id uuid, {record}, stay_cancelled_by uuid, bed_department text, "
+               "bed_attending_provider_id text", "t.event_id = r.event_id", rows["adt_events"],
+               {c: f"r.{c}" for c in (*MARKS, "stay_cancelled_by", "bed_department", "bed_attending_provider_id")})
     new = ", ".join(f"r.{c}" for c in ENCOUNTER_DERIVED)
     old = ", ".join(f"e.{c}" for c in ENCOUNTER_DERIVED)
     cur.execute(f"UPDATE encounters e SET ({', '.join(ENCOUNTER_DERIVED)}, updated_at) = ({new}, now()) "

@@ -111,6 +111,19 @@ def test_a12_cancels_the_latest_transfer_not_cancelled_and_the_bed_before_it_goe
     assert (one.encounter["department"], one.encounter["attending_provider_id"]) == ("Cardiology", "D2")
 
 
+def test_an_a08_between_a_transfer_and_its_a12_is_put_back_where_the_stream_puts_it() -> None:
+    """As tests/test_stream_withdrawals.py: the A08 names the transfer's department (it moved
+    only the attending), so after the A12 the stay is in the department before the transfer."""
+    adm = admission("P1", "E1", ADMIT)
+    moved = transfer("P1", "E1", "2025-01-02T08:00:00+00:00")  # Cardiology, D2
+    upd = _update("2025-01-03T08:00:00+00:00", "Cardiology", "D3", "U3")
+    res = resolve("E1", _stored(adm, moved, upd, cancel("transfer", "E1", "2025-01-03T10:00:00+00:00")))
+    assert res.places == {_id(upd): ("Internal Medicine", "D3")}
+    assert (res.encounter["department"], res.encounter["attending_provider_id"]) == ("Internal Medicine", "D3")
+    rows = {r["event_id"]: r for r in mark_rows([res])["adt_events"]}
+    assert rows[_id(upd)]["bed_department"] == "Internal Medicine" and rows[_id(adm)]["bed_department"] is None
+
+
 def test_a_cancelled_discharge_leaves_the_stay_where_the_discharge_put_it() -> None:
     adm = admission("P1", "E1", ADMIT)
     upd = _update("2025-01-02T08:00:00+00:00", "Internal Medicine", "D7", "u1")

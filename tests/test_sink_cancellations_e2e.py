@@ -17,9 +17,13 @@ from consumers.migrate import migrate
 from consumers.rows import Batch
 from consumers.sink import run_sink
 from consumers.tables import write_batch
-from contracts.events import KPI_NAMES, Topics, dump
+from contracts.events import KPI_NAMES, Topics, UpdateEvent, dump
 from faults import new_namespace
-from stream.domain.examples import admission, discharge, transfer
+from producers.hl7_feed import hl7_messages
+from producers.mllp.mapping import MapContext, map_adt
+from producers.mllp.message import parse, read_header
+from producers.simulator import SimConfig, Simulation
+from stream.domain.examples import admission, discharge, event_id, transfer, ts
 from stream.runner import StreamWorker
 from test_sink_support import role_url, sink_db  # noqa: F401  (fixture)
 from test_stream_withdrawals import cancel
@@ -192,6 +196,23 @@ def _close(a: float | None, b: float | None) -> bool:
     return (a is None and b is None) or (a is not None and b is not None and math.isclose(a, b, rel_tol=1e-9))
 
 
+def test_an_a08_between_a_transfer_and_its_a12_is_in_bed_where_the_stream_has_it(sink_db) -> None:
+    """The A08 names the transfer's department (it moved only the attending): after the A12 its
+    segment is in the department before the transfer, as the stream's census has it."""
+    sink = role_url(sink_db, "wardstream_sink", settings().sink_password)
+    adm = admission("P1", "E1", _at(1, 8))
+    moved = transfer("P1", "E1", _at(2, 8))  # Cardiology, D2
+    upd = UpdateEvent(event_id=event_id("U3"), hl7_trigger="A08", occurred_at=ts(_at(3, 8)), facility_id="F01",
+                      patient_id="P1", encounter_id="E1", department="Cardiology", attending_provider_id="D3")
+    _write(sink, [list(enumerate([adm, moved, upd, cancel("transfer", "E1", _at(3, 10))]))])
+    got = _read(sink_db, {"segments": "SELECT department, attending_provider_id, from_ts, to_ts "
+                                      "FROM v_bed_segments ORDER BY from_ts",
+                          "encounter": "SELECT department, attending_provider_id FROM encounters"})
+    assert got["segments"] == [("Internal Medicine", "D1", ts(_at(1, 8)), ts(_at(3, 8))),
+                               ("Internal Medicine", "D3", ts(_at(3, 8)), None)]
+    assert got["encounter"] == [("Internal Medicine", "D3")]
+
+
 @contextmanager
 def _second_db() -> Iterator[str]:
     with LocalPostgres().scratch_database() as url:
@@ -232,3 +253,29 @@ def test_through_the_stream_the_cancelled_feed_gives_the_views_of_the_feed_witho
         want = _read(other, VIEWS)
     assert [r[0] for r in want["v_discharges"]] == ["E1", "E2", "E4", "E5"]
     assert got == want
+
+
+def _hl7_month(days: int = 40) -> list:
+    """A simulated HL7 feed (A08 updates, A11 / A12 / A13 cancellations, A40 merges) mapped to
+    contract v1.1 events as ``wardstream mllp`` maps them."""
+    ctx = MapContext()
+    return [map_adt(parse(m.text), read_header(m.text), ctx)
+            for m in hl7_messages(Simulation(SimConfig(seed=16, beds=150, days=days)))]
+
+
+def test_a_simulated_hl7_feed_kpi_daily_equals_the_streams_windows(kafka_ns, sink_db, tmp_path) -> None:
+    """Over a realistic feed, with its ~1.5% cancellations applied by the stream and by the sink,
+    the views recompute the stream's 1d KPIs, and every discharge the views count has its score."""
+    events = _hl7_month()
+    kinds = {e.cancelled_event_type for e in events if e.event_type == "cancellation"}
+    assert kinds == {"admission", "transfer", "discharge"}
+    _pipeline(events, kafka_ns, sink_db, tmp_path / "hl7")
+    got = _read(sink_db, {
+        "compared": KPI_DAILY_VS_STREAM,
+        "applied": "SELECT count(*) FILTER (WHERE cancelled_by IS NOT NULL) FROM adt_events",
+        "unscored": "SELECT count(*) FROM v_discharges WHERE score IS NULL",
+        "scores": "SELECT (SELECT count(*) FROM v_discharges), (SELECT count(*) FROM discharge_scores)"})
+    assert got["applied"][0][0] > 10 and got["unscored"] == [(0,)]
+    assert got["scores"][0][0] == got["scores"][0][1]
+    off = [r for r in got["compared"] if not _close(r[-2], r[-1])]
+    assert len(got["compared"]) > 1000 and off == []

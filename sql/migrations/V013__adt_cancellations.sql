@@ -11,10 +11,16 @@
 -- stay_cancelled_by: the A11 that withdrew the stay this event belongs to (its admission and
 -- every later event of the encounter up to the next admission), so a cancelled admission counts
 -- nowhere while a new admission of the same visit number counts again.
+-- bed_department / bed_attending_provider_id: where the stream has the stay after this event when
+-- that is not where the event says (null otherwise): a cancelled transfer gives the moves after
+-- it, up to the next move, back to the bed before it (an A08 sent between a transfer and its A12
+-- names the transfer's department), and a cancelled discharge leaves the stay where it is.
 ALTER TABLE adt_events
-    ADD COLUMN cancelled_by      uuid,
-    ADD COLUMN cancelled_at      timestamptz,
-    ADD COLUMN stay_cancelled_by uuid;
+    ADD COLUMN cancelled_by              uuid,
+    ADD COLUMN cancelled_at              timestamptz,
+    ADD COLUMN stay_cancelled_by         uuid,
+    ADD COLUMN bed_department            text,
+    ADD COLUMN bed_attending_provider_id text;
 -- the sink looks up which encounters of a batch have a cancellation (a small index: ~1.5% of events)
 CREATE INDEX adt_events_cancellation_idx ON adt_events (encounter_id) WHERE event_type = 'cancellation';
 
@@ -61,11 +67,13 @@ JOIN encounters e ON e.encounter_id = a.encounter_id
 WHERE a.event_type = 'admission'
   AND a.cancelled_by IS NULL;
 
--- Bed segments (V010's view otherwise): no event of a withdrawn stay; no cancelled transfer, so the
--- segment before it goes on until the next event. A cancelled discharge ends nothing: where it
--- moved the stay (another department or attending than the segment before it), it starts a
--- segment there, as the stream reopens the stay in the discharge's department and attending;
--- where it moved nothing, it is left out, so the segments are those of a feed without it.
+-- Bed segments (V010's view otherwise): each segment where the stream has the stay
+-- (bed_department / bed_attending_provider_id, else the event's); no event of a withdrawn stay;
+-- no cancelled transfer, so the segment before it goes on until the next event. A cancelled
+-- discharge ends nothing: where it moved the stay (another department or attending than the
+-- segment before it), it starts a segment there, as the stream reopens the stay in the
+-- discharge's department and attending; where it moved nothing, it is left out, so the
+-- segments are those of a feed without it.
 CREATE OR REPLACE VIEW v_bed_segments AS
 SELECT encounter_id, patient_id, facility_id, department, attending_provider_id, from_ts, to_ts
 FROM (
@@ -80,7 +88,9 @@ FROM (
                lag(a.department) OVER w AS department_before,
                lag(a.attending_provider_id) OVER w AS attending_before
         FROM (
-            SELECT e.encounter_id, e.patient_id, e.facility_id, e.department, e.attending_provider_id,
+            SELECT e.encounter_id, e.patient_id, e.facility_id,
+                   coalesce(e.bed_department, e.department) AS department,
+                   coalesce(e.bed_attending_provider_id, e.attending_provider_id) AS attending_provider_id,
                    e.event_type, e.cancelled_by, e.occurred_at, e.source_partition, e.source_offset,
                    CASE e.event_type WHEN 'admission' THEN 0 WHEN 'discharge' THEN 2 ELSE 1 END AS kind_order
             FROM adt_events e
