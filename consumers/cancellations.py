@@ -18,8 +18,9 @@ marked with the cancellation and views filter (V013).
 
 A stay is an admission and the encounter's events up to its next admission (an A11'd visit may
 be admitted again under the same visit number). A cancelled transfer drops out (the bed before
-it goes on); a cancelled discharge leaves the stay open where it left it (the stream reopens the
-stay in the discharge's department and attending); an A11 withdraws its whole stay.
+it goes on, and the moves after it up to the next move go back there, by the stream's own rule:
+:func:`bed_places`); a cancelled discharge leaves the stay open where it left it (the stream
+reopens the stay in the discharge's department and attending); an A11 withdraws its whole stay.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """A11 / A12 / A13 in the sink's ADT facts and views, against the real PostgreSQL (and, in the
-last test, through the real broker and the stream worker): after the cancellations, the views
-give what the same feed without the cancelled events and their cancellations gives, whatever
-the batching (a message twice, a batch replayed after a crash, a cancellation in the same batch
-as its event), and the ADT fact tables are only updated (the sink has no DELETE on them)."""
+last two tests, through the real broker and the stream worker): after the cancellations, the
+views give what the same feed without the cancelled events and their cancellations gives,
+whatever the batching (a message twice, a batch replayed after a crash, a cancellation in the
+same batch as its event), the ADT fact tables are only updated (the sink writes as
+``wardstream_sink``, which has no DELETE on them), and ``kpi_daily`` equals the stream's 1d
+windows, also over a simulated HL7 feed."""
 
 from __future__ import annotations
 
