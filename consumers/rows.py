@@ -29,6 +29,7 @@ import orjson
 from contracts.events import (
     AdmissionEvent,
     Alert,
+    CancellationEvent,
     DeadLetter,
     DischargeEvent,
     DischargeScore,
@@ -99,6 +100,7 @@ class Batch:
     def __init__(self) -> None:
         self._rows: dict[str, dict[tuple, Row]] = {}
         self._deletes: dict[str, set[tuple]] = {}  # output rows a withdrawal removes
+        self.adt_encounters: set[str] = set()  # encounters of its ADT events (cancellations: V013)
         self.messages = 0
 
     # ------------------------------------------------------------------ generic merges
@@ -131,14 +133,17 @@ class Batch:
 
     # ------------------------------------------------------------------ hospital.adt-accepted
 
-    def add_adt(self, ev: AdmissionEvent | DischargeEvent | TransferEvent | RegistrationEvent | UpdateEvent,
-                partition: int, offset: int, raw: bytes | None = None) -> None:
+    def add_adt(self, ev: AdmissionEvent | DischargeEvent | TransferEvent | RegistrationEvent | UpdateEvent
+                | CancellationEvent, partition: int, offset: int, raw: bytes | None = None) -> None:
         """An event the stream applied, at its ``hospital.adt`` (partition, offset); ``raw``: the
         message as received, stored as the payload when it needs no cleaning.
 
         Contract v1.1: a registration (a visit without a bed) is stored as an event only, not as
         an encounter (``encounters`` are inpatient stays); an update moves its encounter's
-        current department and attending like a transfer. A null cost writes no charge.
+        current department and attending like a transfer. A null cost writes no charge. A
+        cancellation is stored as an event only: what it withdraws from the encounter's rows is
+        derived from the encounter's stored events after the batch is written
+        (:mod:`consumers.cancellations`, ``consumers.tables.apply_cancellations``).
         """
         self.messages += 1
         clean = _cleaner(raw)
@@ -152,6 +157,9 @@ class Batch:
             "payload": payload, "source_partition": partition, "source_offset": offset,
         })
         if isinstance(ev, RegistrationEvent):
+            return
+        self.adt_encounters.add(clean(ev.encounter_id))
+        if isinstance(ev, CancellationEvent):
             return
         patch: Row = {
             "encounter_id": clean(ev.encounter_id), "patient_id": clean(ev.patient_id),

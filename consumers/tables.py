@@ -18,8 +18,10 @@ The merge rules match :class:`consumers.rows.Batch`:
 * encounters: current department / attending by (event time, offset), other columns set once;
 * ``first``: raw events, insert-only.
 
-Nothing is deleted: the ADT facts come from the events the stream applied
-(``hospital.adt-accepted``), so a dead letter never names a stored event.
+Nothing is deleted from the ADT facts: they come from the events the stream applied
+(``hospital.adt-accepted``), so a dead letter never names a stored event, and a cancellation
+marks the rows it withdraws (:func:`apply_cancellations`, V013). Only withdrawn outputs (scores,
+alerts, labels) leave their tables (V011).
 """
 
 from __future__ import annotations
@@ -29,9 +31,12 @@ import io
 import operator
 from dataclasses import dataclass
 
+import orjson
 from psycopg2.extras import execute_values
 
+from consumers.cancellations import Resolution, Stored, mark_rows, resolve
 from consumers.rows import ENCOUNTER_SET_ONCE, Batch
+from contracts.events import parse_adt
 from stream.domain.kpis import FIELDS as KPI_FIELDS
 
 
@@ -168,7 +173,82 @@ def write_batch(cur, batch: Batch, method: str = "auto") -> dict[str, int]:
         else:
             execute_values(cur, table.sql, rows, template=table.template, page_size=1000)
         written[table.name] = len(rows)
+    if resolved := apply_cancellations(cur, batch):
+        written["encounters with cancellations"] = resolved
     return written
+
+
+TABLE = {t.name: t for t in TABLES}
+
+
+def apply_cancellations(cur, batch: Batch) -> int:
+    """After a batch's upserts: derive again every row a cancellation changes for the batch's
+    encounters that have one stored (:func:`consumers.cancellations.resolve`, from all their
+    stored events), so the rows are a function of the stored events whatever the batching or
+    replays. One indexed look-up per batch (V013's partial index); encounters resolved."""
+    if not batch.adt_encounters:
+        return 0
+    cur.execute("SELECT DISTINCT encounter_id FROM adt_events WHERE event_type = 'cancellation' "
+                "AND encounter_id = ANY(%s)", (sorted(batch.adt_encounters),))
+    encounters = sorted(r[0] for r in cur.fetchall())
+    if not encounters:
+        return 0
+    cur.execute("SELECT encounter_id, payload::text, source_partition, source_offset FROM adt_events "
+                "WHERE encounter_id = ANY(%s)", (encounters,))
+    events: dict[str, list[Stored]] = {e: [] for e in encounters}
+    for encounter_id, payload, partition, offset in cur.fetchall():
+        events[encounter_id].append(Stored(parse_adt(payload), partition, offset))
+    write_resolutions(cur, [resolve(e, events[e]) for e in encounters])
+    return len(encounters)
+
+
+def _json(rows: list[dict]) -> str:
+    return orjson.dumps(rows).decode()
+
+
+ENCOUNTER_DERIVED = tuple(c for c in TABLE["encounters"].columns if c != "encounter_id") + (
+    "cancelled_by", "cancelled_at")
+MARKS = ("cancelled_by", "cancelled_at")
+
+
+def _set_marks(cur, table: str, record: str, match: str, rows: list[dict], marks: dict[str, str]) -> None:
+    """``UPDATE table t SET mark = expression`` from ``rows`` (``jsonb_to_recordset`` ``r`` with
+    the columns ``record``) where ``match`` holds and a mark changes (replays write nothing)."""
+    sets = ", ".join(f"{c} = {e}" for c, e in marks.items())
+    old, new = ", ".join(f"t.{c}" for c in marks), ", ".join(marks.values())
+    cur.execute(f"UPDATE {table} t SET {sets} FROM jsonb_to_recordset(%s::jsonb) AS r({record}) "
+                f"WHERE {match} AND ({old}) IS DISTINCT FROM ({new})", (_json(rows),))
+
+
+def write_resolutions(cur, resolutions: list[Resolution]) -> None:
+    """Write what :func:`~consumers.cancellations.resolve` derived: the events' marks, the
+    encounter rows, the charges and codes that count (upserted, mark cleared) and the marks of
+    those that no longer do. Each statement writes only rows that change (replays stay cheap)."""
+    rows = mark_rows(resolutions)
+    record = "cancelled_by uuid, cancelled_at timestamptz"
+    _set_marks(cur, "adt_events", f"event_id uuid, {record}, stay_cancelled_by uuid, bed_department text, "
+               "bed_attending_provider_id text", "t.event_id = r.event_id", rows["adt_events"],
+               {c: f"r.{c}" for c in (*MARKS, "stay_cancelled_by", "bed_department", "bed_attending_provider_id")})
+    new = ", ".join(f"r.{c}" for c in ENCOUNTER_DERIVED)
+    old = ", ".join(f"e.{c}" for c in ENCOUNTER_DERIVED)
+    cur.execute(f"UPDATE encounters e SET ({', '.join(ENCOUNTER_DERIVED)}, updated_at) = ({new}, now()) "
+                f"FROM jsonb_populate_recordset(NULL::encounters, %s::jsonb) r "
+                f"WHERE e.encounter_id = r.encounter_id AND ({old}) IS DISTINCT FROM ({new})",
+                (_json(rows["encounters"]),))
+    live = {"charges": [r.charge for r in resolutions if r.charge],
+            **{t: [x for r in resolutions for c in r.codes if c.table == t for x in c.live]
+               for t in ("diagnoses", "procedures")}}
+    for table, table_rows in live.items():
+        if table_rows:
+            execute_values(cur, TABLE[table].sql, table_rows, template=TABLE[table].template, page_size=1000)
+    _set_marks(cur, "charges", f"encounter_id text, {record}", "t.encounter_id = r.encounter_id",
+               rows["charges"], {c: f"r.{c}" for c in MARKS})
+    keep = "t.position < r.live_count"  # positions 0..n-1 are the codes that count
+    for table, coded in (("diagnoses", "t.coded_at = r.coded_at"), ("procedures", "r.coded_at IS NULL")):
+        _set_marks(cur, table, f"encounter_id text, coded_at text, live_count integer, {record}",
+                   f"t.encounter_id = r.encounter_id AND {coded} AND ({keep} OR r.cancelled_by IS NOT NULL)",
+                   [x for x in rows["codes"] if x["table"] == table],
+                   {c: f"CASE WHEN {keep} THEN NULL ELSE r.{c} END" for c in MARKS})
 
 
 def _copy_upsert(cur, table: Table, rows: list[dict]) -> None:

@@ -32,10 +32,10 @@ def board() -> Dashboard:
         stat("Revenue in range", f"""
 SELECT $__timeGroupAlias(charged_at, 1d), sum(amount) AS revenue
 FROM charges
-WHERE {DISCHARGES_IN_RANGE.replace('discharged_at', 'charged_at')}
+WHERE cancelled_by IS NULL AND {DISCHARGES_IN_RANGE.replace('discharged_at', 'charged_at')}
 GROUP BY 1
-ORDER BY 1""", "currencyUSD", 0, "Billed total cost of the discharges in the time range (sparkline: per "
-             "day).", core=True, calc="sum"),
+ORDER BY 1""", "currencyUSD", 0, "Billed total cost of the discharges in the time range, without cancelled "
+             "discharges (sparkline: per day).", core=True, calc="sum"),
         timeseries("Cost per patient (7-day rolling)", kpi_series("cost_per_patient", "7d"), cpp.unit, 0,
                    cpp.description, w=16, h=5, core=True),
         barchart("Revenue per patient by department", f"""

@@ -115,19 +115,23 @@ def cancel_admission(state: PatientState, ev: CancellationEvent,
     return new, w
 
 
-def cancel_transfer(state: PatientState, ev: CancellationEvent) -> tuple[PatientState, Withdrawal]:
-    o = state.open
-    assert o is not None  # patient.cancellation_check
-    k = max(i for i, m in enumerate(o.moves) if m["kind"] == "transfer")
-    moves: list[dict[str, Any]] = [{**m, "from": list(m["from"]), "to": list(m["to"])} for m in o.moves]
+def drop_latest_transfer(moves: list[dict[str, Any]], current: list[str]) -> tuple[
+        list[dict[str, Any]], list[str], list[tuple[str, str, str, str]]]:
+    """A stay's moves without its latest transfer, and where the stay is then: in each dimension
+    the transfer changed, the moves after it up to the next move in that dimension are made from
+    where it was before (the next move now leaves from there). Returns the new moves (copies;
+    other keys kept), the new (department, attending) and the census re-attributions
+    ``(dimension, from, to, at)``. Pure: the sink follows the same rule (consumers/cancellations.py)."""
+    k = max(i for i, m in enumerate(moves) if m["kind"] == "transfer")
+    moves = [{**m, "from": list(m["from"]), "to": list(m["to"])} for m in moves]
     cancelled = moves.pop(k)
-    current = [o.department, o.attending_provider_id]
-    w = Withdrawal()
+    current = list(current)
+    shifts: list[tuple[str, str, str, str]] = []
     for i, dim in enumerate(kpis.MOVE_DIMENSIONS):
         before, dest = cancelled["from"][i], cancelled["to"][i]
         if before == dest:
             continue
-        w.add += kpis.moved_in(dim, dest, before, o.facility_id, datetime.fromisoformat(cancelled["at"]))
+        shifts.append((dim, dest, before, cancelled["at"]))
         following = moves[k:]
         nxt = next((m for m in following if m["from"][i] != m["to"][i]), None)
         for m in following[:following.index(nxt) if nxt else len(following)]:
@@ -135,7 +139,16 @@ def cancel_transfer(state: PatientState, ev: CancellationEvent) -> tuple[Patient
         if nxt is None:
             current[i] = before
         else:  # the next move leaves from ``before`` now: correct the census it moved
-            w.add += kpis.moved_in(dim, before, dest, o.facility_id, datetime.fromisoformat(nxt["at"]))
+            shifts.append((dim, before, dest, nxt["at"]))
             nxt["from"][i] = before
+    return moves, current, shifts
+
+
+def cancel_transfer(state: PatientState, ev: CancellationEvent) -> tuple[PatientState, Withdrawal]:
+    o = state.open
+    assert o is not None  # patient.cancellation_check
+    moves, current, shifts = drop_latest_transfer(o.moves, [o.department, o.attending_provider_id])
+    w = Withdrawal(add=[c for dim, a, b, at in shifts
+                        for c in kpis.moved_in(dim, a, b, o.facility_id, datetime.fromisoformat(at))])
     stay = replace(o, department=current[0], attending_provider_id=current[1], moves=moves)
     return replace(touched(state, ev), open=stay), w
