@@ -30,6 +30,7 @@ from contracts.events import (
     AdmissionEvent,
     Alert,
     CancellationEvent,
+    ClassChangeEvent,
     DeadLetter,
     DischargeEvent,
     DischargeScore,
@@ -41,6 +42,7 @@ from contracts.events import (
     TransferEvent,
     UpdateEvent,
     Vitals,
+    applied_as,
 )
 from stream.domain.kpis import FIELDS as KPI_FIELDS
 from stream.kpi_tally import Partial
@@ -134,7 +136,8 @@ class Batch:
     # ------------------------------------------------------------------ hospital.adt-accepted
 
     def add_adt(self, ev: AdmissionEvent | DischargeEvent | TransferEvent | RegistrationEvent | UpdateEvent
-                | CancellationEvent, partition: int, offset: int, raw: bytes | None = None) -> None:
+                | CancellationEvent | ClassChangeEvent, partition: int, offset: int,
+                raw: bytes | None = None) -> None:
         """An event the stream applied, at its ``hospital.adt`` (partition, offset); ``raw``: the
         message as received, stored as the payload when it needs no cleaning.
 
@@ -143,12 +146,16 @@ class Batch:
         current department and attending like a transfer. A null cost writes no charge. A
         cancellation is stored as an event only: what it withdraws from the encounter's rows is
         derived from the encounter's stored events after the batch is written
-        (:mod:`consumers.cancellations`, ``consumers.tables.apply_cancellations``).
+        (:mod:`consumers.cancellations`, ``consumers.tables.apply_cancellations``). A class
+        change is stored as what the stream applied it as (``contracts.events.applied_as``: an
+        A06 as an admission, an A07 as the cancellation of its stay's admission), under its own
+        trigger and payload.
         """
         self.messages += 1
+        sent, ev = ev, applied_as(ev)
         clean = _cleaner(raw)
         self._stubs(ev.facility_id, ev.department, ev.attending_provider_id, ev.patient_id, clean)
-        payload = raw.decode() if raw is not None and clean is _same else _json(ev.model_dump(mode="json"))
+        payload = raw.decode() if raw is not None and clean is _same else _json(sent.model_dump(mode="json"))
         self._first("adt_events", (str(ev.event_id),), {
             "event_id": str(ev.event_id), "event_type": ev.event_type, "hl7_trigger": ev.hl7_trigger,
             "occurred_at": ev.occurred_at, "facility_id": clean(ev.facility_id),

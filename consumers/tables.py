@@ -36,7 +36,7 @@ from psycopg2.extras import execute_values
 
 from consumers.cancellations import Resolution, Stored, mark_rows, resolve
 from consumers.rows import ENCOUNTER_SET_ONCE, Batch
-from contracts.events import parse_adt
+from contracts.events import applied_as, parse_adt
 from stream.domain.kpis import FIELDS as KPI_FIELDS
 
 
@@ -197,7 +197,7 @@ def apply_cancellations(cur, batch: Batch) -> int:
                 "WHERE encounter_id = ANY(%s)", (encounters,))
     events: dict[str, list[Stored]] = {e: [] for e in encounters}
     for encounter_id, payload, partition, offset in cur.fetchall():
-        events[encounter_id].append(Stored(parse_adt(payload), partition, offset))
+        events[encounter_id].append(Stored(applied_as(parse_adt(payload)), partition, offset))
     write_resolutions(cur, [resolve(e, events[e]) for e in encounters])
     return len(encounters)
 

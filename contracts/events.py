@@ -10,7 +10,8 @@ Event contract v1.1 (``event_type``: ``hl7_trigger``; the README's "HL7 v2 over 
 
 ================  ===========  ==========================================================
 registration      A04          an ED / outpatient visit: no inpatient bed
-class_change      A06, A07     the encounter's new ``patient_class`` (A06: to inpatient)
+class_change      A06, A07     the encounter's new ``patient_class`` (A06: to inpatient);
+                               applied as an admission / a cancelled admission (applied_as)
 update            A08          the open encounter as it now stands (department, attending,
                                diagnoses, demographics); null / empty: not sent, unchanged
 cancellation      A11-A13      cancels the encounter's latest ``cancelled_event_type`` event
@@ -378,6 +379,42 @@ def parse_adt(raw: bytes | str) -> AnyAdtEvent:
     """Validate one ADT message (contract v1.1); raises ``pydantic.ValidationError`` (or
     ValueError) when bad."""
     return _ADT.validate_json(raw)
+
+
+ADMISSION_FIELDS = ("admission_type", "admit_source", "patient")  # and at least one diagnosis
+
+
+def applied_as(ev: AnyAdtEvent) -> AnyAdtEvent:
+    """A class change as the event it acts as; every other event as it is.
+
+    An **A06** (to inpatient) that carries what an admission does (admission type, admit source,
+    patient, a diagnosis) starts an inpatient stay at the change: it acts as an admission. An
+    **A07** (from inpatient to a class without a bed, e.g. observation) means the visit was not
+    an inpatient stay, as a billing reclassification counts it: it acts as a cancellation of the
+    stay's admission (A11). An A06 without those fields is returned as it is (it cannot open a
+    stay). The result keeps the event's id, time and ``hl7_trigger`` (so it is not itself a valid
+    message: the stream and the sink apply it, nobody sends it).
+
+    >>> a07 = parse_adt(b'{"event_id":"6c0f7c0e-3a56-4a8e-9d1f-0d6f2b1e8a11","event_type":"class_change",'
+    ...   b'"hl7_trigger":"A07","occurred_at":"2025-01-02T10:00:00Z","facility_id":"F01","patient_id":"P1",'
+    ...   b'"encounter_id":"E1","department":"Surgery","attending_provider_id":"D1",'
+    ...   b'"patient_class":"outpatient"}')
+    >>> as_ = applied_as(a07)
+    >>> as_.event_type, as_.cancelled_event_type, as_.hl7_trigger
+    ('cancellation', 'admission', 'A07')
+    """
+    if not isinstance(ev, ClassChangeEvent):
+        return ev
+    common = ev.model_dump(include={"schema_version", "event_id", "hl7_trigger", "occurred_at", "facility_id",
+                                    "patient_id", "encounter_id", "department", "attending_provider_id"})
+    if ev.hl7_trigger == "A07":
+        return CancellationEvent.model_construct(**common, cancelled_event_type="admission",
+                                                 cancelled_occurred_at=None)
+    if any(getattr(ev, f) is None for f in ADMISSION_FIELDS) or not ev.diagnosis_codes:
+        return ev
+    return AdmissionEvent.model_construct(**common, admission_type=ev.admission_type, admit_source=ev.admit_source,
+                                          patient=ev.patient, diagnosis_codes=list(ev.diagnosis_codes),
+                                          vitals=ev.vitals)
 
 
 def dump(model: BaseModel) -> bytes:

@@ -57,6 +57,7 @@ from contracts.events import (
     RegistrationEvent,
     TransferEvent,
     UpdateEvent,
+    applied_as,
     dump,
     parse_adt,
     raw_text,
@@ -311,7 +312,7 @@ class AdtFlow:
         watermark = None if pstate["watermark"] is None else datetime.fromisoformat(pstate["watermark"])
         out: list[Output] = []
         try:
-            event = parse_adt(raw if raw is not None else b"")
+            event = applied_as(parse_adt(raw if raw is not None else b""))  # A06 / A07: what they act as
         except (ValidationError, ValueError) as exc:
             out.append(self._dead_letter(raw, key, _contract_reason(exc), partition, offset, watermark))
             self._done(pkey, watermark, offset)

@@ -94,6 +94,17 @@ def _last_times(events: list[dict]) -> dict[int, datetime]:
     return out
 
 
+def as_applied(e: dict) -> dict:
+    """A class change as what it acts as (README "HL7 v2 over MLLP"): an applied A06 is the
+    stay's admission at the change, an A07 cancels the stay's admission (the visit was not an
+    inpatient stay). The A06s the stream could not apply are not among the applied events."""
+    if e["event_type"] != "class_change":
+        return e
+    if e["hl7_trigger"] == "A06":
+        return {**e, "event_type": "admission"}
+    return {**e, "event_type": "cancellation", "cancelled_event_type": "admission"}
+
+
 def without_cancelled(events: list[dict]) -> list[dict]:
     """The events as if every cancelled one never happened (DESIGN.md "Withdrawals"), in order.
 
@@ -103,7 +114,7 @@ def without_cancelled(events: list[dict]) -> list[dict]:
     stay goes on there). Cancellations themselves add nothing.
     """
     kept: list[dict | None] = []
-    for e in events:
+    for e in map(as_applied, events):
         if e["event_type"] != "cancellation":
             kept.append(e)
             continue

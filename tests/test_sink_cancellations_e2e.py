@@ -1,6 +1,7 @@
-"""A11 / A12 / A13 in the sink's ADT facts and views, against the real PostgreSQL (and, in the
-last two tests, through the real broker and the stream worker): after the cancellations, the
-views give what the same feed without the cancelled events and their cancellations gives,
+"""A11 / A12 / A13 (and A06 / A07, which act as an admission and as its cancellation) in the
+sink's ADT facts and views, against the real PostgreSQL (and, in the last two tests, through the
+real broker and the stream worker): after the cancellations, the views give what the same feed
+without the cancelled events and their cancellations gives (an A06 as an A01 at the change),
 whatever the batching (a message twice, a batch replayed after a crash, a cancellation in the
 same batch as its event), the ADT fact tables are only updated (the sink writes as
 ``wardstream_sink``, which has no DELETE on them), and ``kpi_daily`` equals the stream's 1d
@@ -28,6 +29,7 @@ from producers.simulator import SimConfig, Simulation
 from stream.domain.examples import admission, discharge, event_id, transfer, ts
 from stream.runner import StreamWorker
 from test_sink_support import role_url, sink_db  # noqa: F401  (fixture)
+from test_stream_class_changes import a06, a07, registration
 from test_stream_withdrawals import cancel
 from wardstream.config import scoped_env, settings
 from wardstream.kafka_io import ensure_topics, make_producer
@@ -65,10 +67,19 @@ def _feed() -> tuple[list, list]:
     a4 = admission("P4", "E4", _at(1, 10))
     t4 = transfer("P4", "E4", _at(2, 10), department="Cardiology", provider="D2")
     d4 = discharge("P4", "E4", _at(1, 10), _at(3, 10), department="Cardiology", provider="D2")
+    # class changes: an ED visit made an inpatient stay (A06, as an A01 at the change), and a
+    # stay made an observation visit (A07: as if it never was, like an A11)
+    r6 = registration("P6", "E6", _at(2, 7))
+    a6 = admission("P6", "E6", _at(2, 10), admit_source="ed", diagnosis_codes=["I50.9", "E11.9"])
+    d6 = discharge("P6", "E6", _at(2, 10), _at(5, 10))
+    a7 = admission("P7", "E7", _at(3, 9), admission_type="urgent")
+    t7 = transfer("P7", "E7", _at(3, 12), department="Cardiology", provider="D2")
+    c07 = a07("E7", _at(3, 20), patient="P7")
     a9 = admission("P9", "E9", _at(7, 8))  # the last event of both feeds (horizons alike)
-    with_ = [a1, a2, a4, a5, a3, t2, c12, t4, c11b, c11, a5b, d4, d1, c13, d2, d5, d1b, a9]
-    gone = {e.event_id for e in (d1, c13, t2, c12, a3, c11, a5, c11b)}
-    return with_, [e for e in with_ if e.event_id not in gone]
+    with_ = [a1, a2, a4, a5, a3, t2, r6, c12, a06(a6), t4, c11b, c11, a7, t7, c07, a5b, d4, d1, c13, d2, d5,
+             d6, d1b, a9]
+    gone = {e.event_id for e in (d1, c13, t2, c12, a3, c11, a5, c11b, a7, t7, c07)}
+    return with_, [a6 if e.event_id == a6.event_id else e for e in with_ if e.event_id not in gone]
 
 
 VIEWS = {  # what must be the same with and without the cancelled events (ordered, comparable)
@@ -153,7 +164,7 @@ def test_the_views_after_cancellations_are_those_of_the_feed_without_them_whatev
     with_, without = _feed()
     _write(sink, [list(enumerate(without))])
     want = _read(sink_db, VIEWS)
-    assert [r[0] for r in want["v_discharges"]] == ["E1", "E2", "E4", "E5"]
+    assert [r[0] for r in want["v_discharges"]] == ["E1", "E2", "E4", "E5", "E6"]
     facts = None
     for name, batches in _batchings(list(enumerate(with_))):
         _reset(sink_db)
@@ -163,9 +174,10 @@ def test_the_views_after_cancellations_are_those_of_the_feed_without_them_whatev
         assert facts is None or got == facts, name
         facts = got
     marks = {r[0] for r in facts["adt_events"] if r[1] or r[3]}
-    assert len(marks) == 4  # d1, t2, a3, a5 (a3 and a5 also withdraw their stays); d1b, a5b live
+    assert len(marks) == 6  # d1, t2, a3, a5, a7, t7 (the A11s and the A07 withdraw their stays); d1b, a5b live
     encounters = {r[0]: r for r in facts["encounters"]}
     assert encounters["E3"][-2] is not None and encounters["E5"][-2] is None  # cancelled_by
+    assert encounters["E7"][-2] is not None and encounters["E6"][-2] is None
 
 
 def test_a_cancellation_before_the_sink_saw_its_event_waits_for_it(sink_db) -> None:
@@ -247,13 +259,13 @@ def test_through_the_stream_the_cancelled_feed_gives_the_views_of_the_feed_witho
     got = _read(sink_db, {**VIEWS, "dead letters": "SELECT reason FROM dead_letters",
                           "cancellations": "SELECT count(*) FROM adt_events WHERE event_type = 'cancellation'",
                           "kpi_daily vs stream": KPI_DAILY_VS_STREAM})
-    assert got.pop("dead letters") == [] and got.pop("cancellations") == [(4,)]  # each forwarded, applied
+    assert got.pop("dead letters") == [] and got.pop("cancellations") == [(5,)]  # each forwarded, applied
     compared = got.pop("kpi_daily vs stream")
     assert len(compared) > 50 and [r for r in compared if not _close(r[-2], r[-1])] == []
     with _second_db() as other:
         _pipeline(without, new_namespace("t"), other, tmp_path / "without")
         want = _read(other, VIEWS)
-    assert [r[0] for r in want["v_discharges"]] == ["E1", "E2", "E4", "E5"]
+    assert [r[0] for r in want["v_discharges"]] == ["E1", "E2", "E4", "E5", "E6"]
     assert got == want
 
 

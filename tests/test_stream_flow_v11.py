@@ -1,6 +1,6 @@
 """Contract v1.1 events in the ADT flow (over plain dicts, as tests/test_stream_flow.py): what the
-stream applies (registrations, updates), what it dead-letters for now (class changes,
-cancellations, merges), null costs and vitals, and the KPI oracle on a simulated HL7 feed."""
+stream applies (registrations, updates), what it dead-letters (merges, what cannot be applied),
+null costs and vitals, and the KPI oracle on a simulated HL7 feed."""
 
 from __future__ import annotations
 
@@ -125,8 +125,8 @@ def test_a_registration_is_recorded_without_a_bed() -> None:
     ({"event_type": "cancellation", "hl7_trigger": "A12", "cancelled_event_type": "transfer"},
      "transfer cancellation without a transfer"),
     ({"event_type": "merge", "hl7_trigger": "A40", "prior_patient_id": "P0"}, "merge events are not applied yet"),
-    ({"event_type": "class_change", "hl7_trigger": "A07", "patient_class": "outpatient"},
-     "class_change events are not applied yet"),
+    ({"event_type": "class_change", "hl7_trigger": "A06", "patient_class": "inpatient"},
+     "class change to inpatient without the admission's type, source, patient and diagnoses"),
     ({"event_type": "update", "hl7_trigger": "A08", "encounter_id": "E9"},
      "encounter_id does not match the open encounter"),
 ])

@@ -26,6 +26,7 @@ from contracts.events import (
     AdmissionEvent,
     AnyAdtEvent,
     CancellationEvent,
+    ClassChangeEvent,
     DischargeEvent,
     ReadmissionLabel,
     RegistrationEvent,
@@ -44,8 +45,8 @@ FAR_FUTURE = timedelta(days=7)
 RECENT_EVENT_IDS = 64
 LOS_TOLERANCE_DAYS = 0.05
 # contract v1.1 event types the stream does not apply yet: they go to the DLQ, whole, so that a
-# later version can apply them from there (the merge of two histories, a change of class)
-NOT_APPLIED_YET = frozenset({"merge", "class_change"})
+# later version can apply them from there (the merge of two histories)
+NOT_APPLIED_YET = frozenset({"merge"})
 
 AdtEvent = AdmissionEvent | DischargeEvent | TransferEvent | RegistrationEvent | UpdateEvent
 
@@ -84,6 +85,8 @@ class OpenEncounter:
     # or discharge) and the pending index discharges this admission labelled readmitted
     moves: list[dict[str, Any]] = field(default_factory=list)
     resolved: list[dict[str, Any]] = field(default_factory=list)
+    # A01, or A06 for a stay a class change opened (the visit began before it, as ED / outpatient)
+    opened_by: str = "A01"
 
     @property
     def admitted_in(self) -> tuple[str, str]:
@@ -119,6 +122,7 @@ class OpenEncounter:
             chronic_conditions=list(adm.patient.chronic_conditions),
             diagnosis_codes=list(adm.diagnosis_codes),
             vitals=_known_vitals(adm),
+            opened_by=adm.hl7_trigger,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -139,6 +143,7 @@ class OpenEncounter:
             "vitals": dict(self.vitals),
             "moves": [dict(m) for m in self.moves],
             "resolved": [dict(r) for r in self.resolved],
+            "opened_by": self.opened_by,
         }
 
     @classmethod
@@ -292,6 +297,8 @@ def check(state: PatientState | None, event: AnyAdtEvent, watermark: datetime | 
     """
     if event.event_type in NOT_APPLIED_YET:
         return f"{event.event_type} events are not applied yet"
+    if isinstance(event, ClassChangeEvent):  # an A06 that contracts.events.applied_as could not apply
+        return "class change to inpatient without the admission's type, source, patient and diagnoses"
     if state is not None:
         if str(event.event_id) in state.recent_event_ids:
             return "duplicate event_id"
@@ -304,7 +311,7 @@ def check(state: PatientState | None, event: AnyAdtEvent, watermark: datetime | 
         return cancellation_check(state, event)
     if isinstance(event, AdmissionEvent):
         if open_ is not None:
-            return "admission while an encounter is open"
+            return f"{_what(event)} while an encounter is open"
         return None
     if isinstance(event, RegistrationEvent):
         return None  # a visit without a bed: with or without an inpatient stay open
@@ -313,7 +320,9 @@ def check(state: PatientState | None, event: AnyAdtEvent, watermark: datetime | 
     if event.encounter_id != open_.encounter_id:
         return "encounter_id does not match the open encounter"
     if isinstance(event, DischargeEvent):
-        if abs((event.admitted_at - open_.admitted_at).total_seconds()) / 86400 > LOS_TOLERANCE_DAYS:
+        # a stay an A06 opened may have begun earlier, as the ED or outpatient visit it was
+        early = (open_.admitted_at - event.admitted_at).total_seconds() / 86400
+        if abs(early) > LOS_TOLERANCE_DAYS and not (open_.opened_by == "A06" and early > 0):
             return "admitted_at does not match the open encounter"
         actual = (event.occurred_at - event.admitted_at).total_seconds() / 86400
         if abs(event.length_of_stay_days - actual) > LOS_TOLERANCE_DAYS:
@@ -341,12 +350,22 @@ def cancellation_check(state: PatientState | None, ev: CancellationEvent) -> str
             return "discharge cancellation after its label is known"
         return None
     if open_ is None:
-        return f"{kind} cancellation without open admission"
+        return f"{_what(ev)} without open admission"
     if ev.encounter_id != open_.encounter_id:
         return "encounter_id does not match the open encounter"
     if kind == "transfer" and not any(m["kind"] == "transfer" for m in open_.moves):
         return "transfer cancellation without a transfer"
     return None
+
+
+def _what(event: AdmissionEvent | CancellationEvent) -> str:
+    """How a reason names the event: an A06 / A07 acts as an admission / its cancellation
+    (``contracts.events.applied_as``) but is named as what was sent."""
+    if event.hl7_trigger in ("A06", "A07"):
+        return f"class change ({event.hl7_trigger})"
+    if isinstance(event, CancellationEvent):
+        return f"{event.cancelled_event_type} cancellation"
+    return "admission"
 
 
 def is_index(dis: DischargeEvent) -> bool:
