@@ -135,7 +135,9 @@ CancelledType = Literal["admission", "transfer", "discharge"]
 AdmissionType = Literal["emergency", "urgent", "elective"]
 AdmitSource = Literal["ed", "referral", "transfer"]
 Payer = Literal["medicare", "medicaid", "private", "uninsured"]
-Sex = Literal["F", "M"]
+# v1: F / M. v1.1 (HL7 feeds, PID-8 table 0001): O other (also A ambiguous, N not applicable, X),
+# U unknown (also PID-8 not sent on an admission)
+Sex = Literal["F", "M", "O", "U"]
 Disposition = Literal["home", "home_health", "snf", "rehab", "ama", "expired"]
 Dimension = Literal["facility", "department", "provider"]
 Window = Literal["1d", "7d", "30d"]

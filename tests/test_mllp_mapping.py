@@ -78,6 +78,13 @@ def test_a01_maps_every_field():
                                       "heart_rate": 97.0, "glucose_mg_dl": 182.0}
 
 
+@pytest.mark.parametrize("pid8, sex", [("U", "U"), ("", "U"), ("X", "O"), ("A", "O"), ("m", "M")])
+def test_an_admission_takes_every_pid8_code_of_table_0001(pid8, sex):
+    """PID-8 is optional in HL7: an admission without it, or with unknown / other, is still an
+    admission (contract v1.1 adds O and U), not an AR that would lose the whole stay."""
+    assert _map(_a01(**{"|F||2054-5": f"|{pid8}||2054-5"})).patient.sex == sex
+
+
 def test_a03_discharge_with_charges_and_local_time():
     text = "\r".join([
         "MSH|^~\\&|EHR|F01|WS|WS|20250305120000||ADT^A03|MSG003|P|2.3",
@@ -115,7 +122,7 @@ def test_a02_transfer_uses_the_event_time():
     (_a01(**{"ADT^A01^ADT_A01": "ORU^R01"}), "not an ADT message"),
     (_a01(**{"|2.5.1": "|2.2"}), "unsupported HL7 version"),
     (_a01(**{"CARD^301": "XYZ^301"}), "point of care not in the department table"),
-    (_a01(**{"|F||2054-5": "|U||2054-5"}), "PID-8"),
+    (_a01(**{"|F||2054-5": "|Z||2054-5"}), "PID-8 administrative sex code not mapped"),
     (_a01(**{"|V5001|MC|": "|V5001|ZZ|"}), "payer not mapped"),
     (_a01(**{"|142|": "|high|"}), "OBX-5 vital sign is not a number"),
     (_a01(**{"I10||||||||||||2": "I9||||||||||||2", "I50.9^Heart failure^I10": "x^y^I9"}),
@@ -211,7 +218,7 @@ def test_a08_update_carries_the_visit_as_it_stands():
     assert isinstance(ev, UpdateEvent)
     assert (ev.department, ev.attending_provider_id, ev.patient_class) == ("Neurology", "D12", "inpatient")
     assert ev.diagnosis_codes == ["I63.9", "E87.1"]
-    assert ev.patient.model_dump() == {"age": 76, "sex": None, "race": None, "payer": None}
+    assert ev.patient.model_dump() == {"age": 76, "sex": "U", "race": None, "payer": None}  # PID-8 U: unknown
     bare = _map(_msg("A08", "PID|1||M1001^^^F01^MR", seg("PV1", {3: "NEURO", 7: "D12", 19: "V5001"})))
     assert (bare.diagnosis_codes, bare.patient, bare.patient_class) == ([], None, None)
 

@@ -125,7 +125,7 @@ def test_ledger_rows_from_before_v014_keep_their_discharge(fresh_db, tmp_path, k
             cur.execute("INSERT INTO alert_deliveries (encounter_id, alert_id, status, delivered_at) "
                         "VALUES (%s, %s, 'delivered', now())", (a.encounter_id, a.alert_id))
     conn.close()
-    assert migrate(fresh_db).applied == ["V014__alert_ledger_per_discharge.sql"]
+    assert migrate(fresh_db).applied[0] == "V014__alert_ledger_per_discharge.sql"
     with psycopg2.connect(fresh_db) as conn, conn.cursor() as cur:
         cur.execute("SET TIME ZONE 'UTC'")
         cur.execute("SELECT encounter_id, discharged_at::text FROM alert_deliveries ORDER BY 1")

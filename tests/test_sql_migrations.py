@@ -12,6 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from consumers.migrate import MIGRATIONS_DIR, MigrationError, discover, migrate, status
+from consumers.rows import Batch
+from consumers.tables import write_batch
+from stream.domain.examples import admission
 from test_sink_support import role_url, sink_db  # noqa: F401  (fixture)
 from wardstream.cli import app
 from wardstream.config import settings
@@ -151,6 +154,24 @@ def test_sink_role_writes_facts_only(sink_db) -> None:
             with conn.cursor() as cur, pytest.raises(psycopg2.errors.InsufficientPrivilege):
                 cur.execute(stmt)
             conn.rollback()
+    finally:
+        conn.close()
+
+
+@pytest.mark.e2e
+def test_admissions_of_other_or_unknown_sex_are_stored(sink_db) -> None:
+    """V015: contract v1.1's PID-8 values O and U reach patients and encounters through the sink."""
+    batch = Batch()
+    for n, sex in enumerate(("O", "U")):
+        batch.add_adt(admission(f"P{n}", f"E{n}", "2025-01-01T08:00:00+00:00", sex=sex), 0, n)
+    conn = psycopg2.connect(role_url(sink_db, "wardstream_sink", settings().sink_password))
+    try:
+        with conn.cursor() as cur:
+            write_batch(cur, batch)
+            cur.execute("SELECT p.sex, e.sex FROM patients p JOIN encounters e USING (patient_id) ORDER BY 1")
+            assert cur.fetchall() == [("O", "O"), ("U", "U")]
+            with pytest.raises(psycopg2.errors.CheckViolation):
+                cur.execute("UPDATE patients SET sex = 'Z'")
     finally:
         conn.close()
 

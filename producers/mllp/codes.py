@@ -25,6 +25,9 @@ ADMIT_SOURCE: dict[str, str] = {
     "RF": "referral", "TR": "transfer",
 }
 
+# PID-8 administrative sex (HL7 table 0001; X: non-binary, added in later versions)
+SEX: dict[str, str] = {"F": "F", "M": "M", "O": "O", "A": "O", "N": "O", "X": "O", "U": "U"}
+
 # PV1-2 patient class (HL7 table 0004)
 PATIENT_CLASS: dict[str, str] = {
     "I": "inpatient", "O": "outpatient", "E": "emergency", "P": "preadmit", "R": "recurring",

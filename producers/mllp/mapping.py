@@ -21,7 +21,9 @@ Each contract field and its HL7 source (first non-empty wins):
 ``admission_type``         PV1-4 (table 0007)               (codes.py has every table)
 ``admit_source``           PV1-14 (table 0023)
 ``patient.age``            PID-7 birth date, at occurred_at
-``patient.sex``            PID-8 (``F`` / ``M``; A04 / A08: null for another code)
+``patient.sex``            PID-8 (table 0001: ``F``, ``M``, ``O`` for O / A / N / X, ``U``; an
+                           admission without PID-8: ``U``; A04 / A08: null when not sent or
+                           not in the table)
 ``patient.race``           PID-10.1 (CDC codes), ``hispanic`` when PID-22 says so, else ``unknown``
 ``payer``                  PV1-20.1 financial class, else IN1-15 plan type
 ``chronic_conditions``     the DG1 codes in a chronic condition's ICD-10 category
@@ -413,21 +415,18 @@ def _patient(msg: hl7.Message, at: datetime, dx: list[str]) -> dict[str, Any]:
 
 def _demographics(msg: hl7.Message, at: datetime) -> dict[str, Any] | None:
     """What of PID-7 / PID-8 / PID-10 / PID-22 and the payer the message has (v1.1
-    ``Demographics``): a field not sent is null; a sex other than F / M is null (the contract
-    has F / M only); None when there is nothing."""
-    sex = field(msg, "PID.F8.R1.C1").strip().upper()
-    out = {"age": _optional(lambda: _age(msg, at)), "sex": sex if sex in ("F", "M") else None,
+    ``Demographics``): a field not sent is null, and so is a sex code not in table 0001;
+    None when there is nothing."""
+    out = {"age": _optional(lambda: _age(msg, at)),
+           "sex": codes.SEX.get(field(msg, "PID.F8.R1.C1").strip().upper()),
            "race": _race(msg) if field(msg, "PID.F10.R1.C1").strip() or field(msg, "PID.F22.R1.C1").strip() else None,
            "payer": _optional(lambda: _payer(msg))}
     return out if any(v is not None for v in out.values()) else None
 
 
 def _sex(msg: hl7.Message) -> str:
-    sex = _required(field(msg, "PID.F8.R1.C1"), "PID-8 administrative sex").upper()
-    if sex not in ("F", "M"):
-        raise Unmappable("PID-8 administrative sex other than F / M (contract v1 has F / M only)",
-                         ERR_TABLE_VALUE)
-    return sex
+    """An admission's sex: PID-8 is optional in HL7, so not sent means unknown (U)."""
+    return _optional_coded(msg, "PID.F8.R1.C1", codes.SEX, "PID-8 administrative sex") or "U"
 
 
 def _race(msg: hl7.Message) -> str:
