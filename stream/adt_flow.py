@@ -469,7 +469,7 @@ class AdtFlow:
             )
             out.append(Output(ALERTS, dis.encounter_id, dump(alert)))
         state = patient.remember_discharge(state, ctx.open, dis, high_risk, scored.model_dump(mode="json"),
-                                           None if alert is None else alert.model_dump(mode="json"))
+                                           None if alert is None else alert.model_dump(mode="json"), x)
         self.kpi_tally.add(kpis.for_discharge(dis, high_risk))
         self.tally.discharge(dis.facility_id, dis.occurred_at, score, x, index)
         if index:
@@ -508,9 +508,22 @@ class AdtFlow:
             out.append(Output(topic, message.encounter_id, dump(message)))
         self.kpi_tally.revert(w.revert)
         self.kpi_tally.add(w.add)
+        for o in w.unlabelled:
+            self.tally.count_label(o, -1)
+        if w.discharge is not None:
+            self._forget(partition, w.discharge, brain)
         for pending in w.pending:
             self._file_due(partition, pending)
         return self._labels(w.labels, brain, out)
+
+    def _forget(self, partition: int, closed: dict[str, Any], brain: Brain) -> None:
+        """A withdrawn discharge leaves the facility's alert-budget window (later thresholds
+        are those without it) and its day's model-health histograms."""
+        s = DischargeScore.model_validate(closed["score"])
+        if brain.policy.forget(s.facility_id, s.discharged_at, s.score, s.lace):
+            self._learned.add(partition)  # the budget changed: saved with the model at the commit
+        index = closed["discharge"]["discharge_disposition"] != "expired"
+        self.tally.discharge(s.facility_id, s.discharged_at, s.score, closed.get("features") or {}, index, -1)
 
     def _dead_letter(self, raw: bytes | None, key: bytes | None, reason: str, partition: int, offset: int,
                      watermark: datetime | None) -> Output:

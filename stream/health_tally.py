@@ -52,24 +52,31 @@ class HealthTally:
         return key, entry
 
     def discharge(self, facility_id: str, at: datetime, score: float, x: dict[str, float],
-                  index: bool) -> None:
-        """A discharge was scored: count it into its day's histograms."""
+                  index: bool, weight: int = 1) -> None:
+        """A discharge was scored (``weight`` -1: its discharge was cancelled): count it into
+        (out of) its day's histograms."""
         key, entry = self._day(facility_id, at)
-        entry["n"] += 1
-        entry["n_index"] += int(index)
-        health.add_to_histograms(entry["hist"], score, x)
+        entry["n"] += weight
+        entry["n_index"] += weight * int(index)
+        health.add_to_histograms(entry["hist"], score, x, weight)
+        self.table[key] = entry
+
+    def count_label(self, o: LabelOutcome, weight: int = 1) -> None:
+        """Count a label on its discharge day (``weight`` -1: take a withdrawn one back out)."""
+        p = o.pending
+        key, entry = self._day(p.facility_id, p.discharged_at)
+        health.add_label(entry["labels"], p.subgroups, readmitted=o.readmitted,
+                         flagged=p.high_risk, score=p.score, weight=weight)
         self.table[key] = entry
 
     def label(self, o: LabelOutcome) -> list[tuple[str, bytes]]:
-        """A label is known: count it on its discharge day; feed the error detector.
+        """A label is known: count it on its discharge day; feed the error detector (which,
+        like the model, does not unlearn a label withdrawn later).
 
         Returns the ``hospital.model-health`` messages (key, value) of a detected rise.
         """
         p = o.pending
-        key, entry = self._day(p.facility_id, p.discharged_at)
-        health.add_label(entry["labels"], p.subgroups, readmitted=o.readmitted,
-                         flagged=p.high_risk, score=p.score)
-        self.table[key] = entry
+        self.count_label(o)
         dkey = detector_key(self.table.partition, p.facility_id)
         stored = self.table.get(dkey)
         detector = (health.ErrorDrift.from_dict(stored) if stored

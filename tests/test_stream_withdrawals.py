@@ -124,6 +124,22 @@ def test_a_discharge_cancellation_is_dead_lettered_once_its_label_is_known_or_a_
         "discharge cancellation while an encounter is open"]
 
 
+def _health_day(r: Run, day: str) -> dict:
+    return r.flow.health.table[f"h0|F01|{day}"]
+
+
+def test_a_cancelled_discharge_leaves_the_alert_budget_and_the_model_health_histograms() -> None:
+    """As if it had never been scored: the facility's budget window (later thresholds) and the
+    day's health record are those of the same feed without it."""
+    adm, dis = _sick_stay()
+    other = [admission("P2", "E2", ADMIT, seed="p2"), discharge("P2", "E2", ADMIT, "2025-01-04T09:00:00+00:00", seed="d2")]
+    r, without = Run([adm, other[0], dis, other[1], cancel("discharge", "E1", LATER)]), Run([adm, *other])
+    assert r.flow.brain(0).policy.size("F01") == 1
+    assert r.flow.brain(0).policy.to_dict() == without.flow.brain(0).policy.to_dict()
+    assert _health_day(r, "2025-01-04") == _health_day(without, "2025-01-04")
+    assert r.flow.models.table["p0"]["policy"] == without.flow.models.table["p0"]["policy"]  # saved
+
+
 # --------------------------------------------------------------------------- A11
 
 
@@ -153,6 +169,8 @@ def test_a_cancelled_readmission_puts_the_index_discharge_back_to_pending() -> N
     assert true["readmitted"] and withdrawn == {**true, "withdrawn": True, "withdrawn_at": "2025-01-10T09:00:00Z"}
     assert [p["encounter_id"] for p in r.state()["pending"]] == ["E1"] and r.state()["readmissions"] == []
     assert r.kpi("readmission_rate", "facility", "F01", "2025-01-04") is None  # unknown again
+    labels = _health_day(r, "2025-01-04")["labels"]  # the true label is out of the equity figures
+    assert labels["all"][0] == 0 and all(v == 0 for row in labels.values() for v in row)
     # then its 30 days pass: not readmitted
     r = _readmitted("2025-01-10T09:00:00+00:00", clock("2025-02-10"))
     assert r.last(LABELS)["E1"]["readmitted"] is False and "withdrawn" not in r.last(LABELS)["E1"]

@@ -1,7 +1,7 @@
 """A cancelled discharge through the real broker and PostgreSQL: worker, sink, notifier and a
-real HTTP receiver. Its score, its alert (a retraction delivered once) and its KPI contributions
-end withdrawn in Kafka and in PostgreSQL; the other discharge of the day stays. A discharge of
-the same encounter after the cancellation is alerted and delivered again."""
+real HTTP receiver. Its score, its alert (a retraction delivered once), its KPI contributions and
+its model-health counts end withdrawn in Kafka and in PostgreSQL; the other discharge of the day
+stays. A discharge of the same encounter after the cancellation is alerted and delivered again."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from consumers.notify import run_notifier
 from consumers.sink import run_sink
 from contracts.events import Topics, dump
 from stream.runner import StreamWorker
-from stream_oracle import RunOutputs
+from stream.health_tally import parse_partial
+from stream_oracle import RunOutputs, read_all
 from test_sink_support import reset_group, sink_db  # noqa: F401  (fixture)
 from test_stream_withdrawals import SICK, cancel
 from stream.domain.examples import admission, discharge
@@ -73,6 +74,12 @@ def test_a_cancelled_discharge_is_withdrawn_in_kafka_and_postgresql(kafka_ns, si
     assert final["scores"]["E1"]["withdrawn"] is True and "withdrawn" not in final["scores"]["E2"]
     assert final["alerts"]["E1"]["withdrawn"] is True
     assert not final["labels"] and not RunOutputs.read(kafka_ns).dlq
+    # the day's model-health records (one per ADT partition, the last one each; what the monitor's
+    # drift and equity checks read) count E2 only
+    health = {(h["partition"], h["facility_id"], h["day"]): h
+              for h in map(parse_partial, (m.value for m in read_all(Topics(kafka_ns).health_partials)))}
+    day = [h for (_, f, d), h in health.items() if (f, d) == ("F01", "2025-01-04")]
+    assert len(day) == 2 and (sum(h["n"] for h in day), sum(sum(h["hist"]["score"]) for h in day)) == (1, 1)
 
     run_sink(until_idle=3, handle_signals=False)
     assert _query(sink_db, "SELECT encounter_id FROM discharge_scores") == [("E2",)]

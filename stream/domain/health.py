@@ -80,11 +80,13 @@ def empty_histograms() -> dict[str, list[int]]:
     return {subject: [0] * (len(edges) + 1) for subject, edges in psi_edges().items()}
 
 
-def add_to_histograms(hist: dict[str, list[int]], score: float, x: Mapping[str, float]) -> None:
-    """Count one discharge (its score and feature dict) into ``hist`` (in place)."""
+def add_to_histograms(hist: dict[str, list[int]], score: float, x: Mapping[str, float],
+                      weight: int = 1) -> None:
+    """Count one discharge (its score and feature dict) into ``hist`` (in place); ``weight``
+    -1 takes a counted one back out (a cancelled discharge)."""
     for subject, edges in psi_edges().items():
         value = score if subject == "score" else float(x.get(subject, 0.0))
-        hist[subject][bin_index(value, edges)] += 1
+        hist[subject][bin_index(value, edges)] += weight
 
 
 def empty_day() -> dict[str, Any]:
@@ -200,8 +202,9 @@ def subgroups(sex: str, race: str, payer: str, age: float) -> dict[str, str]:
 
 
 def add_label(figures: dict[str, list[float]], groups: Mapping[str, str], *, readmitted: bool,
-              flagged: bool, score: float) -> None:
-    """Count one labelled index discharge into ``all`` and each of its subgroups (in place).
+              flagged: bool, score: float, weight: int = 1) -> None:
+    """Count one labelled index discharge into ``all`` and each of its subgroups (in place);
+    ``weight`` -1 takes a counted label back out (a readmission its cancelled admission undid).
 
     >>> f = {}
     >>> add_label(f, {"sex": "F"}, readmitted=True, flagged=True, score=0.4)
@@ -210,11 +213,11 @@ def add_label(figures: dict[str, list[float]], groups: Mapping[str, str], *, rea
     """
     for name in (ALL, *(f"{k}={v}" for k, v in groups.items())):
         row = figures.setdefault(name, [0, 0, 0, 0, 0.0])
-        row[N] += 1
-        row[READMITTED] += int(readmitted)
-        row[FLAGGED_READMITTED] += int(readmitted and flagged)
-        row[FLAGGED] += int(flagged)
-        row[SUM_SCORES] += score
+        row[N] += weight
+        row[READMITTED] += weight * int(readmitted)
+        row[FLAGGED_READMITTED] += weight * int(readmitted and flagged)
+        row[FLAGGED] += weight * int(flagged)
+        row[SUM_SCORES] += weight * score
 
 
 def recall(row: Sequence[float]) -> float | None:

@@ -254,7 +254,8 @@ class PatientState:
     discharges: list[datetime] = field(default_factory=list)
     readmissions: list[datetime] = field(default_factory=list)
     # the last discharge as a cancellation (A13) withdraws it, until the next admission:
-    # {"open": the stay at its end, "discharge": the event, "high_risk", "score", "alert"}
+    # {"open": the stay at its end, "discharge": the event, "high_risk", "score", "alert",
+    # "features"}
     closed: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -485,12 +486,15 @@ def apply_discharge(state: PatientState, dis: DischargeEvent) -> tuple[PatientSt
 
 
 def remember_discharge(state: PatientState, stay: OpenEncounter, dis: DischargeEvent, high_risk: bool,
-                       score: dict[str, Any], alert: dict[str, Any] | None) -> PatientState:
+                       score: dict[str, Any], alert: dict[str, Any] | None,
+                       features: dict[str, float]) -> PatientState:
     """Keep what a cancellation of this discharge (A13) withdraws: the stay as it ended (moved
-    to the discharge's department and attending), the event, its score and alert messages."""
+    to the discharge's department and attending), the event, its score and alert messages, and
+    its features (counted in the model-health histograms)."""
     ended = stay.moved_to(dis.occurred_at, "discharge", dis.department, dis.attending_provider_id)
     return replace(state, closed={"open": ended.to_dict(), "discharge": dis.model_dump(mode="json"),
-                                  "high_risk": high_risk, "score": score, "alert": alert})
+                                  "high_risk": high_risk, "score": score, "alert": alert,
+                                  "features": dict(features)})
 
 
 def add_pending(state: PatientState, pending: PendingDischarge) -> PatientState:

@@ -182,6 +182,26 @@ class AlertBudget:
         over = (flagged - share * decided) / (share * decided)
         return min(max(1.0 - PACE_GAIN * over, 1.0 - MAX_PACE), 1.0 + MAX_PACE)
 
+    def forget(self, facility_id: str, at: datetime, score: float, lace: int) -> bool:
+        """Take a withdrawn discharge (a cancelled A03) out of its facility's window, if it is
+        still there: the latest entry of its time and LACE whose score is its score (or None,
+        scored while the model was cold). Later thresholds are then those without it.
+
+        >>> b = AlertBudget()
+        >>> at = datetime(2025, 1, 1, tzinfo=timezone.utc)
+        >>> _ = b.decide("F01", at, 0.3, 11, 0.1, warm=False)
+        >>> b.forget("F01", at, 0.3, 11), b.size("F01"), b.forget("F01", at, 0.3, 11)
+        (True, 0, False)
+        """
+        window = self._windows.get(facility_id)
+        t = int(at.timestamp())
+        for i in range(len(window or ()) - 1, -1, -1):
+            entry_t, entry_score, entry_lace, _ = window[i]
+            if entry_t == t and entry_lace == lace and (entry_score is None or abs(entry_score - score) < 1e-12):
+                del window[i]
+                return True
+        return False
+
     def size(self, facility_id: str) -> int:
         return len(self._windows.get(facility_id, ()))
 

@@ -7,7 +7,8 @@ patient state remembers what that takes (``patient.OpenEncounter.moves`` / ``res
 
 * **A13, discharge**: the stay opens again as it ended (the discharge's department and
   attending); the discharge's KPI contributions are reverted; its score and alert are sent again
-  marked withdrawn; its pending label is dropped (no label, the model never learns from it).
+  marked withdrawn; its pending label is dropped (no label, the model never learns from it);
+  the alert budget and the model-health histograms forget it.
 * **A11, admission**: the stay is withdrawn as if it never happened: the admission's and every
   move's KPI contributions are reverted on their days; the readmissions it caused are undone
   (their true labels reverted: false at once when their 30 days have passed, else withdrawn
@@ -48,6 +49,10 @@ class Withdrawal:
     withdrawn: list[Withdrawn] = field(default_factory=list)  # sent again, marked withdrawn
     labels: list[LabelOutcome] = field(default_factory=list)  # known now (learn, emit, count)
     pending: list[PendingDischarge] = field(default_factory=list)  # waiting for a label again
+    unlabelled: list[LabelOutcome] = field(default_factory=list)  # counted labels taken back
+    # a withdrawn discharge as remembered (PatientState.closed): out of the alert budget's
+    # window and the model-health histograms
+    discharge: dict[str, Any] | None = None
 
 
 def cancel(state: PatientState, ev: CancellationEvent, now: datetime) -> tuple[PatientState, Withdrawal]:
@@ -80,7 +85,8 @@ def cancel_discharge(state: PatientState, ev: CancellationEvent) -> tuple[Patien
         pending=[p for p in state.pending if p.encounter_id != dis.encounter_id],
         discharges=_without(state.discharges, dis.occurred_at),
     )
-    return new, Withdrawal(revert=kpis.for_discharge(dis, bool(closed["high_risk"])), withdrawn=withdrawn)
+    return new, Withdrawal(revert=kpis.for_discharge(dis, bool(closed["high_risk"])), withdrawn=withdrawn,
+                           discharge=closed)
 
 
 def _stay_contributions(o: OpenEncounter) -> list[kpis.Contribution]:
@@ -100,6 +106,7 @@ def cancel_admission(state: PatientState, ev: CancellationEvent,
         p = PendingDischarge.from_dict(d)
         readmitted = LabelOutcome(p, True, o.encounter_id, o.admitted_at)
         w.revert += kpis.for_label(readmitted)
+        w.unlabelled.append(readmitted)
         if p.due_at < now:
             w.labels.append(LabelOutcome(p, False, None, p.due_at))
         else:
