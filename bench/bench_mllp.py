@@ -2,7 +2,7 @@
 
 A ``wardstream mllp`` subprocess against the real local Kafka, in a namespace of its own
 (:func:`bench.bench_e2e.namespace`). The messages are a simulated HL7 feed
-(:mod:`producers.hl7_feed`, seed 42: A01 / A02 / A03 with A08 updates, A11-A13 cancellations
+(:mod:`producers.hl7_feed`, seed 42: A01 / A02 / A03 with A08 updates, A07s, A11-A13 cancellations
 and A40 merges mixed in, each of which the listener maps to its contract v1.1 event and stores on
 ``hospital.adt`` before its AA: each ACK waits for one Kafka acknowledgement).
 

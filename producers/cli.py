@@ -72,7 +72,8 @@ def simulate(
                                     "a blank line after each message)."),
     fmt: Format | None = typer.Option(
         None, "--format", help="json (contract v1 events, the default) or hl7 (HL7 v2.5 ADT: each event "
-        "as its A01 / A02 / A03, plus A08 updates, A11-A13 cancellations and A40 merges, which "
+        "as its A01 / A02 / A03, plus A08 updates, A11-A13 cancellations, A07 changes to "
+        "outpatient and A40 merges, which "
         "wardstream mllp maps to contract v1.1 events; needs --out or --mllp)."),
     mllp: str | None = typer.Option(
         None, "--mllp", help="Send the HL7 feed to this MLLP listener (HOST:PORT, e.g. 127.0.0.1:2575), "

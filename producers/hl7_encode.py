@@ -122,8 +122,8 @@ def segment(name: str, fields: Mapping[int, str]) -> str:
 
 
 def msh(trigger: str, facility: str, at: str, control: str) -> str:
-    structure = {"A02": "ADT_A02", "A03": "ADT_A03", "A11": "ADT_A09", "A12": "ADT_A12",
-                 "A40": "ADT_A39"}.get(trigger, "ADT_A01")
+    structure = {"A02": "ADT_A02", "A03": "ADT_A03", "A06": "ADT_A06", "A07": "ADT_A06", "A11": "ADT_A09",
+                 "A12": "ADT_A12", "A40": "ADT_A39"}.get(trigger, "ADT_A01")
     return (f"MSH|^~\\&|{SENDING_APP}|{facility}|WARDSTREAM|WS|{ts(at)}||ADT^{trigger}^{structure}|"
             f"{control}|P|{VERSION}")
 
@@ -149,13 +149,13 @@ def location(department: str, facility: str) -> str:
 
 
 def pv1(ev: Mapping, *, prior_department: str | None = None, admission: Mapping | None = None,
-        payer: str | None = None) -> str:
-    """PV1 of an event: PV1-3 location, PV1-6 prior location (A02), PV1-7 attending, PV1-19
-    visit number, and what the event type carries: PV1-4 / 14 / 44 (admission), PV1-20
-    financial class, PV1-36 / 44 / 45 / 47 (discharge)."""
+        payer: str | None = None, patient_class: str = "I") -> str:
+    """PV1 of an event: PV1-2 patient class, PV1-3 location, PV1-6 prior location (A02), PV1-7
+    attending, PV1-19 visit number, and what the event type carries: PV1-4 / 14 / 44
+    (admission), PV1-20 financial class, PV1-36 / 44 / 45 / 47 (discharge)."""
     fac = ev["facility_id"]
     prov = ev["attending_provider_id"]
-    f = {1: "1", 2: "I", 3: location(ev["department"], fac), 7: f"{prov}^{name_of(prov)}",
+    f = {1: "1", 2: patient_class, 3: location(ev["department"], fac), 7: f"{prov}^{name_of(prov)}",
          10: POINT_OF_CARE.get(ev["department"], ""), 19: f"{ev['encounter_id']}^^^{fac}^VN"}
     if prior_department:
         f[6] = location(prior_department, fac)

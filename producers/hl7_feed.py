@@ -15,10 +15,15 @@ event's own message (:func:`producers.hl7_encode.encode_event`). The extras:
   still gets its discharge.
 - **A40 merge** (~0.1%): for 0.4% of admissions, a duplicate registration (MRG-1, an MRN
   ``D...`` that has no encounter) is merged into the patient within 3 days.
+- **A07 change to outpatient** (~0.2%): 1% of admissions are made observation visits (PV1-2
+  ``O``) 2-12 h later (dropped when another event of the encounter comes first); as with a
+  cancelled admission, the simulated events of the visit go on as simulated.
 
-The extras draw from their own ``Random(f"hl7-extras-{seed}")``: the simulated events are the same,
-byte for byte, with or without them. :attr:`Hl7Message.target` says what an A11 / A12 / A13
-cancels (the event_id) and an A40 merges (the prior MRN), for an oracle that applies them.
+The extras draw from their own ``Random(f"hl7-extras-{seed}")`` (the A07s from
+``Random(f"hl7-class-{seed}")``, so the other extras are the same with or without them): the
+simulated events are the same, byte for byte, with or without them. :attr:`Hl7Message.target`
+says what an A11 / A12 / A13 cancels and an A07 reclassifies (the event_id) and an A40 merges
+(the prior MRN), for an oracle that applies them.
 Extras at or after the period's end are not sent.
 """
 
@@ -44,11 +49,12 @@ A08_NEW_ATTENDING_P = 0.25
 CANCEL_P = {"A01": 0.03, "A02": 0.05, "A03": 0.03}
 CANCEL_OF = {"A01": "A11", "A02": "A12", "A03": "A13"}
 MERGE_P = 0.004
+OUTPATIENT_P = 0.01  # admissions an A07 makes observation visits
 # secondary diagnoses an update adds (ICD-10-CM): hyponatremia, anemia, AKI, dehydration,
 # hypokalemia, UTI, delirium, pressure ulcer, malnutrition, pneumonia
 SECONDARY = ("E87.1", "D64.9", "N17.9", "E86.0", "E87.6", "N39.0", "R41.0", "L89.90", "E44.0", "J18.9")
 SIMULATED = frozenset({"A01", "A02", "A03"})  # the triggers that carry a simulated event
-MAPPED = frozenset({*SIMULATED, "A08", "A11", "A12", "A13", "A40"})  # every trigger of the feed
+MAPPED = frozenset({*SIMULATED, "A07", "A08", "A11", "A12", "A13", "A40"})  # every trigger of the feed
 
 
 class Hl7Message(NamedTuple):
@@ -58,7 +64,7 @@ class Hl7Message(NamedTuple):
     control_id: str  # MSH-10
     text: str  # segments joined by \r
     event: dict | None  # the simulated event of an A01 / A02 / A03, else None
-    target: str | None = None  # A11-A13: the cancelled event_id; A40: the merged (prior) MRN
+    target: str | None = None  # A07, A11-A13: the event_id it acts on; A40: the merged (prior) MRN
 
 
 class _Visit:
@@ -85,6 +91,7 @@ class Hl7Feed:
         self.sim = sim
         self.counts: Counter[str] = Counter()
         self._rng = Random(f"hl7-extras-{sim.config.seed}")
+        self._class_rng = Random(f"hl7-class-{sim.config.seed}")
         self._end = sim.config.end_epoch
         self._visits: dict[str, _Visit] = {}
         self._pending: list[tuple[int, int, str, _Visit, object]] = []
@@ -120,6 +127,8 @@ class Hl7Feed:
             if rng.random() < MERGE_P:
                 self._push(item.t + int(HOUR + rng.random() * 3 * DAY), "A40", visit,
                            f"D{rng.randrange(10**7):07d}")
+            if self._class_rng.random() < OUTPATIENT_P:
+                self._push(item.t + int(2 * HOUR + self._class_rng.random() * 10 * HOUR), "A07", visit, ev)
         elif visit is not None:
             if trigger == "A02":
                 prior = visit.dept
@@ -160,11 +169,11 @@ class Hl7Feed:
         adm = visit.admission
         if trigger == "A08" and payload is None and visit.discharge is not None:
             return None  # the stay ended before this update
-        if trigger in ("A11", "A12", "A13") and visit.last is not payload:
+        if trigger in ("A07", "A11", "A12", "A13") and visit.last is not payload:
             return None  # another event of the encounter came first
         at = _iso(t)
         fac, pid = adm["facility_id"], adm["patient_id"]
-        control = "%020x" % self._rng.getrandbits(80)
+        control = "%020x" % (self._class_rng if trigger == "A07" else self._rng).getrandbits(80)
         head = [enc.msh(trigger, fac, at, control), enc.evn(trigger, at),
                 enc.pid(fac, pid, adm["patient"], adm["occurred_at"])]
         target = None
@@ -173,6 +182,11 @@ class Hl7Feed:
         elif trigger == "A40":
             target = str(payload)
             body = [enc.segment("MRG", {1: f"{target}^^^{fac}^MR"})]
+        elif trigger == "A07":
+            target = adm["event_id"]
+            state = {**adm, "department": visit.dept, "attending_provider_id": visit.provider,
+                     "event_type": "transfer"}
+            body = [enc.pv1(state, admission=adm, payer=adm["patient"]["payer"], patient_class="O")]
         else:
             ev = payload  # the cancelled event
             assert isinstance(ev, dict)

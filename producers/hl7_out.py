@@ -9,7 +9,7 @@ send, per simulated event, the feed's messages due by then (:class:`producers.hl
 - **MLLP** (``--mllp HOST:PORT``): one connection, each message after the previous one's ACK
   (:class:`producers.mllp.client.MllpClient`: AE, a timeout or a lost connection -> the same
   message again with backoff). An AR stops the run with :class:`Rejected`: ``wardstream mllp``
-  maps every trigger of the feed (A01-A03, A08, A11-A13, A40; contract v1.1).
+  maps every trigger of the feed (A01-A03, A07, A08, A11-A13, A40; contract v1.1).
 """
 
 from __future__ import annotations

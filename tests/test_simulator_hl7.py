@@ -67,6 +67,7 @@ def test_the_mix_is_a_real_feeds(month) -> None:
     assert 0.01 <= (share["A11"] + share["A12"] + share["A13"]) / n <= 0.02
     assert min(share["A11"], share["A12"], share["A13"]) > 0
     assert 0 < share["A40"] / n < 0.005
+    assert 0 < share["A07"] / n < 0.005
     events = {m.event["event_id"]: m.event for m in month if m.event is not None}
     for m in month:
         if m.trigger in ("A11", "A12", "A13"):  # each cancels a simulated event of its kind, later
@@ -75,6 +76,10 @@ def test_the_mix_is_a_real_feeds(month) -> None:
             assert m.key == target["patient_id"] and f"|{target['encounter_id']}^" in m.text
         if m.trigger == "A40":
             assert m.target.startswith("D") and f"MRG|{m.target}^" in m.text
+        if m.trigger == "A07":  # an admission made an observation visit (PV1-2 O), later
+            target = events[m.target]
+            assert target["hl7_trigger"] == "A01" and m.t > datetime.fromisoformat(target["occurred_at"]).timestamp()
+            assert "PV1|1|O|" in m.text and f"|{target['encounter_id']}^" in m.text
 
 
 def _compare(mapped: dict, event: dict, mismatches: Counter) -> None:

@@ -165,8 +165,8 @@ def test_null_cost_and_vitals_are_scored_and_left_out_of_cost_per_patient() -> N
 
 @pytest.fixture(scope="module")
 def hl7_run():
-    """45 days of two small hospitals as ``wardstream mllp`` maps their HL7 feed (A01-A03, A08,
-    A11-A13, A40), through the flow on 4 partitions."""
+    """45 days of two small hospitals as ``wardstream mllp`` maps their HL7 feed (A01-A03, A07,
+    A08, A11-A13, A40), through the flow on 4 partitions."""
     sim = Simulation(SimConfig(seed=9, start=date(2025, 1, 1), days=45, facilities=2, beds=64))
     offsets = [0, 0, 0, 0]
     flow = AdtFlow(source_topic="hospital.adt", **flow_tables())
@@ -193,7 +193,7 @@ def hl7_run():
 
 def test_the_feed_is_applied_or_dead_lettered_never_both_nor_lost(hl7_run) -> None:
     triggers, applied, out, _, _, dead = hl7_run
-    assert {"A08", "A11", "A12", "A13"} <= set(triggers)
+    assert {"A07", "A08", "A11", "A12", "A13"} <= set(triggers)
     letters = [DeadLetter.model_validate_json(o.value).reason for o in out if o.topic == DLQ]
     assert len(applied) + len(letters) == sum(triggers.values())
     assert Counter(e["hl7_trigger"] for e in applied)["A08"] > 1000
@@ -206,7 +206,7 @@ def test_the_feed_is_applied_or_dead_lettered_never_both_nor_lost(hl7_run) -> No
     # cancelled is in hospital again when the next admission comes
     applied_by = Counter(e["hl7_trigger"] for e in applied)
     assert sum(applied_by[t] for t in ("A11", "A12", "A13")) > 40
-    cancelled = {e["encounter_id"] for e in applied if e["hl7_trigger"] == "A11"}
+    cancelled = {e["encounter_id"] for e in applied if e["hl7_trigger"] in ("A07", "A11")}  # stays withdrawn
     reopened = {e["patient_id"] for e in applied if e["hl7_trigger"] == "A13"}
     for ev, reason in dead:
         if ev.hl7_trigger in ("A08", "A40"):
