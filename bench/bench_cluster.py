@@ -1,8 +1,8 @@
 """The replay of ``bench_replay`` on a three-broker cluster, with 1, 2 and 4 workers.
 
 A private KRaft cluster (3 brokers on free ports, replication 3, ``min.insync.replicas`` 2, acks=all;
-the stack's broker is left alone) is started under a temporary directory, and
-:func:`bench.bench_replay.run` runs against it: a simulated year of a 10-hospital system (30 days
+the stack's broker is left alone) is started under a temporary directory, the stack's PostgreSQL
+if it is down, and :func:`bench.bench_replay.run` runs against it: a simulated year of a 10-hospital system (30 days
 with ``--quick``) replayed from offset 0 to the last committed PostgreSQL row by 1, 2 and 4
 workers and one sink, each count from a cold start in a fresh namespace and database. The
 figures are bench_replay's, prefixed ``replay_<n>w_``; ``cores`` names each broker.
@@ -24,11 +24,13 @@ from pathlib import Path
 from bench import bench_replay
 from wardstream.config import scoped_env
 from wardstream.stack.kafka import LocalCluster
+from wardstream.stack.postgres import LocalPostgres
 
 BROKERS = 3
 
 
 def run(quick: bool = False, workers: tuple[int, ...] = (1, 2, 4)) -> dict:
+    LocalPostgres().up()  # before minutes of simulating and copying, not after them
     with tempfile.TemporaryDirectory(prefix="wardstream-bench-cluster-") as home:
         cluster = LocalCluster.on_free_ports(Path(home), BROKERS)
         with scoped_env(**cluster.env(), WARDSTREAM_BROKER_WAIT_S="90"):
