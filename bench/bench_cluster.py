@@ -2,9 +2,10 @@
 
 A private KRaft cluster (3 brokers on free ports, replication 3, ``min.insync.replicas`` 2, acks=all;
 the stack's broker is left alone) is started under a temporary directory, the stack's PostgreSQL
-if it is down, and :func:`bench.bench_replay.run` runs against it: a simulated year of a 10-hospital system (30 days
-with ``--quick``) replayed from offset 0 to the last committed PostgreSQL row by 1, 2 and 4
-workers and one sink, each count from a cold start in a fresh namespace and database. The
+if it is down, and :func:`bench.bench_replay.run` runs against it: a simulated year of a
+10-hospital system (30 days with ``--quick``) replayed from offset 0 to the last committed
+PostgreSQL row by 1, 2 and 4 workers and one sink, each count from a cold start in a fresh
+namespace and database. The
 figures are bench_replay's, prefixed ``replay_<n>w_``; ``cores`` names each broker.
 
 On this machine the brokers, the workers, the sink and PostgreSQL share two cores, so more
