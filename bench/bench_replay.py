@@ -96,7 +96,7 @@ def run(quick: bool = False, workers: tuple[int, ...] = (1, 2),
                 out.setdefault("replay_copy_events_per_s", round(copied.events / copy_s))
                 with fresh_db() as url:
                     figures = replay(produced, url, n, logs, brokers(), timeout=QUICK_LIMIT_S if quick else LIMIT_S)
-                    figures.update(traffic(dst, produced.events))
+                    figures.update(traffic(dst, int(figures["applied_events"])))  # per event applied
                     figures.update(database(url))
             part = {f"replay_{n}w_{k}": v for k, v in figures.items()}
             print(json.dumps(part), file=sys.stderr, flush=True)  # a long run keeps what it measured
