@@ -79,6 +79,11 @@ class _Visit:
         self.last = admission  # the encounter's latest simulated event
         self.discharge: dict | None = None
 
+    def current(self) -> dict:
+        """The visit as it stands (department, attending), as an event without discharge fields."""
+        return {**self.admission, "department": self.dept, "attending_provider_id": self.provider,
+                "event_type": "transfer"}
+
 
 def _iso(t: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
@@ -184,9 +189,7 @@ class Hl7Feed:
             body = [enc.segment("MRG", {1: f"{target}^^^{fac}^MR"})]
         elif trigger == "A07":
             target = adm["event_id"]
-            state = {**adm, "department": visit.dept, "attending_provider_id": visit.provider,
-                     "event_type": "transfer"}
-            body = [enc.pv1(state, admission=adm, payer=adm["patient"]["payer"], patient_class="O")]
+            body = [self._pv1(visit, visit.current(), patient_class="O")]
         else:
             ev = payload  # the cancelled event
             assert isinstance(ev, dict)
@@ -211,13 +214,14 @@ class Hl7Feed:
             others = [p for p in self._providers_of(adm["facility_id"], visit.dept) if p != visit.provider]
             if others:
                 visit.provider = others[int(rng.random() * len(others))]
-        if final and visit.discharge is not None:
-            state = visit.discharge
-        else:
-            state = {**adm, "department": visit.dept, "attending_provider_id": visit.provider,
-                     "event_type": "transfer"}
-        pv1 = enc.pv1(state, admission=adm, payer=adm["patient"]["payer"])
-        return [pv1, *enc.dg1(visit.dx, at, "F" if final else "W")]
+        state = visit.discharge if final and visit.discharge is not None else visit.current()
+        return [self._pv1(visit, state), *enc.dg1(visit.dx, at, "F" if final else "W")]
+
+    @staticmethod
+    def _pv1(visit: _Visit, state: dict, patient_class: str = "I") -> str:
+        """A PV1 of the visit's encounter for ``state`` (an event dict), with its admission's fields."""
+        adm = visit.admission
+        return enc.pv1(state, admission=adm, payer=adm["patient"]["payer"], patient_class=patient_class)
 
     def _providers_of(self, facility: str, dept: str) -> list[str]:
         key = (facility, dept)

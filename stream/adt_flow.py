@@ -522,7 +522,7 @@ class AdtFlow:
         s = DischargeScore.model_validate(closed["score"])
         if brain.policy.forget(s.facility_id, s.discharged_at, s.score, s.lace):
             self._learned.add(partition)  # the budget changed: saved with the model at the commit
-        index = closed["discharge"]["discharge_disposition"] != "expired"
+        index = patient.is_index(DischargeEvent.model_validate(closed["discharge"]))
         self.tally.discharge(s.facility_id, s.discharged_at, s.score, closed.get("features") or {}, index, -1)
 
     def _dead_letter(self, raw: bytes | None, key: bytes | None, reason: str, partition: int, offset: int,
