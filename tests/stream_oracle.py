@@ -15,7 +15,7 @@ import orjson
 import pandas as pd
 from kafka import TopicPartition
 
-from contracts.events import Topics
+from contracts.events import KpiValue, Topics
 from wardstream.kafka_io import make_consumer
 
 WINDOW_DAYS = {"1d": 1, "7d": 7, "30d": 30}
@@ -327,3 +327,15 @@ def close(a: float | None, b: float | None, rel: float = 1e-6, abs_: float = 1e-
     if a is None or b is None:
         return a is None and b is None
     return abs(a - b) <= max(abs_, rel * max(abs(a), abs(b)))
+
+
+def differing_windows(flushed: Iterable[tuple[str, bytes]], oracle: "Oracle") -> tuple[list[tuple], dict]:
+    """The KPI windows (from a combiner's flush) whose value, numerator or denominator differ
+    from the oracle's, and the oracle's expected values."""
+    msgs = {k: KpiValue.model_validate_json(v) for k, v in flushed}
+    key_of = {(v.kpi, v.dimension, v.dimension_id, v.window, v.window_start.date()): k for k, v in msgs.items()}
+    want = oracle.expected(key_of)
+    bad = [(k, msgs[key_of[k]], w) for k, w in want.items()
+           if not all(close(a, b) for a, b in zip((msgs[key_of[k]].value, msgs[key_of[k]].numerator,
+                                                    msgs[key_of[k]].denominator), w))]
+    return bad, want
