@@ -35,6 +35,7 @@ from contracts.events import (
     DischargeEvent,
     DischargeScore,
     FacilityRef,
+    MergeEvent,
     ModelHealth,
     ProviderRef,
     ReadmissionLabel,
@@ -136,7 +137,7 @@ class Batch:
     # ------------------------------------------------------------------ hospital.adt-accepted
 
     def add_adt(self, ev: AdmissionEvent | DischargeEvent | TransferEvent | RegistrationEvent | UpdateEvent
-                | CancellationEvent | ClassChangeEvent, partition: int, offset: int,
+                | CancellationEvent | ClassChangeEvent | MergeEvent, partition: int, offset: int,
                 raw: bytes | None = None) -> None:
         """An event the stream applied, at its ``hospital.adt`` (partition, offset); ``raw``: the
         message as received, stored as the payload when it needs no cleaning.
@@ -149,7 +150,8 @@ class Batch:
         (:mod:`consumers.cancellations`, ``consumers.tables.apply_cancellations``). A class
         change is stored as what the stream applied it as (``contracts.events.applied_as``: an
         A06 as an admission, an A07 as the cancellation of its stay's admission), under its own
-        trigger and payload.
+        trigger and payload. A merge is stored as an event and in ``patient_merges``
+        (``consumers.tables.apply_merges`` then points the prior's rows at the survivor).
         """
         self.messages += 1
         sent, ev = ev, applied_as(ev)
@@ -163,7 +165,12 @@ class Batch:
             "department": clean(ev.department), "attending_provider_id": clean(ev.attending_provider_id),
             "payload": payload, "source_partition": partition, "source_offset": offset,
         })
-        if isinstance(ev, RegistrationEvent):
+        if isinstance(ev, MergeEvent):  # V016: the sink points the prior's rows at the survivor
+            self._first("patient_merges", (clean(ev.prior_patient_id),), {
+                "prior_patient_id": clean(ev.prior_patient_id), "patient_id": clean(ev.patient_id),
+                "merged_at": ev.occurred_at, "event_id": str(ev.event_id),
+                "source_partition": partition, "source_offset": offset})
+        if isinstance(ev, (RegistrationEvent, MergeEvent)):
             return
         self.adt_encounters.add(clean(ev.encounter_id))
         if isinstance(ev, CancellationEvent):
@@ -213,9 +220,11 @@ class Batch:
         # A stub adds nothing to a row already in the batch (fast path: 4 stubs per event).
         get = self._rows.setdefault
         get("facilities", {}).setdefault((f,), {"facility_id": f, "name": None, "beds": None})
-        get("departments", {}).setdefault((f, d), {"facility_id": f, "department": d, "beds": None})
-        get("providers", {}).setdefault((pr,), {"provider_id": pr, "facility_id": f, "department": None,
-                                                "capacity": None})
+        if d is not None:  # a merge names no department nor attending
+            get("departments", {}).setdefault((f, d), {"facility_id": f, "department": d, "beds": None})
+        if pr is not None:
+            get("providers", {}).setdefault((pr,), {"provider_id": pr, "facility_id": f, "department": None,
+                                                    "capacity": None})
         get("patients", {}).setdefault((pa,), {"patient_id": pa, "age": None, "sex": None, "race": None,
                                                "payer": None, "chronic_conditions": None, "as_of": None})
 

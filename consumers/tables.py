@@ -120,6 +120,8 @@ TABLES: tuple[Table, ...] = (
                          "encounter_id", "department", "attending_provider_id", "payload",
                          "source_partition", "source_offset"),
           ("event_id",), "first", (("event_id", "uuid"), ("payload", "jsonb"))),
+    Table("patient_merges", ("prior_patient_id", "patient_id", "merged_at", "event_id", "source_partition",
+                             "source_offset"), ("prior_patient_id",), "first", (("event_id", "uuid"),)),
     Table("diagnoses", ("encounter_id", "coded_at", "position", "icd10_code"),
           ("encounter_id", "coded_at", "position"), "latest"),
     Table("procedures", ("encounter_id", "position", "cpt_code"), ("encounter_id", "position"), "latest"),
@@ -175,6 +177,8 @@ def write_batch(cur, batch: Batch, method: str = "auto") -> dict[str, int]:
         written[table.name] = len(rows)
     if resolved := apply_cancellations(cur, batch):
         written["encounters with cancellations"] = resolved
+    if merged := apply_merges(cur, batch):
+        written["rows of merged patients"] = merged
     return written
 
 
@@ -200,6 +204,41 @@ def apply_cancellations(cur, batch: Batch) -> int:
         events[encounter_id].append(Stored(applied_as(parse_adt(payload)), partition, offset))
     write_resolutions(cur, [resolve(e, events[e]) for e in encounters])
     return len(encounters)
+
+
+def apply_merges(cur, batch: Batch) -> int:
+    """After a batch with ADT events (and after :func:`apply_cancellations`, which derives an
+    encounter's patient from its events): point every encounter and ADT event of a merged MRN
+    at its survivor, the end of a chain of merges (V016), keeping the MRN it was sent under.
+    Rows already pointed change nothing; the merges are few (one lookup of the whole table)."""
+    if not batch.messages:
+        return 0
+    cur.execute("SELECT prior_patient_id, patient_id FROM patient_merges")
+    into = dict(cur.fetchall())
+    if not into:
+        return 0
+    final = {prior: survivor_of(prior, into) for prior in into}
+    pairs = _json([{"prior": p, "survivor": s} for p, s in final.items()])
+    n = 0
+    for table in ("encounters", "adt_events"):
+        cur.execute(f"UPDATE {table} t SET registered_patient_id = COALESCE(t.registered_patient_id, t.patient_id), "
+                    f"patient_id = r.survivor FROM jsonb_to_recordset(%s::jsonb) AS r(prior text, survivor text) "
+                    f"WHERE t.patient_id = r.prior", (pairs,))
+        n += cur.rowcount
+    return n
+
+
+def survivor_of(patient_id: str, into: dict[str, str]) -> str:
+    """Where a chain of merges ends (``into``: prior -> survivor); a cycle stops where it closes.
+
+    >>> survivor_of("A", {"A": "B", "B": "C"}), survivor_of("C", {"A": "B"}), survivor_of("A", {"A": "B", "B": "A"})
+    ('C', 'C', 'B')
+    """
+    seen = {patient_id}
+    while (nxt := into.get(patient_id)) is not None and nxt not in seen:
+        seen.add(nxt)
+        patient_id = nxt
+    return patient_id
 
 
 def _json(rows: list[dict]) -> str:

@@ -116,13 +116,19 @@ class Topics:
         """Internal: per ADT partition, absolute (facility, day) health aggregates (replace, not add)."""
         return self._t("hospital.health-partials")
 
+    @property
+    def adt_merges(self) -> str:
+        """Internal: the two hops of a patient merge (A40) between ``hospital.adt`` partitions,
+        keyed by patient_id like ``hospital.adt`` (stream/README.md, "Merges")."""
+        return self._t("hospital.adt-merges")
+
     def outputs(self) -> list[str]:
         return [self.discharge_scores, self.readmission_labels, self.alerts, self.kpis, self.dlq,
                 self.model_health]
 
     def all(self) -> list[str]:
         return [self.adt, self.reference, self.kpi_partials, self.health_partials,
-                self.adt_accepted, *self.outputs()]
+                self.adt_accepted, self.adt_merges, *self.outputs()]
 
 
 # --------------------------------------------------------------------------- enums

@@ -50,10 +50,12 @@ from pydantic import ValidationError
 from contracts.events import (
     AdmissionEvent,
     Alert,
+    AnyAdtEvent,
     CancellationEvent,
     DeadLetter,
     DischargeEvent,
     DischargeScore,
+    MergeEvent,
     RegistrationEvent,
     TransferEvent,
     UpdateEvent,
@@ -62,7 +64,7 @@ from contracts.events import (
     parse_adt,
     raw_text,
 )
-from stream.domain import health, kpis, patient, withdrawals
+from stream.domain import health, kpis, merges, patient, withdrawals
 from stream.domain.features import discharge_features
 from stream.domain.lace import lace_points
 from stream.domain.model import OnlineRiskModel
@@ -82,6 +84,7 @@ SCORES, ALERTS, LABELS, ACCEPTED, DLQ = (
     "discharge_scores", "alerts", "readmission_labels", "adt_accepted", "dlq")
 MODEL_HEALTH, HEALTH_PARTIALS = "model_health", "health_partials"  # stream/health_tally.py
 KPI_PARTIALS = "kpi_partials"  # stream/kpi_tally.py
+MERGES = "adt_merges"  # the hops of a patient merge (stream/domain/merges.py)
 SOURCE_OFFSET = "source_offset"  # header of an accepted event: its offset on hospital.adt
 
 
@@ -166,6 +169,7 @@ class AdtFlow:
         and error detectors (stream/health_tally.py); ``kpi``: the KPI day partials
         (stream/kpi_tally.py); None: a dict of the flow's own."""
         self.source_topic = source_topic
+        self.merges_topic = f"{source_topic}-merges"  # contracts.Topics.adt_merges
         self.alert_share = alert_share or settings().alert_share_for
         self._staged = [Staged(t) for t in (patients, partitions, due, models)]
         self.patients, self.partitions, self.due, self.models = self._staged
@@ -269,10 +273,11 @@ class AdtFlow:
             cached = self._brains[partition] = Brain.from_entry(self.models.get(partition_key(partition)))
         return cached
 
-    def applied_offset(self, partition: int) -> int:
-        """The offset of the last message applied on ``partition`` (-1 for none)."""
+    def applied_offset(self, partition: int, field: str = "offset") -> int:
+        """The offset of the last message applied on ``partition`` of ``hospital.adt`` (-1 for
+        none); with ``field="merge_offset"``, of ``hospital.adt-merges``."""
         self._resume(partition)
-        return int((self.partitions.get(partition_key(partition)) or {"offset": -1})["offset"])
+        return int((self.partitions.get(partition_key(partition)) or {}).get(field, -1))
 
     def _state(self, patient_id: str) -> patient.PatientState | None:
         d = self.patients.get(patient_id)
@@ -290,10 +295,15 @@ class AdtFlow:
         With ``commit=False`` the state changes wait for :meth:`commit` (send the outputs first,
         and :meth:`partials` after the batch).
         """
+        return self._step(partition, commit, lambda: self._process(raw, partition, offset, key))
+
+    def _step(self, partition: int, commit: bool, step: Callable[[], list[Output]]) -> list[Output]:
+        """Run ``step`` with the tables' writes filed under ``partition``; roll the staged state
+        back if it raises; commit it unless ``commit`` is false."""
         for t in self._staged:
             t.partition = partition
         try:
-            out = self._process(raw, partition, offset, key)
+            out = step()
         except BaseException:
             self.rollback()
             raise
@@ -305,11 +315,10 @@ class AdtFlow:
                  key: bytes | None) -> list[Output]:
         pkey = partition_key(partition)
         self._resume(partition)
-        pstate = self.partitions.get(pkey) or {"watermark": None, "offset": -1}
-        if offset <= int(pstate["offset"]):
+        if offset <= self.applied_offset(partition):
             log.info("skip already applied message partition=%s offset=%s", partition, offset)
             return []
-        watermark = None if pstate["watermark"] is None else datetime.fromisoformat(pstate["watermark"])
+        watermark = self._watermark(partition)
         out: list[Output] = []
         try:
             event = applied_as(parse_adt(raw if raw is not None else b""))  # A06 / A07: what they act as
@@ -318,19 +327,30 @@ class AdtFlow:
             self._done(pkey, watermark, offset)
             return out
         state = self._state(event.patient_id)
+        if state is not None and state.merging:  # its merge is in flight: applied when it lands
+            watermark = self._advance(partition, watermark, event, self.brain(partition), out)
+            self._save(merges.park(self._state(event.patient_id), offset, key, raw or b""))
+        else:
+            watermark = self._apply(event, raw, key, partition, offset, watermark, out)
+        self._done(pkey, watermark, offset)
+        return out
+
+    def _apply(self, event: AnyAdtEvent, raw: bytes | None, key: bytes | None, partition: int, offset: int,
+               watermark: datetime | None, out: list[Output], learn: bool = True) -> datetime | None:
+        """Steps 1 (the patient's checks) to 6 for a decoded event; the partition's watermark
+        after it. ``learn``: whether its labels teach the model (not when applied late, after a
+        merge landed: stream/domain/merges.py)."""
+        state = self._state(event.patient_id)
         reason = patient.check(state, event, watermark)
         if reason is not None:
             log.info("dlq event_id=%s partition=%s offset=%s reason=%s",
                      event.event_id, partition, offset, reason)
             out.append(self._dead_letter(raw, key, reason, partition, offset, watermark))
-            self._done(pkey, watermark, offset)
-            return out
+            return watermark
 
         brain = self.brain(partition)
         learned = False
-        if watermark is None or event.occurred_at > watermark:
-            learned |= self._expire(partition, watermark, event.occurred_at, brain, out)
-            watermark = event.occurred_at
+        watermark = self._advance(partition, watermark, event, brain, out)
         state = self._state(event.patient_id)  # the expiry may have changed it
 
         out.append(Output(ACCEPTED, key, raw, partition=partition,
@@ -339,7 +359,7 @@ class AdtFlow:
             state, outcomes = patient.apply_admission(state, event)
             self._save(state)
             self.kpi_tally.add(kpis.for_admission(event))
-            learned |= self._labels(outcomes, brain, out)
+            learned |= self._labels(outcomes, brain, out, learn)
         elif isinstance(event, (TransferEvent, UpdateEvent)):
             assert state is not None and state.open is not None  # check() guarantees it
             before = state.open
@@ -351,9 +371,14 @@ class AdtFlow:
             self.kpi_tally.add(kpis.for_transfer(event, before.department, before.attending_provider_id))
         elif isinstance(event, RegistrationEvent):
             self._save(patient.apply_registration(state, event))  # no bed: no KPI, no score
+        elif isinstance(event, MergeEvent):  # step 1 of stream/domain/merges.py
+            self._save(merges.start(state, event))
+            out.append(_merge_record(event.prior_patient_id, {
+                "step": "retire", "merge_id": str(event.event_id), "prior": event.prior_patient_id,
+                "survivor": event.patient_id}))
         elif isinstance(event, CancellationEvent):
             assert state is not None  # check() guarantees it
-            learned |= self._cancel(partition, state, event, watermark, brain, out)
+            learned |= self._cancel(partition, state, event, watermark, brain, out, learn)
         else:
             assert state is not None and state.open is not None and isinstance(event, DischargeEvent)
             # the discharge's own department and attending are the latest word: a stay known to
@@ -364,22 +389,91 @@ class AdtFlow:
             # a discharge older than the watermark by 30+ days (another patient's events ran
             # ahead on this partition) is already past due: label it now, not never
             state, late = patient.expire(state, watermark)
-            learned |= self._labels(late, brain, out)
+            learned |= self._labels(late, brain, out, learn)
             self._save(state)
 
         if learned:
             self._learned.add(partition)
-        self._done(pkey, watermark, offset)
+        return watermark
+
+    def _advance(self, partition: int, watermark: datetime | None, event: AnyAdtEvent, brain: Brain,
+                 out: list[Output]) -> datetime | None:
+        """Step 2: the partition's watermark moves to the event's time when later (not to a far
+        future one, which the patient's checks refuse), expiring what falls due."""
+        if watermark is not None and event.occurred_at > watermark + patient.FAR_FUTURE:
+            return watermark
+        if watermark is None or event.occurred_at > watermark:
+            if self._expire(partition, watermark, event.occurred_at, brain, out):
+                self._learned.add(partition)
+            watermark = event.occurred_at
+        return watermark
+
+    def process_merge(self, raw: bytes | None, partition: int, offset: int, *, commit: bool = True) -> list[Output]:
+        """Steps 2 and 3 of a patient merge (stream/domain/merges.py) for one message of
+        ``hospital.adt-merges``, whose offsets the partition's state keeps beside those of
+        ``hospital.adt`` (``merge_offset``). ``commit`` as in :meth:`process`."""
+        return self._step(partition, commit, lambda: self._process_merge(raw, partition, offset))
+
+    def _process_merge(self, raw: bytes | None, partition: int, offset: int) -> list[Output]:
+        if offset <= self.applied_offset(partition, "merge_offset"):
+            log.info("skip already applied merge record partition=%s offset=%s", partition, offset)
+            return []
+        out: list[Output] = []
+        try:
+            rec = orjson.loads(raw or b"{}")
+        except orjson.JSONDecodeError:
+            rec = {}
+        if rec.get("step") == "retire":
+            retired, moved = merges.retire(self._state(rec["prior"]), rec["prior"], rec["survivor"])
+            self._save(retired)
+            out.append(_merge_record(rec["survivor"], {**rec, "step": "absorb", "state": moved}))
+        elif rec.get("step") == "absorb":
+            state = self._state(rec["survivor"])
+            if state is not None and state.merged_into is not None:  # merged on since: follow it
+                out.append(_merge_record(state.merged_into, {**rec, "survivor": state.merged_into}))
+            elif state is None or rec["merge_id"] not in state.absorbed:
+                self._absorb(partition, state, rec, out)
+        else:  # only the flow writes this topic: a record it cannot read is a bug, kept in the DLQ
+            out.append(self._dead_letter(raw, None, "merge record without a known step", partition, offset,
+                                         self._watermark(partition), self.merges_topic))
+        pkey = partition_key(partition)
+        self.partitions[pkey] = {**(self.partitions.get(pkey) or {"watermark": None, "offset": -1}),
+                                 "merge_offset": offset}
         return out
+
+    def _absorb(self, partition: int, state: patient.PatientState | None, rec: dict[str, Any],
+                out: list[Output]) -> None:
+        """Step 3 of a merge: the prior's history in, then the survivor's messages parked while
+        the merge was in flight, then what fell due meanwhile. Labels from here on are sent and
+        counted but not learned (when this runs depends on timing: stream/domain/merges.py)."""
+        brain, survivor = self.brain(partition), rec["survivor"]
+        state, outcomes, moved = merges.absorb(state, survivor, rec["state"], rec["merge_id"])
+        for pending in moved:
+            self._file_due(partition, pending, survivor)
+        state, parked = merges.land(state, rec["merge_id"])
+        self._save(state)
+        self._labels(outcomes, brain, out, learn=False)
+        watermark = self._watermark(partition)
+        for offset, key, raw in parked:
+            self._apply(applied_as(parse_adt(raw)), raw, key, partition, offset, watermark, out, learn=False)
+        state = self._state(survivor)
+        if watermark is not None and state is not None and not state.merging:
+            state, late = patient.expire(state, watermark)
+            self._save(state)
+            self._labels(late, brain, out, learn=False)
 
     # ------------------------------------------------------------------ steps
 
+    def _watermark(self, partition: int) -> datetime | None:
+        mark = (self.partitions.get(partition_key(partition)) or {}).get("watermark")
+        return None if mark is None else datetime.fromisoformat(mark)
+
     def _done(self, pkey: str, watermark: datetime | None, offset: int) -> None:
-        entry = {"watermark": None if watermark is None else watermark.isoformat(), "offset": offset}
-        # the journal stays that of the last batch that wrote keys, until the commit has a newer one
-        if redo := (self.partitions.get(pkey) or {}).get("redo"):
-            entry["redo"] = redo
-        self.partitions[pkey] = entry
+        # the journal (``redo``) stays that of the last batch that wrote keys, until the commit
+        # has a newer one; the offset of hospital.adt-merges stays too
+        self.partitions[pkey] = {**(self.partitions.get(pkey) or {}),
+                                 "watermark": None if watermark is None else watermark.isoformat(),
+                                 "offset": offset}
 
     def _expire(self, partition: int, old: datetime | None, new: datetime, brain: Brain,
                 out: list[Output]) -> bool:
@@ -406,7 +500,7 @@ class AdtFlow:
         learned = False
         for _, pid in past:
             state = self._state(pid)
-            if state is None:
+            if state is None or state.merging:  # a merge in flight: expired once it lands
                 continue
             state, outcomes = patient.expire(state, new)
             if outcomes:
@@ -425,14 +519,20 @@ class AdtFlow:
         """A day's due list: ``[due time (epoch s), patient_id]`` in the order they were added."""
         return list(self.due.get(key) or ())
 
-    def _labels(self, outcomes: list[patient.LabelOutcome], brain: Brain, out: list[Output]) -> bool:
+    def _labels(self, outcomes: list[patient.LabelOutcome], brain: Brain, out: list[Output],
+                learn: bool = True) -> bool:
+        """Send, count and (unless ``learn`` is false or the discharge came with a merge) learn
+        each label; whether the model learned."""
+        learned = False
         for o in outcomes:
-            brain.model.learn(o.pending.features, o.readmitted)
+            if learn and not o.pending.moved:
+                brain.model.learn(o.pending.features, o.readmitted)
+                learned = True
             label = o.to_label()
             out.append(Output(LABELS, label.encounter_id, dump(label)))
             self.kpi_tally.add(kpis.for_label(o))
             out.extend(Output(MODEL_HEALTH, k, v) for k, v in self.tally.label(o))
-        return bool(outcomes)
+        return learned
 
     def _discharge(self, partition: int, state: patient.PatientState, dis: DischargeEvent,
                    watermark: datetime, brain: Brain, out: list[Output]) -> patient.PatientState:
@@ -481,14 +581,15 @@ class AdtFlow:
                 subgroups=health.subgroups(ctx.open.sex, ctx.open.race, dis.payer, ctx.open.age),
             )
             state = patient.add_pending(state, pending)
-            self._file_due(partition, pending)
+            self._file_due(partition, pending, dis.patient_id)
         return state
 
-    def _file_due(self, partition: int, pending: patient.PendingDischarge) -> None:
-        """List a pending discharge under its due day (the watermark expires it from there)."""
+    def _file_due(self, partition: int, pending: patient.PendingDischarge, owner: str) -> None:
+        """List a pending discharge under its due day (the watermark expires it from there);
+        ``owner``: the patient whose state holds it (after a merge, not the one discharged)."""
         day = pending.due_at.date()
         key = due_key(partition, day)
-        entry = [pending.due_at.timestamp(), pending.patient_id]
+        entry = [pending.due_at.timestamp(), owner]
         entries = self._due_entries(key)
         if entry not in entries:
             self.due[key] = [*entries, entry]
@@ -497,7 +598,7 @@ class AdtFlow:
                 self._due_floor[(partition, day)] = min(floor, entry[0])
 
     def _cancel(self, partition: int, state: patient.PatientState, ev: CancellationEvent,
-                watermark: datetime, brain: Brain, out: list[Output]) -> bool:
+                watermark: datetime, brain: Brain, out: list[Output], learn: bool = True) -> bool:
         """Withdraw what the cancelled event produced (stream/domain/withdrawals.py): its
         messages again marked withdrawn, its KPI contributions reverted (the day partials it
         touched are sent again, absolute), labels known again, discharges pending again."""
@@ -513,8 +614,8 @@ class AdtFlow:
         if w.discharge is not None:
             self._forget(partition, w.discharge, brain)
         for pending in w.pending:
-            self._file_due(partition, pending)
-        return self._labels(w.labels, brain, out)
+            self._file_due(partition, pending, state.patient_id)
+        return self._labels(w.labels, brain, out, learn)
 
     def _forget(self, partition: int, closed: dict[str, Any], brain: Brain) -> None:
         """A withdrawn discharge leaves the facility's alert-budget window (later thresholds
@@ -526,13 +627,18 @@ class AdtFlow:
         self.tally.discharge(s.facility_id, s.discharged_at, s.score, closed.get("features") or {}, index, -1)
 
     def _dead_letter(self, raw: bytes | None, key: bytes | None, reason: str, partition: int, offset: int,
-                     watermark: datetime | None) -> Output:
+                     watermark: datetime | None, topic: str | None = None) -> Output:
         text, encoding = raw_text(raw)
         letter = DeadLetter(
-            reason=reason, source_topic=self.source_topic, source_partition=partition,
+            reason=reason, source_topic=topic or self.source_topic, source_partition=partition,
             source_offset=offset, raw=text, raw_encoding=encoding, failed_at=watermark or EPOCH,
         )
         return Output(DLQ, key, dump(letter))  # DESIGN.md: the DLQ keeps the original key
+
+
+def _merge_record(patient_id: str, record: dict[str, Any]) -> Output:
+    """A record of ``hospital.adt-merges`` for the partition that owns ``patient_id``."""
+    return Output(MERGES, patient_id, orjson.dumps(record), route=patient_id)
 
 
 def _contract_reason(exc: Exception) -> str:

@@ -6,8 +6,8 @@ patched (:mod:`stream.faust_patches`), the bare app (:mod:`stream.faust_app`: ap
 credentials, RocksDB caps), then :class:`Pipeline`, which declares every topic and table
 (``_topics_and_tables``) and registers every agent and timer (``_register``):
 
-* agent ``process_adt`` (here): hospital.adt -> the ADT flow (:mod:`stream.adt_flow`) -> its
-  outputs, then its state;
+* agents ``process_adt`` and ``process_merges`` (here): hospital.adt and hospital.adt-merges ->
+  the ADT flow (:mod:`stream.adt_flow`) -> its outputs, then its state;
 * agents ``combine_kpis``, ``load_reference`` and timer ``flush_kpis``: :mod:`stream.kpi_agent`;
 * agent ``monitor_health`` (here): hospital.health-partials -> :mod:`stream.health_monitor`;
 * timer ``watch_partitions`` and the read-back of skipped messages: :mod:`stream.partition_watch`.
@@ -19,6 +19,7 @@ and the worker's logs know them by does not depend on the module layout.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -28,6 +29,7 @@ from faust.types import EventT
 
 from contracts.events import Topics
 from stream import adt_flow, faust_patches, health_monitor
+from stream.continuity import Item
 from stream.faust_app import JSON, create_app, rocksdb_options
 from stream.faust_batch import JournalSends, ack, as_event, stopping
 from stream.kpi_agent import KpiAgent
@@ -67,6 +69,7 @@ class Pipeline:
         self.journal = JournalSends(app, self.partition_state)  # only the ADT flow's commit writes it
         # the journaled tables' writes: in Kafka before the next batch's journal replaces this one's
         self.state_sends = JournalSends(app, self.patients, self.due, self.models, self.health, self.kpi)
+        self._flow_lock = asyncio.Lock()  # one batch of the flow at a time (process_adt, process_merges)
         self.flow = adt_flow.AdtFlow(source_topic=self.topics.adt, patients=self.patients,
                                      partitions=self.partition_state, due=self.due, models=self.models,
                                      alert_share=s.alert_share_for, health=self.health, kpi=self.kpi)
@@ -86,6 +89,7 @@ class Pipeline:
                              value_serializer="raw", partitions=partitions)
 
         self.adt_topic = topic(topics.adt)
+        self.merges_topic = topic(topics.adt_merges)
         self.kpi_partials_topic = topic(topics.kpi_partials)
         self.reference_topic = topic(topics.reference, partitions=1)
         self.health_partials_topic = topic(topics.health_partials)
@@ -100,6 +104,7 @@ class Pipeline:
             adt_flow.MODEL_HEALTH: topics.model_health,
             adt_flow.HEALTH_PARTIALS: topics.health_partials,
             adt_flow.KPI_PARTIALS: topics.kpi_partials,
+            adt_flow.MERGES: topics.adt_merges,
         }
         self.kpis_topic = topics.kpis
         options = rocksdb_options(self.tuning)
@@ -133,6 +138,7 @@ class Pipeline:
         # longer owns (a chaos soak run lost KPI state that way).
         agent = partial(app.agent, concurrency=1, supervisor_strategy=mode.CrashingSupervisor)
         agent(self.adt_topic, name="stream.app.process_adt")(self.process_adt)
+        agent(self.merges_topic, name="stream.app.process_merges")(self.process_merges)
         agent(self.kpi_partials_topic, name="stream.app.combine_kpis")(kpis.combine_kpis)
         agent(self.reference_topic, name="stream.app.load_reference")(kpis.load_reference)
         agent(self.health_partials_topic, name="stream.app.monitor_health")(self.monitor_health)
@@ -165,45 +171,70 @@ class Pipeline:
         message with lost outputs, and re-processing a message sends the same outputs again
         (their consumers upsert copies; partials replace).
         """
-        flow, n = self.flow, self.settings.adt_partitions
+        flow = self.flow
+        await self._apply(stream, flow.applied_offset, lambda item: flow.process(
+            item.value, item.partition, item.offset, key=item.key, commit=False))
+
+    async def process_merges(self, stream: faust.StreamT) -> None:
+        """hospital.adt-merges -> the later steps of patient merges (stream/domain/merges.py),
+        through the same flow, state and batch protocol as :meth:`process_adt` (one at a time:
+        both agents hold the flow's lock while a batch is staged)."""
+        flow = self.flow
+        await self._apply(stream, partial(flow.applied_offset, field="merge_offset"),
+                          lambda item: flow.process_merge(item.value, item.partition, item.offset, commit=False))
+
+    async def _apply(self, stream: faust.StreamT, applied: Callable[[int], int],
+                     process: Callable[[Item], list[adt_flow.Output]]) -> None:
+        n = self.settings.adt_partitions
         async for events in stream.noack_take(self.tuning.adt_batch, within=self.tuning.adt_batch_within):
-            last: dict[int, EventT] = {}
-            try:
-                batch = self.outputs.batch()
-                taken = await self.watch.in_line(events, flow.applied_offset)
-                for item in taken:
-                    last[item.partition] = item.context
-                    with as_event(item.context):
-                        outputs = flow.process(item.value, item.partition, item.offset, key=item.key,
-                                               commit=False)
-                    for out in outputs:  # scores, alerts, labels, accepted events, dead letters
-                        await batch.send(self.out[out.topic], _bytes(out.key), out.value,
-                                         out.partition, out.headers)
-                for out in flow.partials(n):  # a dimension's (a facility's) records to one partition
-                    await batch.send(self.out[out.topic], _bytes(out.key), out.value,
-                                     out.partition if out.route is None else key_partition(out.route, n))
-                await batch.acked()  # every output acknowledged (raises if one failed)
-                await self.state_sends.acked()  # the previous batch's state, before its journal is replaced
-                self.state_sends.clear()
-            except BaseException as exc:  # stopped or failed before the outputs were in: state as before
-                flow.rollback()
-                if stopping(self.app, exc):
+            async with self._flow_lock:
+                if not await self._apply_batch(events, applied, process, n):
                     return
-                raise
-            scope = lambda partition: as_event(last[partition])  # noqa: E731
-            flow.commit_journal(scope)  # the batch is decided: a restart re-applies its journal
-            try:
-                await self.journal.acked()  # in Kafka before any write it journals (adt_flow.py)
-            except BaseException as exc:
-                flow.rollback()
-                if stopping(self.app, exc):
-                    return
-                raise
-            finally:
-                self.journal.clear()
-            flow.commit_state(scope)
             await ack(stream, events)
-            self.watch.moved(taken)
+
+    async def _apply_batch(self, events: list[EventT], applied: Callable[[int], int],
+                           process: Callable[[Item], list[adt_flow.Output]], n: int) -> bool:
+        """One batch of :meth:`_apply` (the protocol: :meth:`process_adt`); False: stopping."""
+        flow = self.flow
+        last: dict[int, EventT] = {}
+        try:
+            batch = self.outputs.batch()
+            taken = await self.watch.in_line(events, applied)
+
+            async def send(outputs: list[adt_flow.Output]) -> None:
+                for out in outputs:
+                    await batch.send(self.out[out.topic], _bytes(out.key), out.value,
+                                     out.partition if out.route is None else key_partition(out.route, n),
+                                     out.headers)
+
+            for item in taken:
+                last[item.partition] = item.context
+                with as_event(item.context):
+                    outputs = process(item)
+                await send(outputs)  # scores, alerts, labels, accepted events, merge hops, dead letters
+            await send(flow.partials(n))  # a dimension's (a facility's) records to one partition
+            await batch.acked()  # every output acknowledged (raises if one failed)
+            await self.state_sends.acked()  # the previous batch's state, before its journal is replaced
+            self.state_sends.clear()
+        except BaseException as exc:  # stopped or failed before the outputs were in: state as before
+            flow.rollback()
+            if stopping(self.app, exc):
+                return False
+            raise
+        scope = lambda partition: as_event(last[partition])  # noqa: E731
+        flow.commit_journal(scope)  # the batch is decided: a restart re-applies its journal
+        try:
+            await self.journal.acked()  # in Kafka before any write it journals (adt_flow.py)
+        except BaseException as exc:
+            flow.rollback()
+            if stopping(self.app, exc):
+                return False
+            raise
+        finally:
+            self.journal.clear()
+        flow.commit_state(scope)
+        self.watch.moved(taken)
+        return True
 
     async def monitor_health(self, stream: faust.StreamT) -> None:
         """hospital.health-partials -> hospital.model-health (stream/health_monitor.py): a batch's

@@ -13,7 +13,7 @@ The namespace, broker and state directory come from the environment (``WARDSTREA
 etc., inherited by the subprocess; pass ``env=`` to override). "Caught up" means:
 
 1. the worker's consumer group (``{namespace}wardstream-stream``) has committed every
-   ``hospital.adt`` offset and every data offset of ``hospital.kpi-partials`` (the KPI
+   ``hospital.adt`` and ``hospital.adt-merges`` offset and every data offset of ``hospital.kpi-partials`` (the KPI
    combiner acknowledges a partial only once a flush of its windows is in Kafka, so its
    committed offset says the windows are out: progress travels through Kafka, not a file);
 2. then nothing moved (end offsets of every output topic, the group's commits) for ``settle``
@@ -108,11 +108,13 @@ class StreamWorker:
     # ------------------------------------------------------------------ progress
 
     def progress(self) -> dict[str, int]:
-        """Messages of hospital.adt not yet committed by the worker (``adt_lag``), etc."""
+        """Messages of hospital.adt and hospital.adt-merges not yet committed by the worker
+        (``adt_lag``), etc."""
         topics = Topics(self.namespace)
         committed = committed_offsets(group_id(self.namespace))
-        ends = end_offsets([topics.adt])
+        ends = end_offsets([topics.adt, topics.adt_merges])  # merges: their later hops
         adt_lag = sum(max(0, end - committed.get(tp, 0)) for tp, end in ends.items())
+        ends = {tp: end for tp, end in ends.items() if tp.topic == topics.adt}
         behind = {}
         for name, topic in (("kpi", topics.kpi_partials), ("health", topics.health_partials)):
             last = last_data_offsets(topic)

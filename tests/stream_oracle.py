@@ -152,7 +152,11 @@ class Oracle:
 
     def _labels(self) -> dict[str, dict]:
         """DESIGN.md: index discharge readmitted if a non-elective admission follows within 30
-        days (known then); false once event time on its ADT partition passes discharge + 30d."""
+        days (known then); false once event time on its ADT partition passes discharge + 30d.
+        A merge (A40) makes two MRNs one patient for the discharges still unlabelled then, and
+        moves the prior's to the survivor's partition. (The stream finds the other side's stays
+        among those its state keeps, the open and the last discharged one; the feeds tested
+        have no more within 30 days of a discharge.)"""
         last_time = self.last_time
         admissions: dict[str, list[tuple[datetime, str, str]]] = {}
         for e in self.events:
@@ -160,17 +164,29 @@ class Oracle:
             if e["event_type"] == "admission":
                 admissions.setdefault(e["patient_id"], []).append(
                     (t, e["encounter_id"], e["admission_type"]))
+        # merges (A40): prior -> (survivor, when, the survivor's partition); the events of the
+        # prior after it are not applied (dead-lettered), so they are not among the events
+        merged = {e["prior_patient_id"]: (e["patient_id"], _ts(e["occurred_at"]), e["_partition"])
+                  for e in self.events if e["event_type"] == "merge"}
+        partners: dict[str, list[tuple[str, datetime]]] = {}
+        for prior, (survivor, at, _) in merged.items():
+            partners.setdefault(prior, []).append((survivor, at))
+            partners.setdefault(survivor, []).append((prior, at))
         out: dict[str, dict] = {}
         for e in self.events:
             if e["event_type"] != "discharge" or e["discharge_disposition"] == "expired":
                 continue
             t = _ts(e["occurred_at"])
-            hit = next(((a, enc) for a, enc, kind in sorted(admissions.get(e["patient_id"], []))
+            # one patient once merged, for a discharge whose label was not known by then
+            same = [e["patient_id"], *(q for q, at in partners.get(e["patient_id"], ()) if at <= t + READMIT)]
+            hit = next(((a, enc) for a, enc, kind in sorted(x for q in same for x in admissions.get(q, []))
                         if kind != "elective" and t < a <= t + READMIT), None)
+            survivor = merged.get(e["patient_id"])
+            partition = survivor[2] if survivor is not None and survivor[1] <= t + READMIT else e["_partition"]
             if hit is not None:
                 out[e["encounter_id"]] = {"readmitted": True, "readmission_encounter_id": hit[1],
                                           "known_at": hit[0], "discharged_at": t}
-            elif t + READMIT < last_time[e["_partition"]]:
+            elif t + READMIT < last_time[partition]:
                 out[e["encounter_id"]] = {"readmitted": False, "readmission_encounter_id": None,
                                           "known_at": t + READMIT, "discharged_at": t}
         return out
@@ -180,25 +196,25 @@ class Oracle:
     def frames(self) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         """(admissions, discharges with score/label, census moves) with one row per dimension."""
         adm, dis, moves = [], [], []
-        where: dict[str, tuple[str, str]] = {}
+        where: dict[str, tuple[str, str]] = {}  # encounter -> (department, attending) of its open stay
         for e in sorted(self.events, key=lambda e: (e["occurred_at"], e["_partition"])):
             t = _ts(e["occurred_at"])
             fac, dept, prov, pid = e["facility_id"], e["department"], e["attending_provider_id"], e["patient_id"]
-            kind = e["event_type"]
+            kind, enc = e["event_type"], e["encounter_id"]  # a merged stay goes on under the survivor
             if kind == "admission":
                 for dim, did in (("facility", fac), ("department", dept), ("provider", prov)):
                     adm.append({"dimension": dim, "dimension_id": did, "t": t})
                     moves.append({"dimension": dim, "dimension_id": did, "t": t, "delta": 1})
-                where[pid] = (dept, prov)
+                where[enc] = (dept, prov)
             elif kind in ("transfer", "update", "discharge"):
                 # an update (A08) moves the stay like a transfer; a discharge from elsewhere
                 # than the stay was known to be moves it there first
-                old_dept, old_prov = where[pid]
+                old_dept, old_prov = where[enc]
                 for dim, old, new in (("department", old_dept, dept), ("provider", old_prov, prov)):
                     if old != new:
                         moves.append({"dimension": dim, "dimension_id": old, "t": t, "delta": -1})
                         moves.append({"dimension": dim, "dimension_id": new, "t": t, "delta": 1})
-                where[pid] = (dept, prov)
+                where[enc] = (dept, prov)
             if kind == "discharge":
                 s = self.scores[e["encounter_id"]]
                 lab = self.labels.get(e["encounter_id"])
@@ -211,7 +227,7 @@ class Oracle:
                         "readmitted": bool(lab and lab["readmitted"]),
                     })
                     moves.append({"dimension": dim, "dimension_id": did, "t": t, "delta": -1})
-                where.pop(pid, None)
+                where.pop(enc, None)
         return pd.DataFrame(adm), pd.DataFrame(dis), pd.DataFrame(moves)
 
     def expected(self, keys: Iterable[tuple[str, str, str, str, date]]) -> dict[tuple, tuple]:

@@ -181,7 +181,8 @@ def test_create_worker_builds_and_registers_everything(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     app_id, guarantee, agents, tables, patched, fetch_wait = json.loads(done.stdout)
     assert (app_id, guarantee, patched, fetch_wait) == ("cfg.wardstream-stream", "at_least_once", True, 250)
-    assert {"stream.app.process_adt", "stream.app.combine_kpis", "stream.app.load_reference"} <= set(agents)
+    assert {"stream.app.process_adt", "stream.app.process_merges", "stream.app.combine_kpis",
+            "stream.app.load_reference"} <= set(agents)
     assert {"patients", "partition_state", "due", "models", "kpi", "kpi_days"} <= set(tables)
     assert (tmp_path / "faust" / "cfg.wardstream-stream").is_dir()
 

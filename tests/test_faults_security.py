@@ -102,7 +102,7 @@ def test_kafka_security_settings_reach_every_client(sasl_env) -> None:
     assert kw["ssl_cafile"] == str(sasl_env) and kw["bootstrap_servers"] == ["127.0.0.1:1"]
 
     # A real kafka-python consumer built by the factory (api_version given: no connection needed).
-    consumer = make_consumer("t", group_id="g", s=s, api_version=(3, 9))
+    consumer = make_consumer(group_id="g", s=s, api_version=(3, 9))
     try:
         c = consumer.config
         assert (c["security_protocol"], c["sasl_mechanism"], c["sasl_plain_username"], c["ssl_cafile"]) == \

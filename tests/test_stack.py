@@ -6,8 +6,8 @@ import pytest
 import sqlalchemy as sa
 
 from contracts.events import Topics
-from wardstream.config import settings
-from wardstream.kafka_io import ensure_topics, make_consumer, make_producer
+from wardstream.config import scoped_env, settings
+from wardstream.kafka_io import BrokerUnavailable, ensure_topics, make_consumer, make_producer
 from wardstream.stack.kafka import LocalKafka
 from wardstream.stack.postgres import LocalPostgres
 
@@ -79,3 +79,27 @@ def test_worker_changelogs_exist_with_leaders_before_faust_starts(kafka_ns) -> N
         assert len(described[name]["partitions"]) == partitions
         assert all(p["leader_id"] >= 0 for p in described[name]["partitions"])
         assert configs[name]["cleanup.policy"]["value"] == "compact"
+
+
+def test_a_group_consumer_knows_its_topics_partitions_before_it_joins(kafka_ns) -> None:
+    """make_consumer subscribes once its metadata has every topic's partitions (reads a private
+    kafka-python name, ``_client.cluster``: this fails if it changes), so the group's first
+    assignment has them all: a join before that assigned nothing, and kafka-python 3.0.12
+    stalled in the rejoin that followed (wardstream/kafka_io.py)."""
+    t = Topics(kafka_ns)
+    topics = [t.adt_accepted, t.discharge_scores, t.reference]
+    ensure_topics(topics)
+    consumer = make_consumer(*topics, group_id=f"{kafka_ns}g")
+    try:
+        n = settings().adt_partitions
+        assert [consumer._client.cluster.partitions_for_topic(x) for x in topics] == [
+            set(range(n)), set(range(n)), {0}]  # hospital.reference has one partition
+        for _ in range(40):
+            consumer.poll(timeout_ms=250)
+            if consumer.assignment():
+                break
+        assert len(consumer.assignment()) == 2 * n + 1
+    finally:
+        consumer.close(autocommit=False)
+    with pytest.raises(BrokerUnavailable, match="no partitions known"), scoped_env(WARDSTREAM_BROKER_WAIT_S="1"):
+        make_consumer(f"{kafka_ns}never.created", group_id=f"{kafka_ns}g")

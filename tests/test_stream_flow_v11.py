@@ -1,5 +1,5 @@
 """Contract v1.1 events in the ADT flow (over plain dicts, as tests/test_stream_flow.py): what the
-stream applies (registrations, updates), what it dead-letters (merges, what cannot be applied),
+stream applies (registrations, updates), what it dead-letters (what cannot be applied),
 null costs and vitals, and the KPI oracle on a simulated HL7 feed."""
 
 from __future__ import annotations
@@ -122,7 +122,6 @@ def test_a_registration_is_recorded_without_a_bed() -> None:
      "discharge cancellation while an encounter is open"),
     ({"event_type": "cancellation", "hl7_trigger": "A12", "cancelled_event_type": "transfer"},
      "transfer cancellation without a transfer"),
-    ({"event_type": "merge", "hl7_trigger": "A40", "prior_patient_id": "P0"}, "merge events are not applied yet"),
     ({"event_type": "class_change", "hl7_trigger": "A06", "patient_class": "inpatient"},
      "class change to inpatient without the admission's type, source, patient and diagnoses"),
     ({"event_type": "update", "hl7_trigger": "A08", "encounter_id": "E9"},
@@ -182,9 +181,10 @@ def test_the_feed_is_applied_or_dead_lettered_never_both_nor_lost(hl7_run) -> No
     assert len(applied) + len(letters) == sum(triggers.values())
     assert Counter(e["hl7_trigger"] for e in applied)["A08"] > 1000
     # the A08s of final coding come after the discharge, some after the patient's next admission
-    allowed = {"merge events are not applied yet",
-               "update without open admission", "encounter_id does not match the open encounter"}
-    assert {r for ev, r in dead if ev.hl7_trigger in ("A08", "A40")} <= allowed
+    allowed = {"update without open admission", "encounter_id does not match the open encounter"}
+    assert {r for ev, r in dead if ev.hl7_trigger == "A08"} <= allowed
+    assert not [r for ev, r in dead if ev.hl7_trigger == "A40"]  # a duplicate registration merged
+    assert Counter(e["hl7_trigger"] for e in applied)["A40"] > 0
     # the simulated feed goes on as simulated after a cancellation: a cancelled admission's
     # transfers, discharge and their cancellations find no stay; a patient whose discharge was
     # cancelled is in hospital again when the next admission comes
@@ -193,7 +193,7 @@ def test_the_feed_is_applied_or_dead_lettered_never_both_nor_lost(hl7_run) -> No
     cancelled = {e["encounter_id"] for e in applied if e["hl7_trigger"] in ("A07", "A11")}  # stays withdrawn
     reopened = {e["patient_id"] for e in applied if e["hl7_trigger"] == "A13"}
     for ev, reason in dead:
-        if ev.hl7_trigger in ("A08", "A40"):
+        if ev.hl7_trigger == "A08":
             continue
         if reason in ("admission while an encounter is open", "encounter_id does not match the open encounter"):
             assert ev.patient_id in reopened, reason

@@ -168,6 +168,7 @@ def _topic_layout(s: Settings) -> dict[str, tuple[int, dict[str, str]]]:
         # bundles of partials (stream/kpi_tally.py): no key per record, so kept, not compacted
         t.kpi_partials: (n, {**keep, "cleanup.policy": "delete"}),
         t.adt_accepted: (n, keep),
+        t.adt_merges: (n, keep),
         t.discharge_scores: (n, keep),
         t.readmission_labels: (n, keep),
         t.alerts: (n, keep),
@@ -361,7 +362,8 @@ def confluent_producer(conf: dict[str, object], s: Settings | None = None) -> Rd
 
 def make_consumer(*topics: str, group_id: str | None, s: Settings | None = None,
                   **overrides: object) -> KafkaConsumer:
-    """Consumer reading committed data only, with manual commits (commit after the sink's write)."""
+    """Consumer reading committed data only, with manual commits (commit after the sink's write),
+    subscribed to ``topics`` (which must exist) once its metadata knows their partitions."""
     s = s or settings()
     kwargs: dict[str, object] = dict(
         s.kafka.kafka_python_kwargs(),
@@ -372,4 +374,22 @@ def make_consumer(*topics: str, group_id: str | None, s: Settings | None = None,
         isolation_level="read_committed",
     )
     kwargs.update(overrides)
-    return broker_call("a consumer connection", lambda: KafkaConsumer(*topics, **kwargs), s=s)
+    consumer = broker_call("a consumer connection", lambda: KafkaConsumer(**kwargs), s=s)
+    if topics:
+        _await_partitions(consumer, topics, s)
+        consumer.subscribe(list(topics))
+    return consumer
+
+
+def _await_partitions(consumer: KafkaConsumer, topics: Iterable[str], s: Settings) -> None:
+    """Until the consumer's metadata has every topic's partitions. A group joined before that
+    is assigned no partition of a topic it does not know yet, and the rejoin that follows once
+    the metadata comes stalled kafka-python 3.0.12 for good in one run (a sink on a cluster just
+    started: no member left in the group, the consumer polling without an assignment)."""
+    missing = list(topics)
+    deadline = time.monotonic() + s.broker_wait_s
+    while missing := [t for t in missing if not consumer.partitions_for_topic(t)]:
+        if time.monotonic() > deadline:
+            consumer.close(autocommit=False)
+            raise BrokerUnavailable(f"no partitions known for {', '.join(missing)} after {s.broker_wait_s:.0f}s")
+        time.sleep(0.2)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from contracts.events import AdmissionEvent, DischargeEvent, TransferEvent
+from contracts.events import AdmissionEvent, DischargeEvent, MergeEvent, TransferEvent
 
 _NS = uuid.UUID("5b0c1f4e-7f4b-4c1e-9a57-1d2c3b4a5f60")
 
@@ -122,4 +122,17 @@ def transfer(
         encounter_id=encounter_id,
         department=department,
         attending_provider_id=provider,
+    )
+
+
+def merge(patient_id: str, prior_patient_id: str, at: str | datetime, *, facility: str = "F01",
+          seed: str | None = None) -> MergeEvent:
+    """An A40: ``prior_patient_id``'s history belongs to ``patient_id`` from ``at`` on."""
+    return MergeEvent(
+        event_id=event_id(seed or f"M|{patient_id}|{prior_patient_id}"),
+        hl7_trigger="A40",
+        occurred_at=ts(at),
+        facility_id=facility,
+        patient_id=patient_id,
+        prior_patient_id=prior_patient_id,
     )

@@ -28,6 +28,7 @@ from contracts.events import (
     CancellationEvent,
     ClassChangeEvent,
     DischargeEvent,
+    MergeEvent,
     ReadmissionLabel,
     RegistrationEvent,
     TransferEvent,
@@ -44,9 +45,6 @@ ED_HISTORY = timedelta(days=183)
 FAR_FUTURE = timedelta(days=7)
 RECENT_EVENT_IDS = 64
 LOS_TOLERANCE_DAYS = 0.05
-# contract v1.1 event types the stream does not apply yet: they go to the DLQ, whole, so that a
-# later version can apply them from there (the merge of two histories)
-NOT_APPLIED_YET = frozenset({"merge"})
 
 AdtEvent = AdmissionEvent | DischargeEvent | TransferEvent | RegistrationEvent | UpdateEvent
 
@@ -180,6 +178,9 @@ class PendingDischarge:
     high_risk: bool
     # equity attributes (health.subgroups: sex, race, payer, age band), counted at the label
     subgroups: dict[str, str] = field(default_factory=dict)
+    # it came with a merge (A40) from another partition: its label is not learned (when the
+    # merge lands among the partition's events depends on timing; stream/domain/merges.py)
+    moved: bool = False
 
     @property
     def due_at(self) -> datetime:
@@ -199,6 +200,7 @@ class PendingDischarge:
             "threshold": self.threshold,
             "high_risk": self.high_risk,
             "subgroups": dict(self.subgroups),
+            **({"moved": True} if self.moved else {}),
         }
 
     @classmethod
@@ -257,6 +259,14 @@ class PatientState:
     # {"open": the stay at its end, "discharge": the event, "high_risk", "score", "alert",
     # "features"}
     closed: dict[str, Any] | None = None
+    # merges (A40, stream/domain/merges.py): the MRN this one was merged into (a retired MRN takes
+    # no more events), the merge event ids whose history this patient took in, those still in
+    # flight, and the messages of this patient that came meanwhile (``{"offset", "key", "raw"}``,
+    # bytes as base64), applied when the merge lands
+    merged_into: str | None = None
+    absorbed: list[str] = field(default_factory=list)
+    merging: list[str] = field(default_factory=list)
+    parked: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -270,6 +280,10 @@ class PatientState:
             "discharges": [_ts(t) for t in self.discharges],
             "readmissions": [_ts(t) for t in self.readmissions],
             "closed": self.closed,
+            **({"merged_into": self.merged_into} if self.merged_into else {}),
+            **({"absorbed": list(self.absorbed)} if self.absorbed else {}),
+            **({"merging": list(self.merging)} if self.merging else {}),
+            **({"parked": [dict(p) for p in self.parked]} if self.parked else {}),
         }
 
     @classmethod
@@ -285,6 +299,10 @@ class PatientState:
             discharges=[_dt(t) for t in d.get("discharges", [])],
             readmissions=[_dt(t) for t in d.get("readmissions", [])],
             closed=d.get("closed"),
+            merged_into=d.get("merged_into"),
+            absorbed=list(d.get("absorbed") or ()),
+            merging=list(d.get("merging") or ()),
+            parked=[dict(p) for p in d.get("parked") or ()],
         )
 
 
@@ -296,8 +314,8 @@ def check(state: PatientState | None, event: AnyAdtEvent, watermark: datetime | 
 
     Reasons are short and carry no patient data (they go to the DLQ and to logs).
     """
-    if event.event_type in NOT_APPLIED_YET:
-        return f"{event.event_type} events are not applied yet"
+    if state is not None and state.merged_into is not None:
+        return "patient merged into another (A40)"
     if isinstance(event, ClassChangeEvent):  # an A06 that contracts.events.applied_as could not apply
         return "class change to inpatient without the admission's type, source, patient and diagnoses"
     if state is not None:
@@ -314,8 +332,8 @@ def check(state: PatientState | None, event: AnyAdtEvent, watermark: datetime | 
         if open_ is not None:
             return f"{_what(event)} while an encounter is open"
         return None
-    if isinstance(event, RegistrationEvent):
-        return None  # a visit without a bed: with or without an inpatient stay open
+    if isinstance(event, (RegistrationEvent, MergeEvent)):
+        return None  # a visit without a bed, a merge: with or without an inpatient stay open
     if open_ is None:
         return f"{event.event_type} without open admission"
     if event.encounter_id != open_.encounter_id:
