@@ -8,7 +8,7 @@ RocksDB tables in the worker, and that every output is visibly a function of (st
 Why the pieces look the way they do:
 
 * ``partition_state[p{n}]`` holds the partition's event-time watermark and the offset of the last
-  message applied. A message at or below that offset is skipped: Faust 0.15.3 can deliver a
+  message applied (``merge_offset``: of ``hospital.adt-merges``, the hops of patient merges). A message at or below that offset is skipped: Faust 0.15.3 can deliver a
   message again after a restart although its table writes were kept (#323/#517), and without the
   guard the re-delivery would count twice (or land in the DLQ as a duplicate event_id).
 * A batch's writes land in four tables, key by key: a worker killed half-way through them left

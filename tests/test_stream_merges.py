@@ -1,6 +1,7 @@
 """Patient merges (A40) in the ADT flow, over plain dicts on 4 partitions (stream/domain/merges.py):
 the prior MRN's state lives on another partition than the survivor's, and the merge's later hops
-travel ``hospital.adt-merges`` (here: right after the A40, as :func:`flow_inputs.run_flow` does)."""
+travel ``hospital.adt-merges`` (here: applied right after the A40 by :func:`flow_inputs.run_flow`,
+or some events later where a test delays them)."""
 
 from __future__ import annotations
 
