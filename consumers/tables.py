@@ -208,22 +208,27 @@ def apply_cancellations(cur, batch: Batch) -> int:
 
 def apply_merges(cur, batch: Batch) -> int:
     """After a batch with ADT events (and after :func:`apply_cancellations`, which derives an
-    encounter's patient from its events): point every encounter and ADT event of a merged MRN
-    at its survivor, the end of a chain of merges (V016), keeping the MRN it was sent under.
-    Rows already pointed change nothing; the merges are few (one lookup of the whole table)."""
-    if not batch.messages:
+    encounter's patient from its events): point the encounters and ADT events of a merged MRN
+    at its survivor, the end of a chain of merges (V016), keeping the MRN they were sent under.
+    The rows that can need it are those of the batch's patients (its events, and every row of
+    the MRNs its merges retire) and the encounters the batch touched (a cancellation derives
+    theirs again); rows already pointed change nothing. One lookup of the whole (small) table
+    of merges resolves the chains."""
+    events = batch.rows("adt_events")
+    if not events:
         return 0
     cur.execute("SELECT prior_patient_id, patient_id FROM patient_merges")
     into = dict(cur.fetchall())
     if not into:
         return 0
-    final = {prior: survivor_of(prior, into) for prior in into}
-    pairs = _json([{"prior": p, "survivor": s} for p, s in final.items()])
+    pairs = _json([{"prior": p, "survivor": survivor_of(p, into)} for p in into])
+    patients = sorted({r["patient_id"] for r in events} | {r["prior_patient_id"] for r in batch.rows("patient_merges")})
     n = 0
-    for table in ("encounters", "adt_events"):
+    for table, touched in (("encounters", "OR t.encounter_id = ANY(%s)"), ("adt_events", "")):
         cur.execute(f"UPDATE {table} t SET registered_patient_id = COALESCE(t.registered_patient_id, t.patient_id), "
                     f"patient_id = r.survivor FROM jsonb_to_recordset(%s::jsonb) AS r(prior text, survivor text) "
-                    f"WHERE t.patient_id = r.prior", (pairs,))
+                    f"WHERE t.patient_id = r.prior AND (t.patient_id = ANY(%s) {touched})",
+                    (pairs, patients, *([sorted(batch.adt_encounters)] if touched else [])))
         n += cur.rowcount
     return n
 

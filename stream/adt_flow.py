@@ -436,9 +436,7 @@ class AdtFlow:
         else:  # only the flow writes this topic: a record it cannot read is a bug, kept in the DLQ
             out.append(self._dead_letter(raw, None, "merge record without a known step", partition, offset,
                                          self._watermark(partition), self.merges_topic))
-        pkey = partition_key(partition)
-        self.partitions[pkey] = {**(self.partitions.get(pkey) or {"watermark": None, "offset": -1}),
-                                 "merge_offset": offset}
+        self._mark(partition_key(partition), merge_offset=offset)
         return out
 
     def _absorb(self, partition: int, state: patient.PatientState | None, rec: dict[str, Any],
@@ -469,11 +467,13 @@ class AdtFlow:
         return None if mark is None else datetime.fromisoformat(mark)
 
     def _done(self, pkey: str, watermark: datetime | None, offset: int) -> None:
-        # the journal (``redo``) stays that of the last batch that wrote keys, until the commit
-        # has a newer one; the offset of hospital.adt-merges stays too
-        self.partitions[pkey] = {**(self.partitions.get(pkey) or {}),
-                                 "watermark": None if watermark is None else watermark.isoformat(),
-                                 "offset": offset}
+        self._mark(pkey, watermark=None if watermark is None else watermark.isoformat(), offset=offset)
+
+    def _mark(self, pkey: str, **fields: Any) -> None:
+        """Set ``fields`` of the partition's entry; the others stay (the journal, ``redo``, is
+        that of the last batch that wrote keys until the commit has a newer one; each topic's
+        offset moves only with its own messages)."""
+        self.partitions[pkey] = {**(self.partitions.get(pkey) or {}), **fields}
 
     def _expire(self, partition: int, old: datetime | None, new: datetime, brain: Brain,
                 out: list[Output]) -> bool:
