@@ -38,13 +38,13 @@ CONNECTIONS = 8
 WARMUP = 50
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _wait_listening(port: int, proc: Service, timeout: float = 60) -> None:
+def wait_listening(port: int, proc: Service, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while True:
         assert proc.proc is not None and proc.proc.poll() is None, "wardstream mllp exited"
@@ -62,7 +62,7 @@ def _pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
 
 
-def _send_all(port: int, messages: list[Hl7Message], codes: list[str] | None = None) -> None:
+def send_all(port: int, messages: list[Hl7Message], codes: list[str] | None = None) -> None:
     with MllpClient("127.0.0.1", port, timeout=30) as client:
         for m in messages:
             ack = client.deliver(m.text.encode(), m.control_id)
@@ -100,7 +100,7 @@ def parallel(port: int, messages: list[Hl7Message], connections: int = CONNECTIO
     for m in messages:
         shares[zlib.crc32(m.key.encode()) % connections].append(m)
     codes: list[list[str]] = [[] for _ in range(connections)]
-    threads = [threading.Thread(target=_send_all, args=(port, share, c)) for share, c in zip(shares, codes)]
+    threads = [threading.Thread(target=send_all, args=(port, share, c)) for share, c in zip(shares, codes)]
     start = time.perf_counter()
     for t in threads:
         t.start()
@@ -126,10 +126,10 @@ def run(quick: bool = False) -> dict:
     log = Path(logs / "mllp.log")
     log.unlink(missing_ok=True)
     with namespace("bmllp"):
-        port = _free_port()
+        port = free_port()
         with Service("mllp", "--port", str(port), log=log) as svc:
-            _wait_listening(port, svc)
-            _send_all(port, warm)
+            wait_listening(port, svc)
+            send_all(port, warm)
             proc = psutil.Process(svc.proc.pid)  # type: ignore[union-attr]
             cpu0 = sum(proc.cpu_times()[:2])
             figures = paced(port, slow)

@@ -8,9 +8,15 @@ RocksDB tables in the worker, and that every output is visibly a function of (st
 Why the pieces look the way they do:
 
 * ``partition_state[p{n}]`` holds the partition's event-time watermark and the offset of the last
-  message applied (``merge_offset``: of ``hospital.adt-merges``, the hops of patient merges). A message at or below that offset is skipped: Faust 0.15.3 can deliver a
-  message again after a restart although its table writes were kept (#323/#517), and without the
-  guard the re-delivery would count twice (or land in the DLQ as a duplicate event_id).
+  message applied (``merge_offset``: of ``hospital.adt-merges``, the hops of patient merges). A
+  message at or below that offset is skipped: Faust 0.15.3 can deliver a message again after a
+  restart although its table writes were kept (#323/#517), and without the guard the
+  re-delivery would count twice (or land in the DLQ as a duplicate event_id).
+* While a merge that started on a partition is in flight (``waiting_for``: the A40's event_id),
+  the partition's later messages are set aside unapplied (``waiting_through``: the last one);
+  when the merge lands, the worker reads them back from Kafka and applies them in order
+  (:meth:`AdtFlow.read_backs`). So a partition's outputs stay a function of its own message
+  order, however long the merge's hops take (stream/domain/merges.py).
 * A batch's writes land in four tables, key by key: a worker killed half-way through them left
   some patients a batch ahead of the partition's offset, and the re-processed batch went to the
   DLQ as duplicates (the SIGKILL drill, tests/test_faults.py). So ``partition_state[p{n}]`` also
@@ -84,6 +90,7 @@ SCORES, ALERTS, LABELS, ACCEPTED, DLQ = (
     "discharge_scores", "alerts", "readmission_labels", "adt_accepted", "dlq")
 MODEL_HEALTH, HEALTH_PARTIALS = "model_health", "health_partials"  # stream/health_tally.py
 KPI_PARTIALS = "kpi_partials"  # stream/kpi_tally.py
+LONG_WAIT = 1000  # messages set aside for one merge between two warnings
 MERGES = "adt_merges"  # the hops of a patient merge (stream/domain/merges.py)
 SOURCE_OFFSET = "source_offset"  # header of an accepted event: its offset on hospital.adt
 
@@ -102,6 +109,20 @@ class Output:
 
 def partition_key(partition: int) -> str:
     return f"p{partition}"
+
+
+def taken_offset(entry: dict[str, Any] | None, field: str = "offset") -> int:
+    """The last offset a ``partition_state`` entry says was taken (-1: none): for
+    ``field="offset"`` (hospital.adt) applied or set aside while a merge is in flight, for
+    ``"merge_offset"`` (hospital.adt-merges) applied.
+
+    >>> taken_offset({"offset": 7, "waiting_for": "m", "waiting_through": 9}), taken_offset(None)
+    (9, -1)
+    """
+    entry = entry or {}
+    if field == "offset":
+        return int(max(entry.get("offset", -1), entry.get("waiting_through", -1)))
+    return int(entry.get(field, -1))
 
 
 def due_key(partition: int, day: date) -> str:
@@ -189,6 +210,7 @@ class AdtFlow:
         # (partition, day) -> earliest due time (epoch s) in that day's due list: the watermark
         # only reads the list once something in it is due
         self._due_floor: dict[tuple[int, date], float] = {}
+        self._read_backs: list[tuple[int, range]] = []  # (partition, offsets) to apply now
 
     def commit(self, scope: PartitionScope | None = None) -> None:
         """Write the state of the processed message(s) to the tables (see :class:`Staged`)."""
@@ -253,6 +275,7 @@ class AdtFlow:
 
     def rollback(self) -> None:
         self.kpi_tally.forget()
+        self._read_backs.clear()
         for t in self._staged:
             t.rollback()
         self.forget_cache()  # the live models may have learned from what is rolled back
@@ -274,10 +297,18 @@ class AdtFlow:
         return cached
 
     def applied_offset(self, partition: int, field: str = "offset") -> int:
-        """The offset of the last message applied on ``partition`` of ``hospital.adt`` (-1 for
-        none); with ``field="merge_offset"``, of ``hospital.adt-merges``."""
+        """The offset of the last message taken on ``partition`` of ``hospital.adt``: applied, or
+        set aside while a merge is in flight (-1 for none); with ``field="merge_offset"``, of
+        ``hospital.adt-merges``."""
         self._resume(partition)
-        return int((self.partitions.get(partition_key(partition)) or {}).get(field, -1))
+        return taken_offset(self.partitions.get(partition_key(partition)), field)
+
+    def read_backs(self) -> list[tuple[int, range]]:
+        """The ``hospital.adt`` messages set aside while a merge was in flight, as ``(partition,
+        offsets)``, once the merges that landed in the last step let them through: the caller
+        reads them back from Kafka and hands each to :meth:`process` now, in order."""
+        out, self._read_backs = self._read_backs, []
+        return out
 
     def _state(self, patient_id: str) -> patient.PatientState | None:
         d = self.patients.get(patient_id)
@@ -318,6 +349,15 @@ class AdtFlow:
         if offset <= self.applied_offset(partition):
             log.info("skip already applied message partition=%s offset=%s", partition, offset)
             return []
+        entry = self.partitions.get(pkey) or {}
+        if entry.get("waiting_for"):  # a merge started here is in flight
+            self._mark(pkey, waiting_through=offset)  # read back and applied when it lands
+            waiting = offset - int(entry.get("offset", -1))
+            if waiting % LONG_WAIT == 0:
+                log.warning("partition %s: %d messages wait for the merge that started at offset %s "
+                            "(its hops on hospital.adt-merges have not come back)",
+                            partition, waiting, entry.get("offset"))
+            return []
         watermark = self._watermark(partition)
         out: list[Output] = []
         try:
@@ -326,20 +366,14 @@ class AdtFlow:
             out.append(self._dead_letter(raw, key, _contract_reason(exc), partition, offset, watermark))
             self._done(pkey, watermark, offset)
             return out
-        state = self._state(event.patient_id)
-        if state is not None and state.merging:  # its merge is in flight: applied when it lands
-            watermark = self._advance(partition, watermark, event, self.brain(partition), out)
-            self._save(merges.park(self._state(event.patient_id), offset, key, raw or b""))
-        else:
-            watermark = self._apply(event, raw, key, partition, offset, watermark, out)
+        watermark = self._apply(event, raw, key, partition, offset, watermark, out)
         self._done(pkey, watermark, offset)
         return out
 
     def _apply(self, event: AnyAdtEvent, raw: bytes | None, key: bytes | None, partition: int, offset: int,
-               watermark: datetime | None, out: list[Output], learn: bool = True) -> datetime | None:
+               watermark: datetime | None, out: list[Output]) -> datetime | None:
         """Steps 1 (the patient's checks) to 6 for a decoded event; the partition's watermark
-        after it. ``learn``: whether its labels teach the model (not when applied late, after a
-        merge landed: stream/domain/merges.py)."""
+        after it."""
         state = self._state(event.patient_id)
         reason = patient.check(state, event, watermark)
         if reason is not None:
@@ -359,7 +393,7 @@ class AdtFlow:
             state, outcomes = patient.apply_admission(state, event)
             self._save(state)
             self.kpi_tally.add(kpis.for_admission(event))
-            learned |= self._labels(outcomes, brain, out, learn)
+            learned |= self._labels(outcomes, brain, out)
         elif isinstance(event, (TransferEvent, UpdateEvent)):
             assert state is not None and state.open is not None  # check() guarantees it
             before = state.open
@@ -373,12 +407,13 @@ class AdtFlow:
             self._save(patient.apply_registration(state, event))  # no bed: no KPI, no score
         elif isinstance(event, MergeEvent):  # step 1 of stream/domain/merges.py
             self._save(merges.start(state, event))
+            self._mark(partition_key(partition), waiting_for=str(event.event_id))
             out.append(_merge_record(event.prior_patient_id, {
                 "step": "retire", "merge_id": str(event.event_id), "prior": event.prior_patient_id,
                 "survivor": event.patient_id}))
         elif isinstance(event, CancellationEvent):
             assert state is not None  # check() guarantees it
-            learned |= self._cancel(partition, state, event, watermark, brain, out, learn)
+            learned |= self._cancel(partition, state, event, watermark, brain, out)
         else:
             assert state is not None and state.open is not None and isinstance(event, DischargeEvent)
             # the discharge's own department and attending are the latest word: a stay known to
@@ -389,7 +424,7 @@ class AdtFlow:
             # a discharge older than the watermark by 30+ days (another patient's events ran
             # ahead on this partition) is already past due: label it now, not never
             state, late = patient.expire(state, watermark)
-            learned |= self._labels(late, brain, out, learn)
+            learned |= self._labels(late, brain, out)
             self._save(state)
 
         if learned:
@@ -433,6 +468,7 @@ class AdtFlow:
                 out.append(_merge_record(state.merged_into, {**rec, "survivor": state.merged_into}))
             elif state is None or rec["merge_id"] not in state.absorbed:
                 self._absorb(partition, state, rec, out)
+            self._landed(partition, rec["merge_id"])
         else:  # only the flow writes this topic: a record it cannot read is a bug, kept in the DLQ
             out.append(self._dead_letter(raw, None, "merge record without a known step", partition, offset,
                                          self._watermark(partition), self.merges_topic))
@@ -441,24 +477,34 @@ class AdtFlow:
 
     def _absorb(self, partition: int, state: patient.PatientState | None, rec: dict[str, Any],
                 out: list[Output]) -> None:
-        """Step 3 of a merge: the prior's history in, then the survivor's messages parked while
-        the merge was in flight, then what fell due meanwhile. Labels from here on are sent and
-        counted but not learned (when this runs depends on timing: stream/domain/merges.py)."""
+        """Step 3 of a merge: the prior's history in, then what of it is past due at the
+        partition's watermark expires. These labels are sent and counted but not learned (they
+        depend on the prior's state as the retire found it: stream/domain/merges.py)."""
         brain, survivor = self.brain(partition), rec["survivor"]
         state, outcomes, moved = merges.absorb(state, survivor, rec["state"], rec["merge_id"])
         for pending in moved:
             self._file_due(partition, pending, survivor)
-        state, parked = merges.land(state, rec["merge_id"])
-        self._save(state)
         self._labels(outcomes, brain, out, learn=False)
         watermark = self._watermark(partition)
-        for offset, key, raw in parked:
-            self._apply(applied_as(parse_adt(raw)), raw, key, partition, offset, watermark, out, learn=False)
-        state = self._state(survivor)
-        if watermark is not None and state is not None and not state.merging:
+        if watermark is not None:
             state, late = patient.expire(state, watermark)
-            self._save(state)
             self._labels(late, brain, out, learn=False)
+        self._save(state)
+
+    def _landed(self, partition: int, merge_id: str) -> None:
+        """The absorb of ``merge_id`` reached its survivor's partition: if the merge started
+        here, the messages set aside meanwhile are due to be read back (:meth:`read_backs`)."""
+        pkey = partition_key(partition)
+        entry = self.partitions.get(pkey) or {}
+        if entry.get("waiting_for") != merge_id:
+            return
+        through = entry.get("waiting_through")
+        self._mark(pkey, waiting_for=None, waiting_through=None)
+        if through is not None:
+            offsets = range(int(entry.get("offset", -1)) + 1, int(through) + 1)
+            log.info("partition %s: merge landed; the %d messages set aside meanwhile are applied now",
+                     partition, len(offsets))
+            self._read_backs.append((partition, offsets))
 
     # ------------------------------------------------------------------ steps
 
@@ -470,10 +516,11 @@ class AdtFlow:
         self._mark(pkey, watermark=None if watermark is None else watermark.isoformat(), offset=offset)
 
     def _mark(self, pkey: str, **fields: Any) -> None:
-        """Set ``fields`` of the partition's entry; the others stay (the journal, ``redo``, is
-        that of the last batch that wrote keys until the commit has a newer one; each topic's
-        offset moves only with its own messages)."""
-        self.partitions[pkey] = {**(self.partitions.get(pkey) or {}), **fields}
+        """Set ``fields`` of the partition's entry (None: remove it); the others stay (the
+        journal, ``redo``, is that of the last batch that wrote keys until the commit has a
+        newer one; each topic's offset moves only with its own messages)."""
+        entry = {**(self.partitions.get(pkey) or {}), **fields}
+        self.partitions[pkey] = {k: v for k, v in entry.items() if v is not None}
 
     def _expire(self, partition: int, old: datetime | None, new: datetime, brain: Brain,
                 out: list[Output]) -> bool:
@@ -500,7 +547,7 @@ class AdtFlow:
         learned = False
         for _, pid in past:
             state = self._state(pid)
-            if state is None or state.merging:  # a merge in flight: expired once it lands
+            if state is None:
                 continue
             state, outcomes = patient.expire(state, new)
             if outcomes:
@@ -598,7 +645,7 @@ class AdtFlow:
                 self._due_floor[(partition, day)] = min(floor, entry[0])
 
     def _cancel(self, partition: int, state: patient.PatientState, ev: CancellationEvent,
-                watermark: datetime, brain: Brain, out: list[Output], learn: bool = True) -> bool:
+                watermark: datetime, brain: Brain, out: list[Output]) -> bool:
         """Withdraw what the cancelled event produced (stream/domain/withdrawals.py): its
         messages again marked withdrawn, its KPI contributions reverted (the day partials it
         touched are sent again, absolute), labels known again, discharges pending again."""
@@ -615,7 +662,7 @@ class AdtFlow:
             self._forget(partition, w.discharge, brain)
         for pending in w.pending:
             self._file_due(partition, pending, state.patient_id)
-        return self._labels(w.labels, brain, out, learn)
+        return self._labels(w.labels, brain, out)
 
     def _forget(self, partition: int, closed: dict[str, Any], brain: Brain) -> None:
         """A withdrawn discharge leaves the facility's alert-budget window (later thresholds

@@ -19,7 +19,7 @@ and the worker's logs know them by does not depend on the module layout.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
@@ -34,7 +34,7 @@ from stream.faust_app import JSON, create_app, rocksdb_options
 from stream.faust_batch import JournalSends, ack, as_event, stopping
 from stream.kpi_agent import KpiAgent
 from stream.output_lanes import OutputLanes
-from stream.partition_watch import PartitionWatch
+from stream.partition_watch import PartitionWatch, written_offset
 from stream.staged import Staged
 from wardstream.config import Settings
 from wardstream.kafka_io import key_partition
@@ -77,7 +77,11 @@ class Pipeline:
         self.monitor = health_monitor.HealthMonitor(self.health_state)
         self.kpis = KpiAgent(app, s, days=self.kpi_days, partials_topic=self.kpi_partials_topic,
                              kpis_topic=self.topics.kpis, outputs=self.outputs)
-        self.watch = PartitionWatch(app, s, self.adt_topic, self.partition_state)
+        self.watch = PartitionWatch(app, s, self.adt_topic, done={
+            self.topics.adt: written_offset(self.partition_state),
+            self.topics.adt_merges: written_offset(self.partition_state, "merge_offset"),
+            self.topics.kpi_partials: self.kpis.flushed_offset,
+            self.topics.reference: self.kpis.reference_offset})
         self._register()
 
     def _topics_and_tables(self) -> None:
@@ -171,9 +175,10 @@ class Pipeline:
         message with lost outputs, and re-processing a message sends the same outputs again
         (their consumers upsert copies; partials replace).
         """
-        flow = self.flow
-        await self._apply(stream, flow.applied_offset, lambda item: flow.process(
-            item.value, item.partition, item.offset, key=item.key, commit=False))
+        await self._apply(stream, self.flow.applied_offset, self._adt_step)
+
+    def _adt_step(self, item: Item) -> list[adt_flow.Output]:
+        return self.flow.process(item.value, item.partition, item.offset, key=item.key, commit=False)
 
     async def process_merges(self, stream: faust.StreamT) -> None:
         """hospital.adt-merges -> the later steps of patient merges (stream/domain/merges.py),
@@ -188,18 +193,38 @@ class Pipeline:
         n = self.settings.adt_partitions
         async for events in stream.noack_take(self.tuning.adt_batch, within=self.tuning.adt_batch_within):
             async with self._flow_lock:
-                if not await self._apply_batch(events, applied, process, n):
+                contexts = await self._apply_batch(lambda: self.watch.in_line(events, applied), process, n)
+                if contexts is None or not await self._apply_set_aside(contexts, n):
                     return
             await ack(stream, events)
 
-    async def _apply_batch(self, events: list[EventT], applied: Callable[[int], int],
-                           process: Callable[[Item], list[adt_flow.Output]], n: int) -> bool:
-        """One batch of :meth:`_apply` (the protocol: :meth:`process_adt`); False: stopping."""
+    async def _apply_set_aside(self, contexts: dict[int, EventT], n: int) -> bool:
+        """The ADT messages set aside while a merge was in flight, once the batch that landed it
+        is committed (``AdtFlow.read_backs``): read back from Kafka and applied in order, in
+        batches of at most an ADT batch's share of one partition (a batch's journal is one
+        Kafka record per partition, at most 1 MB). A stop or crash in between loses nothing:
+        the ADT agent reads back from Kafka what its state has not applied (continuity.py).
+        False: stopping."""
+        step = max(1, self.tuning.adt_batch // n)
+        for partition, offsets in self.flow.read_backs():
+            for start in range(offsets.start, offsets.stop, step):
+                chunk = range(start, min(start + step, offsets.stop))
+                read = partial(self.watch.read_back, partition, chunk, contexts[partition])
+                if await self._apply_batch(read, self._adt_step, n) is None:
+                    return False
+        return True
+
+    async def _apply_batch(self, take: Callable[[], Awaitable[list[Item]]],
+                           process: Callable[[Item], list[adt_flow.Output]], n: int
+                           ) -> dict[int, EventT] | None:
+        """One batch of :meth:`_apply` (the protocol: :meth:`process_adt`): the messages
+        ``take`` gives, each through ``process``. Returns the event each partition's writes
+        were filed under; None: stopping."""
         flow = self.flow
         last: dict[int, EventT] = {}
         try:
             batch = self.outputs.batch()
-            taken = await self.watch.in_line(events, applied)
+            taken = await take()
 
             async def send(outputs: list[adt_flow.Output]) -> None:
                 for out in outputs:
@@ -219,7 +244,7 @@ class Pipeline:
         except BaseException as exc:  # stopped or failed before the outputs were in: state as before
             flow.rollback()
             if stopping(self.app, exc):
-                return False
+                return None
             raise
         scope = lambda partition: as_event(last[partition])  # noqa: E731
         flow.commit_journal(scope)  # the batch is decided: a restart re-applies its journal
@@ -228,13 +253,13 @@ class Pipeline:
         except BaseException as exc:
             flow.rollback()
             if stopping(self.app, exc):
-                return False
+                return None
             raise
         finally:
             self.journal.clear()
         flow.commit_state(scope)
         self.watch.moved(taken)
-        return True
+        return last
 
     async def monitor_health(self, stream: faust.StreamT) -> None:
         """hospital.health-partials -> hospital.model-health (stream/health_monitor.py): a batch's

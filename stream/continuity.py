@@ -220,6 +220,11 @@ class CommittedLine:
         for item in taken:
             self._next[item.partition] = max(self._next.get(item.partition, 0), item.offset + 1)
 
+    def last_moved(self, partition: int) -> int:
+        """The last offset of ``partition`` applied since the last assignment, or before it
+        (its commit - 1); -1: none known."""
+        return self._next.get(partition, 0) - 1
+
     def _starts(self, topic: str, partitions: list[int]) -> dict[int, int]:
         """Where each partition continues: the group's commit, or the log's start. A consumer
         of the group (never joining it) made for the look-up and closed after it: one kept

@@ -29,8 +29,10 @@ partition to its committed offset (``perform_seek`` -> ``seek_to_committed``), t
    that moment), then commits that partition only past the recorded offset. Messages the
    agents read back from Kafka themselves (:mod:`stream.continuity`) do not pass through Faust
    either. And in one run Faust's commits crawled, a dozen offsets per 30 s, behind a state
-   already at the end. :class:`CommitWatch` compares the broker's committed offsets with the
-   state and commits a partition at its state's offset when it is behind at two looks in a row.
+   already at the end. :class:`CommitWatch` compares the broker's committed offsets with each
+   input's progress (the ADT flow's state; the KPI combiner's last acknowledged flush; the
+   reference loader's last record) and commits a partition at it when it is behind at two
+   looks in a row.
 
 One for latency: Faust builds the worker's aiokafka consumer with ``fetch_max_wait_ms=1500``
 fixed. aiokafka keeps one fetch in flight per broker, and leaves out of it every partition that
@@ -83,13 +85,13 @@ FAR_BEHIND = 100  # offsets; a commit this far behind the state is logged at INF
 
 
 class CommitWatch:
-    """Commits a partition itself when Faust's commit stays behind the agent's state (3.).
+    """Commits a partition itself when Faust's commit stays behind the agent's progress (3.).
 
-    A timer calls :meth:`check` with the last offset each partition's written state holds. A
-    partition whose committed offset was below that at two looks in a row is committed at the
-    state's offset + 1 (in the two-worker drill Faust's own commits crawled, a dozen offsets
-    per 30 s, behind a state at the end of the log). Every offset it commits is applied by
-    construction, so a look that comes while Faust is merely behind costs a commit request,
+    A timer calls :meth:`check` with the last offset of each partition whose work is in Kafka
+    (for the ADT flow, its written state). A partition whose committed offset was below that at
+    two looks in a row is committed at that offset + 1 (in the two-worker drill Faust's own
+    commits crawled, a dozen offsets per 30 s, behind a state at the end of the log). Every
+    offset it commits is done by construction, so a look that comes while Faust is merely behind costs a commit request,
     nothing else. Not under exactly_once (commits go through transactions).
 
     >>> w = CommitWatch(); tp = TP("t", 0)
@@ -100,7 +102,7 @@ class CommitWatch:
     """
 
     def __init__(self) -> None:
-        self._behind: set[TP] = set()  # partitions behind their state at the previous look
+        self._behind: set[TP] = set()  # partitions behind their progress at the previous look
 
     def forget(self) -> None:
         """After a rebalance: the partitions may have moved."""
@@ -108,7 +110,7 @@ class CommitWatch:
 
     def due(self, committed: Mapping[TP, int | None], applied: Mapping[TP, int]) -> dict[TP, int]:
         """The offsets to commit now, given the committed offsets (next offset to read) and the
-        states' last applied offsets."""
+        last offsets done."""
         behind = {tp for tp, offset in applied.items()
                   if offset >= 0 and (committed.get(tp) is None or committed[tp] <= offset)}
         out = {tp: applied[tp] + 1 for tp in behind & self._behind}
@@ -127,12 +129,12 @@ class CommitWatch:
             return
         far = max((o - (committed.get(tp) or 0) for tp, o in due.items()), default=0) >= FAR_BEHIND
         log.log(logging.INFO if far else logging.DEBUG,  # a backlog keeps Faust a little behind
-                "commits behind the state, committing (committed, state offset + 1): %s",
+                "commits behind the agents' progress, committing (committed, last done + 1): %s",
                 {f"{tp.topic}[{tp.partition}]": (committed.get(tp), offset) for tp, offset in due.items()})
         if await consumer._commit(due):
             consumer._committed_offset.update(due)
         else:
-            log.warning("the broker refused the commit of %d partitions behind the state "
+            log.warning("the broker refused the commit of %d partitions behind their progress "
                         "(the group rebalanced since); trying again at the next look", len(due))
 
 

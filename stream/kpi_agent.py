@@ -63,6 +63,7 @@ class KpiAgent:
         # once a flush that covers them is acknowledged by Kafka
         self._stream: faust.StreamT | None = None
         self._unacked: list[EventT] = []
+        self._flushed: dict[int, int] = {}  # partition -> the last record a flush acknowledged
         self._assignments = 0  # rebalances so far: a flush begun before one acknowledges nothing
         self._next_flush = 0.0
         self._flush_lock = asyncio.Lock()  # one flush at a time: each acknowledges what it covered
@@ -183,8 +184,23 @@ class KpiAgent:
                 return
             if self._stream is not None and assignments == self._assignments:
                 await ack(self._stream, covered)  # (after a rebalance they come again)
+                for event in covered:
+                    partition = event.message.partition
+                    self._flushed[partition] = max(self._flushed.get(partition, -1), event.message.offset)
             elif covered:
                 log.info("KPI flush of %d partials done across a rebalance: not acknowledged", len(covered))
+
+    def flushed_offset(self, partition: int) -> int:
+        """The last hospital.kpi-partials offset of ``partition`` whose windows are out (-1: none
+        since the last assignment). The commit watch (stream/partition_watch.py) commits the
+        group up to it where Faust's commit stays behind: Faust never commits past records the
+        agent read back itself (:class:`stream.continuity.CommittedLine`)."""
+        return self._flushed.get(partition, -1)
+
+    def reference_offset(self, partition: int) -> int:
+        """The last hospital.reference offset of ``partition`` whose capacity record is in Kafka
+        (-1: none known); the commit watch commits the group up to it, as for the partials."""
+        return self._reference_line.last_moved(partition)
 
     def on_assigned(self) -> None:
         """After a rebalance: the table is the truth (in-memory buckets dropped), and the records
@@ -195,6 +211,7 @@ class KpiAgent:
         if self._unacked:
             log.info("rebalance: %d partials taken but not flushed are delivered again", len(self._unacked))
         self._unacked.clear()
+        self._flushed.clear()
         self._assignments += 1
 
     def close(self) -> None:

@@ -1,16 +1,17 @@
-"""Keep the ADT agent's input in line with its state where Faust does not (Faust workarounds).
+"""Keep the agents' input in line with their progress where Faust does not (Faust workarounds).
 
-The ADT flow's state (``partition_state``: the last applied offset per partition) is its one
-offset truth. Around rebalances, and after Faust restarts a crashed agent in-process,
-faust-streaming 0.15.3 can skip messages, leave the group's commits behind the state, or stop
-delivering a partition (:mod:`stream.continuity`, :mod:`stream.faust_patches`). So:
+The ADT flow's state (``partition_state``: the last applied offset per partition of hospital.adt
+and of hospital.adt-merges) is its one offset truth; the KPI combiner's is the last record a
+flush acknowledged. Around rebalances, and after Faust restarts a crashed agent in-process,
+faust-streaming 0.15.3 can skip messages, leave the group's commits behind that progress, or
+stop delivering a partition (:mod:`stream.continuity`, :mod:`stream.faust_patches`). So:
 
 * :meth:`PartitionWatch.in_line` reads the messages Faust skipped back from Kafka, ahead of the
   batch's later ones;
-* the timer ``watch_partitions`` (every 5 s) commits a partition at its state's offset when the
+* the timer ``watch_partitions`` (every 5 s) commits a partition at its progress when the
   group's commit was behind it at two looks in a row (``faust_patches.CommitWatch``), and seeks
-  a partition to its state's next offset when the log has messages past the state and the agent
-  took none for ``WARDSTREAM_STALL_SECONDS`` (``continuity.StallWatch``).
+  an ADT partition to its state's next offset when the log has messages past the state and the
+  agent took none for ``WARDSTREAM_STALL_SECONDS`` (``continuity.StallWatch``).
 """
 
 from __future__ import annotations
@@ -37,16 +38,25 @@ WATCH_TIMEOUT_S = 15.0  # a watch step that takes longer is cut short and logged
 REBALANCE_PATIENCE_S = 60.0
 
 
+def written_offset(states: Mapping[str, Any], field: str = "offset") -> Callable[[int], int]:
+    """A partition's last offset taken as the ``partition_state`` table holds it (-1: none);
+    ``field``: ``"offset"`` for hospital.adt (applied, or set aside while a merge is in flight:
+    ``AdtFlow.applied_offset``), ``"merge_offset"`` for hospital.adt-merges."""
+    return lambda partition: adt_flow.taken_offset(states.get(adt_flow.partition_key(partition)), field)
+
+
 class PartitionWatch:
-    """The read-back, the commit watch and the stall watch of the ADT topic's partitions."""
+    """The ADT topic's read-back and stall watch, and the commit watch of the agents' inputs."""
 
     def __init__(self, app: faust.App, s: Settings, topic: faust.TopicT,
-                 states: Mapping[str, Any]) -> None:
-        """``states``: the ``partition_state`` table (its written state, read by the watches)."""
+                 done: Mapping[str, Callable[[int], int]]) -> None:
+        """``done``: per input topic, a partition's last offset whose work is in Kafka (the ADT
+        flow's written state, the KPI combiner's last acknowledged flush); ``topic`` (ADT) is
+        one of them, the one the stall watch seeks."""
         self.app = app
         self.settings = s
         self.topic = topic
-        self.states = states
+        self._done = done
         self._refetch = Refetch(s)
         self._commits = faust_patches.CommitWatch()
         self._stalls = StallWatch(after_s=s.stream.stall_seconds)
@@ -59,6 +69,12 @@ class PartitionWatch:
         ``applied`` reads the state (committed, or staged by this batch's earlier events)."""
         return await in_line(self._refetch, events, applied)
 
+    async def read_back(self, partition: int, offsets: range, context: EventT) -> list[Item]:
+        """The ADT messages ``offsets`` of ``partition`` from Kafka (those set aside while a
+        merge was in flight: ``AdtFlow.read_backs``), to apply under ``context``."""
+        records = await self._refetch.read(self.topic.get_topic_name(), partition, offsets)
+        return [Item(context, partition, r.offset, r.key, r.value) for r in records]
+
     def moved(self, taken: list[Item]) -> None:
         """After a batch's state is written: its partitions moved (for the stall watch)."""
         now = time.monotonic()
@@ -66,20 +82,22 @@ class PartitionWatch:
             self._stalls.took(item.context.message.tp, now)
 
     async def watch_partitions(self) -> None:
-        """Commit partitions whose Faust commit stays behind their state (faust_patches, 3.); seek
-        partitions that have data past their state but get nothing (stream/continuity.py)."""
+        """Commit partitions whose Faust commit stays behind their progress (faust_patches, 3.);
+        seek ADT partitions that have data past their state but get nothing (stream/continuity.py)."""
         consumer = self.app.consumer
-        tps = [tp for tp in consumer.assignment() if tp.topic == self.topic.get_topic_name()]
+        tps = [tp for tp in consumer.assignment() if tp.topic in self._done]
         if not tps or self._rebalancing():
             return
-        applied = {tp: self._state_offset(tp) for tp in tps}
+        done = {tp: self._done[tp.topic](tp.partition) for tp in tps}
+        adt = self.topic.get_topic_name()
         try:
             committed = await asyncio.wait_for(asyncio.to_thread(self._broker_commits, tps), WATCH_TIMEOUT_S)
-            await asyncio.wait_for(self._commits.check(consumer, applied, committed), WATCH_TIMEOUT_S)
-            await asyncio.wait_for(self._unstall(applied), WATCH_TIMEOUT_S)
+            await asyncio.wait_for(self._commits.check(consumer, done, committed), WATCH_TIMEOUT_S)
+            await asyncio.wait_for(self._unstall({tp: o for tp, o in done.items() if tp.topic == adt}),
+                                   WATCH_TIMEOUT_S)
         except (KafkaError, asyncio.TimeoutError) as exc:  # look again at the next tick
-            log.warning("partition watch cut short: %r (state offsets %s)", exc,
-                        {f"{tp.topic}[{tp.partition}]": offset for tp, offset in applied.items()})
+            log.warning("partition watch cut short: %r (offsets done %s)", exc,
+                        {f"{tp.topic}[{tp.partition}]": offset for tp, offset in done.items()})
 
     def forget(self) -> None:
         """After a rebalance: the partitions may have moved."""
@@ -113,11 +131,6 @@ class PartitionWatch:
         by = {(tp.topic, tp.partition): offset
               for tp, offset in group_offsets(self._admin, self.app.conf.id).items()}
         return {tp: by.get((tp.topic, tp.partition)) for tp in tps}
-
-    def _state_offset(self, tp: Any) -> int:
-        """The last offset the ADT flow's written state holds for ``tp`` (-1: none)."""
-        entry = self.states.get(adt_flow.partition_key(tp.partition))
-        return int((entry or {"offset": -1})["offset"])
 
     async def _unstall(self, applied: dict[Any, int]) -> None:
         consumer = self.app.consumer

@@ -341,12 +341,28 @@ def applied_offsets(namespace: str) -> dict[int, int]:
     return applied
 
 
+def stuck_commits(namespace: str, committed: dict) -> dict[str, str]:
+    """The worker's inputs whose group commit is behind: ``committed/end`` per ADT and merges
+    partition, ``committed/last record`` per KPI partials partition."""
+    from stream.runner import end_offsets, last_data_offsets
+
+    topics = Topics(namespace)
+    behind = {f"{tp.topic}[{tp.partition}]": f"{committed.get(tp, 0)}/{end}"
+              for tp, end in end_offsets([topics.adt, topics.adt_merges]).items()
+              if committed.get(tp, 0) < end}
+    behind.update({f"{tp.topic}[{tp.partition}]": f"{committed.get(tp, 0)}/{last}"
+                   for tp, last in last_data_offsets(topics.kpi_partials).items()
+                   if committed.get(tp, 0) <= last})
+    return behind
+
+
 def settle(worker, timeout: float = 420, stall_after: float = 30) -> str | None:
     """Wait until the worker caught up (returns None), or detect stuck commits (returns a description).
 
     Stuck = the worker's own state says every ADT message is applied and the outputs stopped
-    moving, yet its consumer group has not committed the ADT offsets: the outputs can then be
-    complete, which the drill checks, while the stall is reported as a failure of its own.
+    moving, yet its consumer group has not committed all its input (ADT, merges, KPI partials):
+    the outputs can then be complete, which the drill checks, while the stall is reported as a
+    failure of its own.
     """
     import time
 
@@ -375,10 +391,7 @@ def settle(worker, timeout: float = 420, stall_after: float = 30) -> str | None:
             ends = {tp.partition: end for tp, end in end_offsets([topics.adt]).items()}
             applied = applied_offsets(worker.namespace)
             if all(applied.get(part, -1) >= end - 1 for part, end in ends.items()):
-                committed = dict(snap[1])
-                lag = {f"adt[{tp.partition}]": f"{committed.get(tp, 0)}/{end}"
-                       for tp, end in end_offsets([topics.adt]).items() if committed.get(tp, 0) < end}
                 return (f"every ADT message applied (state) and outputs idle for {stall_after:.0f}s, "
-                        f"but commits stuck at committed/end {lag}")
+                        f"but commits stuck: {stuck_commits(worker.namespace, dict(snap[1]))}")
         time.sleep(1)
     raise TimeoutError(f"worker neither caught up nor stuck after {timeout}s: {worker.progress()}")

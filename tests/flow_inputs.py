@@ -45,8 +45,9 @@ def run_flow(events: Iterable[dict[str, Any]], providers: Iterable[Any] = (), n:
     """Each event (a contract dict) through one flow on ``n`` partitions, by patient, a batch per
     event, its KPI partials into a combiner that knows the providers' capacities. The hops of a
     merge (``hospital.adt-merges``) are applied ``hop_delay`` events after the one that sent
-    them (0: right after it; the rest at the end), their outputs counted as that event's.
-    Returns the applied events (each with its ``_partition``, in the order applied), each
+    them (0: right after it; the rest at the end), their outputs counted as that event's; the
+    messages a partition set aside meanwhile are then read back from its log, as the worker
+    reads them back from Kafka. Returns the applied events (each with its ``_partition``, in the order applied), each
     event's outputs, and the flushed windows."""
     flow = flow or AdtFlow(source_topic="hospital.adt", **flow_tables())
     combiner = KpiCombiner(days={})
@@ -60,6 +61,7 @@ def run_flow(events: Iterable[dict[str, Any]], providers: Iterable[Any] = (), n:
         flow.commit()
 
     sent: dict[str, dict[str, Any]] = {}  # the events by id: what an accepted message is
+    logs: list[list[tuple[bytes, bytes]]] = [[] for _ in range(n)]  # hospital.adt: (value, key) by offset
     hops: list[tuple[int, Output]] = []  # (due at event index, record)
 
     def take(got: list[Output], now: int) -> list[Output]:
@@ -76,13 +78,19 @@ def run_flow(events: Iterable[dict[str, Any]], providers: Iterable[Any] = (), n:
     for i, ev in enumerate(events):
         p = key_partition(ev["patient_id"], n)
         sent[ev["event_id"]] = ev
-        got = take(flow.process(orjson.dumps(ev), p, offsets[p], key=ev["patient_id"].encode(), commit=False), i)
+        raw, key = orjson.dumps(ev), ev["patient_id"].encode()
+        logs[p].append((raw, key))
+        got = take(flow.process(raw, p, offsets[p], key=key, commit=False), i)
         commit()
         offsets[p] += 1
         while hops and (hops[0][0] <= i or i == len(events) - 1):
             _, hop = hops.pop(0)
             mp = key_partition(hop.route, n)
             got += take(flow.process_merge(hop.value, mp, merge_offsets[mp], commit=False), i)
+            for partition, back in flow.read_backs():  # what the worker reads back from Kafka
+                for offset in back:
+                    raw, key = logs[partition][offset]
+                    got += take(flow.process(raw, partition, offset, key=key, commit=False), i)
             commit()
             merge_offsets[mp] += 1
         outputs.append(got)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -34,7 +35,8 @@ from faults import (
     wait_until,
     worker_env,
 )
-from stream.runner import StreamWorker
+from contracts.events import Topics
+from stream.runner import StreamWorker, committed_offsets, end_offsets, group_id
 from wardstream.stack.kafka import LocalKafka
 from wardstream.stack.postgres import LocalPostgres
 
@@ -95,6 +97,35 @@ def test_worker_sigkill_mid_stream_then_restart(base, tmp_path, guarantee, local
           f"messages {run.outputs.messages} "
           f"(baseline {base.outputs.messages}); stall: {stall}")
     _assert_same(base, run, stall)
+
+
+# the worker's inputs whose partitions the commit watch keeps committed (stream/partition_watch.py)
+WATCHED_INPUTS = ["adt", "kpi_partials", "reference"]
+
+
+@pytest.mark.parametrize("lost", WATCHED_INPUTS)
+def test_the_group_commits_an_input_whose_faust_commits_never_reach_the_broker(base, tmp_path, lost) -> None:
+    """Faust records a commit as done even when its client's commit failed or left the partition
+    out (stream/faust_patches.py, 3.), and then commits that partition only past it: the group
+    can stay behind at the end of the input. Here none of Faust's commits of one input reach the
+    broker (tests/inject/sitecustomize.py): the worker's commit watch must commit it at the
+    agent's progress, and the outputs must equal the baseline's."""
+    ns = new_namespace("lost")
+    replay_copy(base.namespace, ns)
+    topic = getattr(Topics(ns), lost)
+    env = worker_env(ns, tmp_path / "state", WARDSTREAM_TEST_LOSE_FAUST_COMMITS=topic,
+                     PYTHONPATH=str(Path(__file__).parent / "inject"))
+    started = time.monotonic()
+
+    def committed_at_end() -> bool:
+        committed = committed_offsets(group_id(ns))
+        return all(committed.get(tp, 0) >= end for tp, end in end_offsets([topic]).items())
+
+    with StreamWorker(env=env, log_path=tmp_path / "worker.log") as worker:
+        worker.wait_caught_up(timeout=300)
+        wait_until(committed_at_end, 60, f"the group committed at the end of {topic}")
+    assert "fault injection: Faust's commits" in (tmp_path / "worker.log").read_text(errors="replace")
+    _assert_same(base, finish_run(ns, time.monotonic() - started, base.adt_messages))
 
 
 @pytest.mark.parametrize("guarantee", GUARANTEES)

@@ -2,7 +2,8 @@
 hops travel ``hospital.adt-merges`` between the partitions of the two MRNs, the labels are the
 independent oracle's, nothing is lost or dead-lettered but the merged MRN's later event, and the
 sink points the prior's rows at the survivor, with ``kpi_daily`` equal to the stream's 1d
-windows."""
+windows; and over a simulated HL7 feed the worker, whose hops take real time, sends what the
+in-process flow sends with hops that take none."""
 
 from __future__ import annotations
 
@@ -11,9 +12,15 @@ from datetime import datetime, timezone
 import orjson
 import pytest
 
-from contracts.events import Topics
+from contracts.events import Topics, dump
+from flow_inputs import run_flow
+from producers.hl7_feed import hl7_messages
+from producers.mllp.mapping import MapContext, map_adt
+from producers.mllp.message import parse, read_header
+from producers.simulator import SimConfig, Simulation
+from stream.adt_flow import ALERTS, DLQ, LABELS, SCORES
 from stream_oracle import Oracle, last_by_key, read_all
-from test_sink_cancellations_e2e import KPI_DAILY_VS_STREAM, _close, _pipeline, _read
+from test_sink_cancellations_e2e import KPI_DAILY_VS_STREAM, _close, _pipeline, _read, stream_events
 from test_sink_support import sink_db  # noqa: F401  (fixture)
 from test_stream_merges import LATE_PRIOR, merge_feed
 
@@ -66,3 +73,36 @@ def test_merges_through_the_stream_and_the_sink(kafka_ns, sink_db, tmp_path) -> 
     assert got["readmitted"] == [("E1",), ("E6",)]
     compared = got["kpi_daily vs stream"]
     assert len(compared) > 50 and [r for r in compared if not _close(r[-2], r[-1])] == []
+
+
+def test_a_simulated_hl7_feed_gives_the_outputs_of_hops_that_take_no_time(kafka_ns, tmp_path) -> None:
+    """A month of the simulated HL7 feed (A08s, cancellations, merges) from a backlog through a
+    worker: its merges' hops take two trips through Kafka while the ADT agent has batches to
+    take, so the survivors' partitions set messages aside and apply them when the merges land
+    (in batches of 10 here).
+    The in-process flow applies each hop at once. Every score, alert, label and dead letter
+    is the same: a partition's outputs do not depend on how long its merges took."""
+    ctx = MapContext()
+    events = [map_adt(parse(m.text), read_header(m.text), ctx)
+              for m in hl7_messages(Simulation(SimConfig(seed=42, days=30)))]
+    assert sum(e.event_type == "merge" for e in events) >= 3
+    # small batches: the messages set aside are applied in several (stream.app._apply_set_aside)
+    stream_events(events, kafka_ns, tmp_path / "state", WARDSTREAM_ADT_BATCH="40")
+    assert "messages set aside meanwhile are applied now" in (tmp_path / "state" / "worker.log").read_text()
+    topics = Topics(kafka_ns)
+    _, outputs, _ = run_flow([orjson.loads(dump(e)) for e in events])
+
+    def in_process(topic: str) -> dict[str, dict]:
+        return {o.key.decode() if isinstance(o.key, bytes) else o.key: orjson.loads(o.value)
+                for got in outputs for o in got if o.topic == topic}
+
+    def letters(values) -> list[tuple]:
+        return sorted((v["source_partition"], v["source_offset"], v["reason"]) for v in values)
+
+    assert len(in_process(SCORES)) > 1000 and in_process(ALERTS) and in_process(LABELS)
+    for topic, name in ((SCORES, topics.discharge_scores), (ALERTS, topics.alerts),
+                        (LABELS, topics.readmission_labels)):
+        want, got = in_process(topic), last_by_key(read_all(name))
+        assert got == want, (topic, [k for k in want.keys() | got.keys() if want.get(k) != got.get(k)][:5])
+    dead = [orjson.loads(m.value) for m in read_all(topics.dlq)]
+    assert letters(dead) == letters(orjson.loads(o.value) for got in outputs for o in got if o.topic == DLQ)

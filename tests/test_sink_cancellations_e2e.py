@@ -234,8 +234,9 @@ def _second_db() -> Iterator[str]:
         yield url
 
 
-def _pipeline(events: list, namespace: str, db_url: str, state_dir) -> None:
-    """The events on hospital.adt of ``namespace``, a stream worker until caught up, the sink."""
+def stream_events(events: list, namespace: str, state_dir, **env: str) -> None:
+    """The events on hospital.adt of ``namespace``, then a stream worker (``env`` added to its
+    environment) until caught up."""
     state_dir.mkdir(parents=True)
     with scoped_env(WARDSTREAM_NAMESPACE=namespace, WARDSTREAM_STATE_DIR=str(state_dir)):
         topics = Topics(namespace)
@@ -245,11 +246,15 @@ def _pipeline(events: list, namespace: str, db_url: str, state_dir) -> None:
             producer.send(topics.adt, key=ev.patient_id.encode(), value=dump(ev))
         producer.flush()
         producer.close()
-        with StreamWorker(env={"WARDSTREAM_ALERT_SHARE": "1.0", "WARDSTREAM_NAMESPACE": namespace},
-                          log_path=state_dir / "worker.log") as w:
+        with StreamWorker(env=env, log_path=state_dir / "worker.log") as w:
             w.wait_caught_up(timeout=600)
-        run_sink(until_idle=3, handle_signals=False, namespace=namespace,
-                 db_url=role_url(db_url, "wardstream_sink", settings().sink_password))
+
+
+def _pipeline(events: list, namespace: str, db_url: str, state_dir) -> None:
+    """The events through a stream worker (:func:`stream_events`), then the sink."""
+    stream_events(events, namespace, state_dir, WARDSTREAM_ALERT_SHARE="1.0")
+    run_sink(until_idle=3, handle_signals=False, namespace=namespace,
+             db_url=role_url(db_url, "wardstream_sink", settings().sink_password))
 
 
 def test_through_the_stream_the_cancelled_feed_gives_the_views_of_the_feed_without(

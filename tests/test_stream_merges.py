@@ -12,7 +12,7 @@ import pytest
 
 from contracts.events import DeadLetter, ReadmissionLabel, dump
 from flow_inputs import N, flow_tables, run_flow
-from stream.adt_flow import ACCEPTED, DLQ, LABELS, MERGES, SCORES, AdtFlow
+from stream.adt_flow import ACCEPTED, ALERTS, DLQ, LABELS, MERGES, SCORES, AdtFlow
 from stream.domain import merges, patient
 from stream.domain.examples import admission, discharge, merge, transfer
 from stream_oracle import Oracle, differing_windows
@@ -215,20 +215,26 @@ def test_a_moved_stay_cancelled_under_the_survivor_counts_nowhere() -> None:
 
 
 @pytest.mark.parametrize("delay", [3, 12])
-def test_while_a_merge_is_in_flight_the_survivor_s_messages_wait_and_nothing_changes(delay: int) -> None:
-    """The hops land ``delay`` events late (a backlog, a worker down): the survivor's messages of
-    meanwhile are parked and applied when the merge lands, so a discharge of the moved stay is
-    not dead-lettered, and labels, dead letters and KPI windows are those of hops landing at
-    once."""
+def test_while_a_merge_is_in_flight_its_partition_waits_and_nothing_changes(delay: int) -> None:
+    """The hops land ``delay`` events late (a backlog, a worker down): the survivor partition's
+    messages of meanwhile are set aside and applied in order when the merge lands, so every
+    partition applies its messages in the same order, and scores, alerts, labels, dead letters,
+    KPI windows and the models are those of hops landing at once."""
     feed = [orjson.loads(dump(e)) for e in merge_feed() if e.event_id != LATE_PRIOR.event_id]
-    at_once, out0, windows0 = run_flow(feed)
-    late, out, windows = run_flow(feed, hop_delay=delay)
+    flow0, flow = (AdtFlow(source_topic="hospital.adt", **flow_tables()) for _ in range(2))
+    at_once, out0, windows0 = run_flow(feed, flow=flow0)
+    late, out, windows = run_flow(feed, flow=flow, hop_delay=delay)
 
-    def letters(outputs: list[list]) -> list[str]:
-        return sorted(DeadLetter.model_validate_json(o.value).reason for got in outputs for o in got if o.topic == DLQ)
+    def sent(outputs: list[list], topic: str) -> list[tuple]:
+        return sorted((o.key, o.value) for got in outputs for o in got if o.topic == topic)
 
-    assert letters(out) == letters(out0) == []
-    assert sorted(e["event_id"] for e in late) == sorted(e["event_id"] for e in at_once)
+    def order(applied: list[dict]) -> list[tuple[int, str]]:
+        return sorted(((e["_partition"], i), e["event_id"]) for i, e in enumerate(applied))
+
     assert [e["event_id"] for e in late] != [e["event_id"] for e in at_once]  # some did wait
-    assert {k: v.model_dump() for k, v in _labels(out).items()} == {k: v.model_dump() for k, v in _labels(out0).items()}
+    assert [x[1] for x in order(late)] == [x[1] for x in order(at_once)]  # each partition's order
+    for topic in (SCORES, ALERTS, LABELS, DLQ):
+        assert sent(out, topic) == sent(out0, topic), topic
+    assert sent(out0, SCORES) and not sent(out0, DLQ)
     assert dict(windows) == dict(windows0)
+    assert [flow.brain(p).model.n_learned for p in range(N)] == [flow0.brain(p).model.n_learned for p in range(N)]

@@ -8,15 +8,15 @@ between them travelling ``hospital.adt-merges`` (keyed by patient_id, partitione
 ``hospital.adt``):
 
 1. the A40 on the survivor's partition (:func:`start`): recorded on the survivor like any
-   event, its merge now in flight; a *retire* record keyed by the prior goes out. Until the
-   merge lands, the survivor's later messages wait in its state (:func:`park`);
+   event; a *retire* record keyed by the prior goes out. Until the merge lands, the
+   partition's later messages, every patient's, are set aside unapplied and read back from
+   Kafka when it lands (``AdtFlow.read_backs``);
 2. :func:`retire` on the prior's partition: the prior's state is packed for the survivor and
    the prior is retired: its later events are dead-lettered ("patient merged into another
    (A40)"), and its pending discharges leave with it, so that partition labels none of them;
    an *absorb* record keyed by the survivor goes out, empty when there is nothing to move;
-3. :func:`absorb` on the survivor's partition: the survivor takes the prior's history in, then
-   the messages that waited are applied (:func:`land`), then what fell due meanwhile expires
-   (the partition's expiry skips a patient whose merge is in flight).
+3. :func:`absorb` on the survivor's partition: the survivor takes the prior's history in and
+   what of it is past due expires; then the messages set aside are applied, in order.
 
 What a merge changes is what one patient's history decides: the 12-month admission, ED and
 readmission counts of later discharges, and the 30-day labels of discharges still pending on
@@ -25,22 +25,22 @@ merge can find for that are the ones each side's state keeps with their admissio
 open stay and the last discharged one. A stay open on both sides cannot be one: the survivor's
 stays open, the prior's is dropped from the state (its events so far stay counted).
 
-Where the hops land among the two partitions' own messages depends on timing (two hops through
-Kafka, usually well under a second). On the survivor's side the waiting makes labels and KPIs
-what they would be if the hops took no time; a discharge that waited is scored when the merge
-lands, with the model as it is then. The labels decided from the merge on (and those of the
-discharges it moved) are sent and counted but never learned, so each partition's model stays
-a function of its own ``hospital.adt`` order. On the prior's side, the retire record takes
-effect where it lands: in a backlog (a replay, a worker that was down) the prior's partition
-may have applied the prior's events of after the merge (they then move with it) or labelled a
-discharge of the prior that fell due (the merge then moves no pending discharge), or, lagging
-behind, may dead-letter the prior's events of before the merge. A live feed, whose messages
-come further apart than the hops take, sees none of that.
+Where the hops land among the prior partition's messages depends on timing (two hops through
+Kafka, usually well under a second). The survivor's partition waits for them, so everything it
+sends (scores, alerts, labels, KPIs, dead letters) is what it would be if the hops took no time,
+and a replay gives the same. The labels decided by the absorb (and those of the discharges it
+moved) are sent and counted but never learned, so each partition's model stays a function of
+its own ``hospital.adt`` order. On the prior's side, the retire record takes effect where it
+lands: in a backlog (a replay, a worker that was down) the prior's partition may have applied
+the prior's events of after the merge (they then move with it) or labelled a discharge of the
+prior that fell due (the merge then moves no pending discharge), or, lagging behind, may
+dead-letter the prior's events of before the merge. A live feed, whose messages come further
+apart than the hops take, sees none of that, nor does a merge of an MRN with no history (a
+duplicate registration).
 """
 
 from __future__ import annotations
 
-import base64
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -56,29 +56,9 @@ from stream.domain.patient import (
 
 
 def start(state: PatientState | None, merge: MergeEvent) -> PatientState:
-    """Step 1 on the survivor: the A40 recorded, its merge in flight (the survivor's later
-    messages wait in ``parked`` until it lands: :func:`park`, :func:`land`)."""
-    state = touched(state or PatientState(patient_id=merge.patient_id), merge)
-    return replace(state, merging=[*state.merging, str(merge.event_id)])
-
-
-def park(state: PatientState, offset: int, key: bytes | None, raw: bytes) -> PatientState:
-    """A message of a patient whose merge is in flight, kept to be applied when it lands."""
-    item = {"offset": offset, "key": None if key is None else base64.b64encode(key).decode("ascii"),
-            "raw": base64.b64encode(raw).decode("ascii")}
-    return replace(state, parked=[*state.parked, item])
-
-
-def land(state: PatientState, merge_id: str) -> tuple[PatientState, list[tuple[int, bytes | None, bytes]]]:
-    """The merge ``merge_id`` is in: the patient no longer waits for it, and the messages parked
-    meanwhile, ``(offset, key, raw)`` in arrival order, to apply now (all of them once no merge
-    is in flight any more)."""
-    merging = [m for m in state.merging if m != merge_id]
-    if merging:
-        return replace(state, merging=merging), []
-    parked = [(p["offset"], None if p["key"] is None else base64.b64decode(p["key"]), base64.b64decode(p["raw"]))
-              for p in state.parked]
-    return replace(state, merging=[], parked=[]), parked
+    """Step 1 on the survivor: the A40 recorded like any event (the caller sends the retire
+    record, and sets the partition's later messages aside until the absorb lands)."""
+    return touched(state or PatientState(patient_id=merge.patient_id), merge)
 
 
 def retire(state: PatientState | None, prior_id: str, survivor_id: str
@@ -132,8 +112,8 @@ def _resolve(pending: list[PendingDischarge], stays: list[tuple[datetime, str, s
 def absorb(state: PatientState | None, survivor_id: str, moved: dict[str, Any] | None, merge_id: str
            ) -> tuple[PatientState, list[LabelOutcome], list[PendingDischarge]]:
     """The survivor with the prior's history taken in, the labels that decides, and the moved
-    discharges still pending (the caller files them under their due day, applies the parked
-    messages (:func:`land`), then expires what is past due).
+    discharges still pending (the caller files them under their due day, then expires what
+    is past due).
 
     Idempotent by ``merge_id``: an absorb record delivered twice changes nothing the second time.
     """

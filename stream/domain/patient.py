@@ -178,8 +178,8 @@ class PendingDischarge:
     high_risk: bool
     # equity attributes (health.subgroups: sex, race, payer, age band), counted at the label
     subgroups: dict[str, str] = field(default_factory=dict)
-    # it came with a merge (A40) from another partition: its label is not learned (when the
-    # merge lands among the partition's events depends on timing; stream/domain/merges.py)
+    # it came with a merge (A40) from another partition: its label is not learned (what moved
+    # depends on when the merge reached the prior's partition; stream/domain/merges.py)
     moved: bool = False
 
     @property
@@ -260,13 +260,9 @@ class PatientState:
     # "features"}
     closed: dict[str, Any] | None = None
     # merges (A40, stream/domain/merges.py): the MRN this one was merged into (a retired MRN takes
-    # no more events), the merge event ids whose history this patient took in, those still in
-    # flight, and the messages of this patient that came meanwhile (``{"offset", "key", "raw"}``,
-    # bytes as base64), applied when the merge lands
+    # no more events), and the merge event ids whose history this patient took in
     merged_into: str | None = None
     absorbed: list[str] = field(default_factory=list)
-    merging: list[str] = field(default_factory=list)
-    parked: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -282,8 +278,6 @@ class PatientState:
             "closed": self.closed,
             **({"merged_into": self.merged_into} if self.merged_into else {}),
             **({"absorbed": list(self.absorbed)} if self.absorbed else {}),
-            **({"merging": list(self.merging)} if self.merging else {}),
-            **({"parked": [dict(p) for p in self.parked]} if self.parked else {}),
         }
 
     @classmethod
@@ -301,8 +295,6 @@ class PatientState:
             closed=d.get("closed"),
             merged_into=d.get("merged_into"),
             absorbed=list(d.get("absorbed") or ()),
-            merging=list(d.get("merging") or ()),
-            parked=[dict(p) for p in d.get("parked") or ()],
         )
 
 
