@@ -203,8 +203,9 @@ class Pipeline:
         is committed (``AdtFlow.read_backs``): read back from Kafka and applied in order, in
         batches of at most an ADT batch's share of one partition (a batch's journal is one
         Kafka record per partition, at most 1 MB). A stop or crash in between loses nothing:
-        the ADT agent reads back from Kafka what its state has not applied (continuity.py).
-        False: stopping."""
+        the state's offset stays at the last one applied, so the ADT agent reads the rest back
+        from Kafka at the partition's next message, or the stall watch seeks back to it after
+        ``WARDSTREAM_STALL_SECONDS`` (stream/partition_watch.py). False: stopping."""
         step = max(1, self.tuning.adt_batch // n)
         for partition, offsets in self.flow.read_backs():
             for start in range(offsets.start, offsets.stop, step):

@@ -16,6 +16,7 @@ replicated 3 times with ``min.insync.replicas`` 2, so the cluster loses no ackno
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -27,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wardstream.config import REPO_ROOT
+
+log = logging.getLogger(__name__)
 
 KAFKA_VERSION = "3.9.1"
 STACK_FILES = Path(__file__).resolve().parent
@@ -384,20 +387,25 @@ class LocalCluster:
         return any(node.pid() for node in self.nodes)
 
     def registered(self) -> set[int]:
-        """Node ids of the brokers the cluster's metadata lists (registered and not fenced);
-        empty when no broker answers."""
-        if not any(port_open(self.host, port) for port in self.ports):
-            return set()
-        try:
-            from kafka import KafkaAdminClient
+        """Node ids of the brokers that every broker answering lists in its metadata (registered
+        and not fenced); empty when no broker answers. Each broker is asked on its own: one whose
+        metadata lags can list fewer than the others (a status right after ``up``, which had
+        asked one broker, once showed 2 of 3)."""
+        views = [seen for port in self.ports if port_open(self.host, port)
+                 if (seen := self._listed_by(port)) is not None]
+        return set.intersection(*views) if views else set()
 
-            admin = KafkaAdminClient(bootstrap_servers=self.bootstrap.split(","), request_timeout_ms=3000)
-            try:
-                return {int(b["broker_id"]) for b in admin.describe_cluster()["brokers"]}
-            finally:
-                admin.close()
+    def _listed_by(self, port: int) -> set[int] | None:
+        """The broker ids the broker on ``port`` lists (None: it did not answer). A new client
+        per broker: its first metadata request goes to that broker, the only one it knows."""
+        from confluent_kafka.admin import AdminClient
+
+        try:
+            meta = AdminClient({"bootstrap.servers": f"{self.host}:{port}", "socket.timeout.ms": 3000,
+                                "logger": log}).list_topics(timeout=3)
         except Exception:
-            return set()
+            return None
+        return set(meta.brokers)
 
     def healthy(self) -> bool:
         """Every node runs and a metadata request lists all of them as brokers."""
