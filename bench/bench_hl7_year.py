@@ -46,12 +46,11 @@ import orjson
 from rich.progress import track
 
 from bench.bench_e2e import RESULTS, Service, namespace, topics_ready
-from bench.bench_mllp import free_port, wait_listening
+from bench.bench_mllp import free_port, send_all, wait_listening
 from bench.bench_replay import read_records
 from contracts.events import Topics, dump
 from producers.hl7_feed import Hl7Message, hl7_messages
 from producers.kafka_sink import Sender, publish_reference
-from producers.mllp.client import MllpClient
 from producers.mllp.mapping import MapContext, map_adt
 from producers.mllp.message import parse, read_header
 from producers.simulator import SimConfig, Simulation
@@ -119,16 +118,14 @@ def _through_mllp(feed: list[Hl7Message], sim_config: SimConfig, logs: Path) -> 
     port = free_port()
     log = logs / "mllp.log"
     log.unlink(missing_ok=True)
-    codes: Counter[str] = Counter()
+    codes: list[str] = []
     with Service("mllp", "--port", str(port), log=log) as svc:
         wait_listening(port, svc)
         started = time.perf_counter()
-        with MllpClient("127.0.0.1", port, timeout=30) as client:
-            for m in track(feed, description="HL7 feed -> wardstream mllp", console=_console()):
-                codes[client.deliver(m.text.encode(), m.control_id).code] += 1
+        send_all(port, track(feed, description="HL7 feed -> wardstream mllp", console=_console()), codes)
         seconds = time.perf_counter() - started
     return {"send_s": round(seconds, 1), "messages_per_s": round(len(feed) / seconds),
-            **{f"acks_{code}": n for code, n in sorted(codes.items())}}
+            **{f"acks_{code}": n for code, n in sorted(Counter(codes).items())}}
 
 
 def _as_json(feed: list[Hl7Message], sim_config: SimConfig) -> dict[str, object]:

@@ -24,6 +24,7 @@ import socket
 import threading
 import time
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
 
 import psutil
@@ -62,7 +63,8 @@ def _pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
 
 
-def send_all(port: int, messages: list[Hl7Message], codes: list[str] | None = None) -> None:
+def send_all(port: int, messages: Iterable[Hl7Message], codes: list[str] | None = None) -> None:
+    """Each message on one connection after the previous one's ACK; the ACK codes into ``codes``."""
     with MllpClient("127.0.0.1", port, timeout=30) as client:
         for m in messages:
             ack = client.deliver(m.text.encode(), m.control_id)

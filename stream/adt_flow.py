@@ -90,9 +90,10 @@ SCORES, ALERTS, LABELS, ACCEPTED, DLQ = (
     "discharge_scores", "alerts", "readmission_labels", "adt_accepted", "dlq")
 MODEL_HEALTH, HEALTH_PARTIALS = "model_health", "health_partials"  # stream/health_tally.py
 KPI_PARTIALS = "kpi_partials"  # stream/kpi_tally.py
-LONG_WAIT = 1000  # messages set aside for one merge between two warnings
 MERGES = "adt_merges"  # the hops of a patient merge (stream/domain/merges.py)
 SOURCE_OFFSET = "source_offset"  # header of an accepted event: its offset on hospital.adt
+
+LONG_WAIT = 1000  # messages set aside for one merge between two warnings
 
 
 @dataclass(frozen=True)

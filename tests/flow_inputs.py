@@ -47,8 +47,8 @@ def run_flow(events: Iterable[dict[str, Any]], providers: Iterable[Any] = (), n:
     merge (``hospital.adt-merges``) are applied ``hop_delay`` events after the one that sent
     them (0: right after it; the rest at the end), their outputs counted as that event's; the
     messages a partition set aside meanwhile are then read back from its log, as the worker
-    reads them back from Kafka. Returns the applied events (each with its ``_partition``, in the order applied), each
-    event's outputs, and the flushed windows."""
+    reads them back from Kafka. Returns the applied events (each with its ``_partition``, in the
+    order applied), each event's outputs, and the flushed windows."""
     flow = flow or AdtFlow(source_topic="hospital.adt", **flow_tables())
     combiner = KpiCombiner(days={})
     for p in providers:
