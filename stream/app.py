@@ -76,7 +76,7 @@ class Pipeline:
         self.health_state = Staged(self.health_days)
         self.monitor = health_monitor.HealthMonitor(self.health_state)
         self.kpis = KpiAgent(app, s, days=self.kpi_days, partials_topic=self.kpi_partials_topic,
-                             kpis_topic=self.topics.kpis, outputs=self.outputs)
+                             kpis_topic=self.topics.kpis, outputs=self.outputs, behind=self.adt_behind)
         self.watch = PartitionWatch(app, s, self.adt_topic, done={
             self.topics.adt: written_offset(self.partition_state),
             self.topics.adt_merges: written_offset(self.partition_state, "merge_offset"),
@@ -148,6 +148,22 @@ class Pipeline:
         agent(self.health_partials_topic, name="stream.app.monitor_health")(self.monitor_health)
         app.timer(interval=self.tuning.kpi_flush_seconds, name="stream.app.flush_kpis")(kpis.flush_kpis)
         app.on_partitions_assigned.connect(self._on_assigned)
+
+    def adt_behind(self) -> bool:
+        """Whether more than a batch of hospital.adt messages waits past the flow's state on this
+        worker's partitions, by the log ends its fetches last saw (then KPI flushes settle)."""
+        consumer, adt = self.app.consumer, self.topics.adt
+        taken = written_offset(self.partition_state)
+        waiting = 0
+        for tp in consumer.assignment():
+            if tp.topic == adt:
+                try:
+                    end = consumer.highwater(tp)
+                except AssertionError:  # no longer assigned (a rebalance began)
+                    continue
+                if end is not None:
+                    waiting += end - 1 - taken(tp.partition)
+        return waiting > self.tuning.adt_batch
 
     async def _on_assigned(self, app: faust.App, assigned: Any, **kwargs: Any) -> None:
         # The tables are the truth after a rebalance: drop in-memory copies.

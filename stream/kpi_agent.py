@@ -9,8 +9,10 @@ group's committed offset on hospital.kpi-partials says every window up to it is 
 crash or a rebalance the records past it are delivered again and their windows re-sent (replace
 semantics: nothing counts twice). Faust waits, before a rebalance and before a stop, until
 every message taken is acknowledged, so the timer flushes at once when the agent holds records
-then. Wiring in :class:`stream.app.Pipeline`; the flush's timing is stream/README.md's "KPI
-flushes".
+then. While the worker's ADT side is behind (a replay, a catch-up), flushes settle: a window's
+KPI waits until it can no longer change in event time (``KpiCombiner.flush_batches``), and the
+records behind what waits are acknowledged once it has gone out. Wiring in
+:class:`stream.app.Pipeline`; the flush's timing is stream/README.md's "KPI flushes".
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
+from datetime import date
+from typing import Generic, TypeVar
 
 import faust
 from faust.exceptions import NotReady, ProducerSendError
@@ -34,6 +39,7 @@ from wardstream.config import Settings
 from wardstream.kafka_io import key_partition
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 FLUSH_DUTY = 0.25  # at most this share of the worker's time goes to timed KPI flushes
 FLUSH_MAX_SKIP_S = 10.0  # the longest pause between two timed flushes (a flush that waited on a
@@ -47,22 +53,27 @@ FLUSH_SLICE_S = 0.01
 
 
 class KpiAgent:
-    """The combiner, its staged table ``kpi_days``, and the records it holds until a flush."""
+    """The combiner, its staged table ``kpi_days``, and the records it holds until a flush.
+
+    ``behind`` says whether the worker's ADT side has a backlog (then flushes settle).
+    """
 
     def __init__(self, app: faust.App, s: Settings, *, days: faust.Table, partials_topic: faust.TopicT,
-                 kpis_topic: str, outputs: OutputLanes) -> None:
+                 kpis_topic: str, outputs: OutputLanes, behind: Callable[[], bool] = lambda: False) -> None:
         self.app = app
         self.settings = s
         self.tuning = s.stream
         self.partials_topic = partials_topic
         self.kpis_topic = kpis_topic
         self.outputs = outputs
+        self.behind = behind
         self.state = Staged(days)
         self.combiner = KpiCombiner(days=self.state, ready=lambda: app.tables.recovery.completed.is_set())
         # the records applied since the last flush began: acknowledged (so Kafka may commit them)
         # once a flush that covers them is acknowledged by Kafka
         self._stream: faust.StreamT | None = None
         self._unacked: list[EventT] = []
+        self._held = HeldRecords[EventT]()  # records flushed while KPIs they changed were held
         self._flushed: dict[int, int] = {}  # partition -> the last record a flush acknowledged
         self._assignments = 0  # rebalances so far: a flush begun before one acknowledges nothing
         self._next_flush = 0.0
@@ -100,7 +111,7 @@ class KpiAgent:
             # replay, a catch-up) simulated months pass between two timer ticks, and their buckets
             # could not leave memory before their windows went out (bench/README.md "Worker memory")
             if combiner.pending_days() > self.tuning.kpi_flush_pending_days:
-                await self._flush()
+                await self._flush(settle=self._settling())
             await asyncio.sleep(0)
 
     async def load_reference(self, stream: faust.StreamT) -> None:
@@ -136,13 +147,18 @@ class KpiAgent:
         every message taken to be acknowledged first, and the combiner acknowledges by a flush.
         """
         started = time.monotonic()
-        urgent = (self.app.rebalancing or self.app.should_stop) and self._unacked
+        urgent = (self.app.rebalancing or self.app.should_stop) and (self._unacked or self._held)
         if started < self._next_flush and not urgent:
             return
-        await self._flush()
+        await self._flush(settle=not urgent and self._settling())
         self._next_flush = started + min((time.monotonic() - started) / FLUSH_DUTY, FLUSH_MAX_SKIP_S)
 
-    async def _flush(self) -> None:
+    def _settling(self) -> bool:
+        """Whether a flush now holds back the KPIs that may still change: while the ADT side
+        has a backlog (and ``WARDSTREAM_KPI_SETTLE`` is on); else every KPI goes out live."""
+        return self.tuning.kpi_settle and self.behind()
+
+    async def _flush(self, settle: bool = False) -> None:
         """Send the changed KPI windows; once Kafka has them all, and the table writes of the
         records they cover, acknowledge those records (so Kafka may commit them).
 
@@ -154,10 +170,13 @@ class KpiAgent:
         async with self._flush_lock:
             covered, self._unacked = self._unacked, []
             assignments = self._assignments
-            batches = self.combiner.flush_batches()  # the dirty set of the records in ``covered``
+            # the dirty set of the records in ``covered``
+            batches = self.combiner.flush_batches(settle=settle)
             if batches is None:  # its table is not recovered yet
                 self._unacked[:0] = covered
                 return
+            # the frontier the flush settles at, before records put meanwhile move it
+            frontier, release = self.combiner.frontier, self.combiner.release_day()
             try:
                 sent = self.outputs.batch("kpis")
                 slice_start = time.monotonic()
@@ -183,8 +202,10 @@ class KpiAgent:
                     raise
                 return
             if self._stream is not None and assignments == self._assignments:
-                await ack(self._stream, covered)  # (after a rebalance they come again)
-                for event in covered:
+                self._held.covered(covered, release)
+                done = self._held.settled(frontier, settle)
+                await ack(self._stream, done)  # (after a rebalance they come again)
+                for event in done:
                     partition = event.message.partition
                     self._flushed[partition] = max(self._flushed.get(partition, -1), event.message.offset)
             elif covered:
@@ -208,12 +229,42 @@ class KpiAgent:
         self.combiner.forget_cache()
         self._partials_line.forget()
         self._reference_line.forget()
-        if self._unacked:
-            log.info("rebalance: %d partials taken but not flushed are delivered again", len(self._unacked))
+        if self._unacked or self._held:
+            log.info("rebalance: %d partials taken but not flushed are delivered again",
+                     len(self._unacked) + len(self._held))
         self._unacked.clear()
+        self._held.clear()
         self._flushed.clear()
         self._assignments += 1
 
     def close(self) -> None:
         self._partials_line.close()
         self._reference_line.close()
+
+
+
+class HeldRecords(Generic[R]):
+    """Records a KPI flush covered, in taking order, with the frontier by which every KPI that
+    flush held back has settled (``KpiCombiner.release_day``; None: nothing could be held)."""
+
+    def __init__(self) -> None:
+        self._waiting: list[tuple[R, date | None]] = []
+
+    def covered(self, records: list[R], release: date | None) -> None:
+        self._waiting += [(r, release) for r in records]
+
+    def settled(self, frontier: date | None, settle: bool) -> list[R]:
+        """The records to acknowledge after a flush at ``frontier``: all, unless it settled
+        (then those whose release it reached: a prefix, since the frontier only grows)."""
+        n = len(self._waiting)
+        if settle:
+            n = next((i for i, (_, day) in enumerate(self._waiting)
+                      if day is not None and (frontier is None or day > frontier)), n)
+        done, self._waiting = self._waiting[:n], self._waiting[n:]
+        return [r for r, _ in done]
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def clear(self) -> None:
+        self._waiting.clear()

@@ -27,6 +27,14 @@ per window equals the value over every partial, whatever the flush timing:
   same label; the view ``kpi_windows`` picks it the same way. A record that moves that label
   (a new partition on a window's last known day, with another facility) re-sends those windows
   (:data:`RELABEL`).
+* In a backlog (a replay, a catch-up) a window's KPIs would go out again at every flush that
+  crosses its days, and its label-driven KPIs again for 30 event days after it ends. A
+  *settling* flush (:meth:`KpiCombiner.flush_batches` with ``settle=True``) holds each KPI of a
+  window until the event-time frontier (the earliest of the ADT partitions' latest days) is
+  :data:`SETTLE_DAYS` past the window's end, so a replay sends about one message per window; a flush that does not settle
+  sends everything held. Held KPIs are not remembered across a crash: the agent acknowledges a
+  record only once the frontier is :meth:`KpiCombiner.release_day` (every KPI its flush held
+  has settled), so the records behind a held KPI come again after a restart and hold it again.
 * Memory is bounded by time, not by history: after each flush a dimension's day buckets older
   than ``keep_days`` behind its last day leave memory (they stay in the table) and their census
   deltas are folded into one number (``_base``). A record for an older day first brings the
@@ -56,6 +64,11 @@ RELABEL = "facility"  # pseudo-input: the facility label of the windows ending w
 CAPACITY_KEY = "cap|"  # days[cap|{provider_id}] = {"capacity": ...}
 MAX_WINDOW = timedelta(days=max(kpis.WINDOWS.values()))
 KEEP_DAYS = 120  # days of buckets kept in memory behind a dimension's last day (labels come <= 31 days late)
+# Event days past a window's end (exclusive) after which a KPI's inputs are all in, when the
+# partials come in event-time order: a readmission label is known by discharge + 30 days; the
+# rest on the day they happen (one day more: ADT partitions are read unevenly). A KPI that
+# changes later still goes out again; this only decides how long a settling flush holds it.
+SETTLE_DAYS: dict[str, int] = {k: 31 if kpis.KPI_INPUTS[k] & kpis.LABEL_FIELDS else 1 for k in kpis.ALL_KPIS}
 
 
 def day_key(partition: int, dim: Dim, day: date) -> str:
@@ -116,6 +129,9 @@ class KpiCombiner:
         self._floor: dict[Dim, date] = {}
         self._base: dict[Dim, int] = {}
         self._base_census: set[Dim] = set()  # dims whose pruned days moved the census at all
+        # window -> the KPIs a settling flush held back (not settled yet), per dimension
+        self._held: dict[Dim, dict[tuple[str, date, date], set[str]]] = {}
+        self._latest: dict[int, date] = {}  # ADT partition -> the latest day of its records
 
     # ------------------------------------------------------------------ state
 
@@ -127,8 +143,9 @@ class KpiCombiner:
     def _load(self) -> None:
         """Rebuild the in-memory buckets from the table."""
         for cache in (self._buckets, self._facility, self._advance, self._dirty, self._floor,
-                      self._base, self._base_census, self.capacity):
+                      self._base, self._base_census, self.capacity, self._held):
             cache.clear()
+        self._latest.clear()
         for key, entry in list(self.days.items()):
             if not entry:
                 continue
@@ -139,6 +156,8 @@ class KpiCombiner:
             for item, stored in entry.items():
                 dimension, dim_id = item.split("|", 1)
                 dim = (dimension, dim_id)
+                for partition in stored["p"]:
+                    self._saw(int(partition), day)
                 self._buckets.setdefault(dim, {})[day] = summed(stored["p"])
                 self._note_facilities(dim, day, stored["f"])
         for dim in list(self._buckets):
@@ -160,6 +179,9 @@ class KpiCombiner:
             floor = min(floor, min(dirty) - MAX_WINDOW)
         if dim in self._advance:
             floor = min(floor, self._advance[dim][0] - MAX_WINDOW)
+        held = self._held.get(dim)
+        if held:
+            floor = min(floor, min(start for _, start, _ in held))
         if floor <= self._floor.get(dim, date.min):
             return
         old = [day for day in buckets if day < floor]
@@ -208,6 +230,7 @@ class KpiCombiner:
             return
         assert p.bucket is not None and p.partition is not None
         dim, day = (p.dimension, p.dimension_id), p.day
+        self._saw(p.partition, day)
         self._recall(dim, day, partition)
         key, item = day_key(partition, dim, day), item_key(*dim)
         shard = self.days.get(key) or {}
@@ -229,6 +252,16 @@ class KpiCombiner:
         if p.new and self._relabels(dim, day, p.partition):
             changed.add(RELABEL)
         self._dirty[dim][day] |= changed
+
+    def _saw(self, partition: int, day: date) -> None:
+        if day > self._latest.get(partition, date.min):
+            self._latest[partition] = day
+
+    @property
+    def frontier(self) -> date | None:
+        """The event-time watermark: the earliest of the ADT partitions' latest days (each ADT
+        partition's records come in its event order; they are read unevenly). None: no day."""
+        return min(self._latest.values(), default=None)
 
     def _note_facilities(self, dim: Dim, day: date, facilities: dict[Any, str]) -> None:
         labels = self._facility.setdefault(dim, {}).setdefault(day, {})
@@ -280,9 +313,10 @@ class KpiCombiner:
         """(key, KpiValue JSON) for every KPI window whose inputs changed since the last flush."""
         return [kv for batch in self.flush_batches() or () for kv in batch]
 
-    def flush_batches(self) -> Iterator[list[tuple[str, bytes]]] | None:
+    def flush_batches(self, settle: bool = False) -> Iterator[list[tuple[str, bytes]]] | None:
         """The same as :meth:`flush`, one dimension at a time (the caller may yield in between);
-        None while the table is not recovered.
+        None while the table is not recovered. ``settle``: hold back the KPIs of windows that
+        have not settled (:data:`SETTLE_DAYS`); without it, what earlier flushes held goes too.
 
         The dirty set is taken when this is called, so records put meanwhile wait for the next
         flush (and the caller acknowledges only the records put before the call).
@@ -293,12 +327,21 @@ class KpiCombiner:
             self._load()
         dirty, self._dirty = self._dirty, defaultdict(lambda: defaultdict(set))
         advance, self._advance = self._advance, {}
-        return self._batches(dirty, advance)
+        return self._batches(dirty, advance, self.frontier if settle else None)
 
-    def _batches(self, dirty: dict[Dim, dict[date, set[str]]],
-                 advance: dict[Dim, tuple[date, date]]) -> Iterator[list[tuple[str, bytes]]]:
-        for dim in {**dirty, **advance}:
-            yield self._emit(dim, dirty.get(dim, {}), advance.get(dim))
+    def release_day(self) -> date | None:
+        """The frontier at which every KPI that a flush called now holds has settled: the
+        records put before the call may be acknowledged after a settling flush at that frontier
+        (every window a flush sends or holds ends by the day after the latest day put). None:
+        no day put yet."""
+        if not self._latest:
+            return None
+        return max(self._latest.values()) + timedelta(days=1 + max(SETTLE_DAYS.values()))
+
+    def _batches(self, dirty: dict[Dim, dict[date, set[str]]], advance: dict[Dim, tuple[date, date]],
+                 frontier: date | None) -> Iterator[list[tuple[str, bytes]]]:
+        for dim in {**dirty, **advance, **self._held}:
+            yield self._emit(dim, dirty.get(dim, {}), advance.get(dim), frontier)
             self._prune(dim)
 
     def pending_days(self) -> int:
@@ -306,8 +349,9 @@ class KpiCombiner:
         return sum(len(days) for days in self._dirty.values())
 
     def _emit(self, dim: Dim, dirty_days: dict[date, set[str]],
-              advance: tuple[date, date] | None = None) -> list[tuple[str, bytes]]:
-        """The KPI messages of ``dim``'s windows that hold a dirty day or newly closed in.
+              advance: tuple[date, date] | None = None, frontier: date | None = None) -> list[tuple[str, bytes]]:
+        """The KPI messages of ``dim``'s windows that hold a dirty day or newly closed in, and
+        of those held before; with ``frontier`` (a settling flush), those settled by it.
 
         Future windows (ending after the dimension's last known day + 1) are not sent: the
         current window holds the last day, and a later window goes out once the dimension has
@@ -350,14 +394,17 @@ class KpiCombiner:
                     if i < len(known) and known[i] < end:  # the window holds a known day
                         windows[(name, start, end)] |= _inputs(buckets, known, start, end,
                                                                dim in self._base_census)
-        if not windows:
+        names = self._settled(dim, {w: kpis.affected_kpis(changed | ({"census_delta"} if CAPACITY in changed
+                                                                      else set()), dimension)
+                                    for w, changed in windows.items()}, frontier)
+        if not names:
             return []
         # Census at the end of every day, and running sums of the buckets (a window's totals are
         # two lookups), from ``origin``: the first day any of these windows holds (not the first
         # day in memory, up to keep_days earlier). The census before it is one sum.
         first = min(known[0], self._floor.get(dim, known[0]))
-        origin = max(first, min(start for _, start, _ in windows))
-        last_end = max(end for _, _, end in windows)
+        origin = max(first, min(start for _, start, _ in names))
+        last_end = max(end for _, _, end in names)
         census_at: dict[date, float] = {}
         total = self._base.get(dim, 0) + sum(  # micro units: exact, whatever the origin
             buckets[d].micro.get("census_delta", 0) for d in known[:bisect_left(known, origin)])
@@ -372,12 +419,8 @@ class KpiCombiner:
             sums.append(running)
         capacity = self.capacity.get(dim_id) if dimension == "provider" else None
         out: list[tuple[str, bytes]] = []
-        for (window, start, end), changed in sorted(windows.items()):
+        for (window, start, end), kpi_names in sorted(names.items()):
             facility_id = self._label(dim, known[bisect_left(known, end) - 1])
-            names = kpis.affected_kpis(changed | ({"census_delta"} if CAPACITY in changed else set()),
-                                       dimension)
-            if not names:
-                continue
             wdays = kpis.window_days(start, end)
             before, upto = sums[max(0, (start - origin).days)], sums[(end - origin).days]
             values = kpis.window_values(
@@ -388,11 +431,28 @@ class KpiCombiner:
                 totals={k: v - before.get(k, 0) for k, v in upto.items()},
             )
             ws, we = format_ts(kpis.day_start(start)), format_ts(kpis.day_start(end))
-            for name in names:
+            for name in kpi_names:
                 value, num, den = values[name]
                 out.append((kpi_key(name, dimension, dim_id, window, ws),
                             kpi_value_json(name, dimension, dim_id, facility_id, window, ws, we,
                                            value, num, den)))
+        return out
+
+    def _settled(self, dim: Dim, names: dict[tuple[str, date, date], list[str]],
+                 frontier: date | None) -> dict[tuple[str, date, date], list[str]]:
+        """The KPIs to send now per window: ``names`` (of the dirty windows) and those held
+        before; with ``frontier``, the rest are held (:data:`SETTLE_DAYS`)."""
+        for w, held in self._held.pop(dim, {}).items():
+            names[w] = [k for k in kpis.ALL_KPIS if k in held or k in names.get(w, ())]
+        if frontier is None:
+            return {w: n for w, n in names.items() if n}
+        out: dict[tuple[str, date, date], list[str]] = {}
+        for w, kpi_names in names.items():
+            for k in kpi_names:
+                if w[2] + timedelta(days=SETTLE_DAYS[k]) <= frontier:
+                    out.setdefault(w, []).append(k)
+                else:
+                    self._held.setdefault(dim, {}).setdefault(w, set()).add(k)
         return out
 
 

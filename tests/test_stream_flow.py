@@ -17,6 +17,7 @@ import pytest
 from producers.simulator import SimConfig
 from stream.adt_flow import ACCEPTED, DLQ, LABELS, SCORES, AdtFlow
 from contracts.events import DeadLetter
+from stream.kpi_agent import HeldRecords
 from stream.kpi_combiner import KpiCombiner
 from stream.kpi_tally import capacity_partial
 from flow_inputs import Message, flow_tables, partitioned_messages
@@ -264,6 +265,59 @@ def test_a_restart_re_sends_what_no_acknowledged_flush_covered(long_partials, ac
         restarted.put(raw)
     kept = sent if acknowledged else []  # what reached Kafka before the kill
     assert _final(kept + restarted.flush()) == _expected(records)
+
+
+def _flushes(combiner: KpiCombiner, records: list[bytes], every: int, settle: bool) -> list[tuple[str, bytes]]:
+    """``records`` put in order, a flush after every ``every`` th, one that does not settle at the end."""
+    out: list[tuple[str, bytes]] = []
+    for i, raw in enumerate(records, start=1):
+        combiner.put(raw)
+        if i % every == 0:
+            out.extend(kv for batch in combiner.flush_batches(settle=settle) for kv in batch)
+    return out + combiner.flush()
+
+
+def test_settling_flushes_send_each_window_about_once_with_the_same_values(long_partials) -> None:
+    """In a backlog the agent's flushes settle: a window's KPI waits until the event-time
+    frontier is past what can still change it, so flushes crossing its days do not send it
+    again and again; the last message per window is the same."""
+    records = long_partials
+    expected = _expected(records)
+    settled = _flushes(KpiCombiner(days={}), records, 5, settle=True)
+    live = _flushes(KpiCombiner(days={}), records, 5, settle=False)
+    assert _final(settled) == expected == _final(live)
+    assert len(settled) <= 1.05 * len(expected) and len(live) >= 1.2 * len(expected)
+
+
+def test_a_restart_after_settling_flushes_re_sends_what_they_held(long_partials) -> None:
+    """The agent acknowledges a record a settling flush covered only once the frontier reaches
+    its release day (``HeldRecords``), so the records behind a KPI still held at a crash come
+    again and hold it again: nothing held is lost. Acknowledging at the flush would lose some."""
+    records = long_partials
+    expected = _expected(records)
+    cut = 2 * len(records) // 3
+    days: dict = {}
+    combiner, held = KpiCombiner(days=days), HeldRecords[int]()
+    sent: list[tuple[str, bytes]] = []
+    acked = 0
+    for i, raw in enumerate(records[:cut]):
+        combiner.put(raw)
+        if i % 3 == 2:
+            batches = combiner.flush_batches(settle=True)
+            frontier, release = combiner.frontier, combiner.release_day()
+            sent.extend(kv for batch in batches for kv in batch)
+            held.covered(list(range(acked + len(held), i + 1)), release)
+            acked += len(held.settled(frontier, settle=True))
+    assert 0 < acked < cut and combiner._held  # KPIs held and their records not acknowledged
+    table = json.dumps(days)  # SIGKILL: the next worker restores the table ...
+    restarted = KpiCombiner(days=json.loads(table))
+    for raw in records[acked:]:  # ... and gets the records from the committed offset
+        restarted.put(raw)
+    assert _final(sent + restarted.flush()) == expected
+    naive = KpiCombiner(days=json.loads(table))  # had every flushed record been acknowledged
+    for raw in records[max(i for i in range(cut) if i % 3 == 2) + 1:]:
+        naive.put(raw)
+    assert _final(sent + naive.flush()) != expected
 
 
 def test_a_capacity_arriving_late_re_sends_the_utilization_windows(messages) -> None:

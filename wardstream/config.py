@@ -104,6 +104,9 @@ class StreamSettings(BaseSettings):
     stall_seconds: float = _seconds("WARDSTREAM_STALL_SECONDS", 30.0)
     # the KPI flush sleeps this long once per 10 ms it runs, so the ADT agent runs meanwhile
     flush_yield_s: float = _seconds("WARDSTREAM_FLUSH_YIELD_S", 0.001, zero_ok=True)
+    # while the ADT side is behind, KPI flushes hold each window's KPIs until they settle in event
+    # time (one message per window in a replay instead of one per flush crossing its days)
+    kpi_settle: bool = Field(True, validation_alias=AliasChoices("WARDSTREAM_KPI_SETTLE"))
     # dirty (dimension, day) pairs after which the KPI agent flushes at once
     kpi_flush_pending_days: int = Field(2000, validation_alias=AliasChoices("WARDSTREAM_KPI_FLUSH_PENDING_DAYS"),
                                         ge=1)
