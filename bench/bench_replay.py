@@ -71,13 +71,13 @@ TABLES = ("adt_events", "discharge_scores", "readmissions", "alerts", "kpi_parti
 
 
 def run(quick: bool = False, workers: tuple[int, ...] = (1, 2),
-        brokers: Callable[[], dict[str, int | None]] | None = None) -> dict:
+        brokers: Callable[[], dict[str, int | None]] | None = None, days: int | None = None) -> dict:
     """The figures of the module doc; ``brokers``: the broker processes to measure the CPU of, by
-    name (default: the local broker's JVM)."""
+    name (default: the local broker's JVM); ``days``: another period than 365 (30 if ``quick``)."""
     from consumers.replay import copy_into_namespace, plan_replay
 
     brokers = brokers or (lambda: {"kafka": kafka_pid()})
-    days = 30 if quick else 365
+    days = days or (30 if quick else 365)
     cfg = SimConfig(seed=42, days=days, facilities=10)
     logs = RESULTS / "logs" / "replay"
     logs.mkdir(parents=True, exist_ok=True)
@@ -95,7 +95,7 @@ def run(quick: bool = False, workers: tuple[int, ...] = (1, 2),
                 out.setdefault("replay_copy_s", round(copy_s, 1))
                 out.setdefault("replay_copy_events_per_s", round(copied.events / copy_s))
                 with fresh_db() as url:
-                    figures = replay(produced, url, n, logs, brokers(), timeout=QUICK_LIMIT_S if quick else LIMIT_S)
+                    figures = replay(produced, url, n, logs, brokers(), timeout=LIMIT_S if days > 30 else QUICK_LIMIT_S)
                     figures.update(traffic(dst, int(figures["applied_events"])))  # per event applied
                     figures.update(database(url))
             part = {f"replay_{n}w_{k}": v for k, v in figures.items()}
@@ -284,5 +284,6 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="30 simulated days instead of 365")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2],
                         help="worker counts to run (default: 1 2)")
+    parser.add_argument("--days", type=int, help="simulated days (default 365, 30 with --quick)")
     args = parser.parse_args()
-    print(json.dumps(run(quick=args.quick, workers=tuple(args.workers)), indent=2))
+    print(json.dumps(run(quick=args.quick, workers=tuple(args.workers), days=args.days), indent=2))
