@@ -62,6 +62,7 @@ import psycopg2
 from bench.bench_e2e import (RESULTS, CpuMeter, Produced, RssSampler, Service, fresh_db, mib, namespace,
                               produce_simulation)
 from producers.simulator import SimConfig
+from wardstream.config import scoped_env
 
 POLL_S = 0.5  # once every hospital.adt offset is committed
 FAR_POLL_S = 2.0  # before (the clock only stops after that)
@@ -71,9 +72,12 @@ TABLES = ("adt_events", "discharge_scores", "readmissions", "alerts", "kpi_parti
 
 
 def run(quick: bool = False, workers: tuple[int, ...] = (1, 2),
-        brokers: Callable[[], dict[str, int | None]] | None = None, days: int | None = None) -> dict:
+        brokers: Callable[[], dict[str, int | None]] | None = None, days: int | None = None,
+        unsettled: bool = False) -> dict:
     """The figures of the module doc; ``brokers``: the broker processes to measure the CPU of, by
-    name (default: the local broker's JVM); ``days``: another period than 365 (30 if ``quick``)."""
+    name (default: the local broker's JVM); ``days``: another period than 365 (30 if ``quick``);
+    ``unsettled``: after each worker count, the same again with ``WARDSTREAM_KPI_SETTLE=0``
+    (figures ``replay_<n>w_unsettled_*``: KPI flushes that never settle, stream/README.md)."""
     from consumers.replay import copy_into_namespace, plan_replay
 
     brokers = brokers or (lambda: {"kafka": kafka_pid()})
@@ -87,8 +91,9 @@ def run(quick: bool = False, workers: tuple[int, ...] = (1, 2),
         out.update(events=produced.events, patients=produced.patients,
                    simulate_to_kafka_s=round(produced.seconds, 1),
                    simulate_to_kafka_events_per_s=round(produced.events / produced.seconds))
-        for n in workers:
-            with namespace(f"brdst{n}w") as dst:
+        runs = [(n, label) for n in workers for label in ("", "unsettled_")[:2 if unsettled else 1]]
+        for n, label in runs:
+            with namespace(f"brdst{n}w") as dst, scoped_env(**({"WARDSTREAM_KPI_SETTLE": "0"} if label else {})):
                 t0 = time.perf_counter()
                 copied = copy_into_namespace(plan_replay(src), dst)
                 copy_s = time.perf_counter() - t0
@@ -98,7 +103,7 @@ def run(quick: bool = False, workers: tuple[int, ...] = (1, 2),
                     figures = replay(produced, url, n, logs, brokers(), timeout=LIMIT_S if days > 30 else QUICK_LIMIT_S)
                     figures.update(traffic(dst, int(figures["applied_events"])))  # per event applied
                     figures.update(database(url))
-            part = {f"replay_{n}w_{k}": v for k, v in figures.items()}
+            part = {f"replay_{n}w_{label}{k}": v for k, v in figures.items()}
             print(json.dumps(part), file=sys.stderr, flush=True)  # a long run keeps what it measured
             out.update(part)
     return out
@@ -285,5 +290,8 @@ if __name__ == "__main__":
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2],
                         help="worker counts to run (default: 1 2)")
     parser.add_argument("--days", type=int, help="simulated days (default 365, 30 with --quick)")
+    parser.add_argument("--unsettled", action="store_true",
+                        help="each worker count again with WARDSTREAM_KPI_SETTLE=0, in the same run")
     args = parser.parse_args()
-    print(json.dumps(run(quick=args.quick, workers=tuple(args.workers), days=args.days), indent=2))
+    print(json.dumps(run(quick=args.quick, workers=tuple(args.workers), days=args.days,
+                         unsettled=args.unsettled), indent=2))

@@ -131,6 +131,7 @@ class KpiCombiner:
         self._base_census: set[Dim] = set()  # dims whose pruned days moved the census at all
         # window -> the KPIs a settling flush held back (not settled yet), per dimension
         self._held: dict[Dim, dict[tuple[str, date, date], set[str]]] = {}
+        self._held_next: dict[Dim, date] = {}  # the frontier at which a held KPI of dim settles
         self._latest: dict[int, date] = {}  # ADT partition -> the latest day of its records
 
     # ------------------------------------------------------------------ state
@@ -143,7 +144,7 @@ class KpiCombiner:
     def _load(self) -> None:
         """Rebuild the in-memory buckets from the table."""
         for cache in (self._buckets, self._facility, self._advance, self._dirty, self._floor,
-                      self._base, self._base_census, self.capacity, self._held):
+                      self._base, self._base_census, self.capacity, self._held, self._held_next):
             cache.clear()
         self._latest.clear()
         for key, entry in list(self.days.items()):
@@ -340,7 +341,8 @@ class KpiCombiner:
 
     def _batches(self, dirty: dict[Dim, dict[date, set[str]]], advance: dict[Dim, tuple[date, date]],
                  frontier: date | None) -> Iterator[list[tuple[str, bytes]]]:
-        for dim in {**dirty, **advance, **self._held}:
+        due = [dim for dim, day in self._held_next.items() if frontier is None or day <= frontier]
+        for dim in {**dirty, **advance, **dict.fromkeys(due)}:
             yield self._emit(dim, dirty.get(dim, {}), advance.get(dim), frontier)
             self._prune(dim)
 
@@ -442,6 +444,7 @@ class KpiCombiner:
                  frontier: date | None) -> dict[tuple[str, date, date], list[str]]:
         """The KPIs to send now per window: ``names`` (of the dirty windows) and those held
         before; with ``frontier``, the rest are held (:data:`SETTLE_DAYS`)."""
+        self._held_next.pop(dim, None)
         for w, held in self._held.pop(dim, {}).items():
             names[w] = [k for k in kpis.ALL_KPIS if k in held or k in names.get(w, ())]
         if frontier is None:
@@ -449,14 +452,17 @@ class KpiCombiner:
         out: dict[tuple[str, date, date], list[str]] = {}
         for w, kpi_names in names.items():
             for k in kpi_names:
-                if w[2] + timedelta(days=SETTLE_DAYS[k]) <= frontier:
+                settles = w[2] + _SETTLE[k]
+                if settles <= frontier:
                     out.setdefault(w, []).append(k)
                 else:
                     self._held.setdefault(dim, {}).setdefault(w, set()).add(k)
+                    self._held_next[dim] = min(settles, self._held_next.get(dim, settles))
         return out
 
 
 _ONE_DAY = timedelta(days=1)
+_SETTLE = {k: timedelta(days=n) for k, n in SETTLE_DAYS.items()}
 
 
 def _changed(old: kpis.DayBucket, new: kpis.DayBucket) -> set[str]:
