@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -30,6 +31,7 @@ from faust.types import EventT
 from contracts.events import Topics
 from stream import adt_flow, faust_patches, health_monitor
 from stream.continuity import Item
+from stream.domain import kpis
 from stream.faust_app import JSON, create_app, rocksdb_options
 from stream.faust_batch import JournalSends, ack, as_event, stopping
 from stream.kpi_agent import KpiAgent
@@ -76,7 +78,7 @@ class Pipeline:
         self.health_state = Staged(self.health_days)
         self.monitor = health_monitor.HealthMonitor(self.health_state)
         self.kpis = KpiAgent(app, s, days=self.kpi_days, partials_topic=self.kpi_partials_topic,
-                             kpis_topic=self.topics.kpis, outputs=self.outputs, behind=self.adt_behind)
+                             kpis_topic=self.topics.kpis, outputs=self.outputs, behind=self.behind)
         self.watch = PartitionWatch(app, s, self.adt_topic, done={
             self.topics.adt: written_offset(self.partition_state),
             self.topics.adt_merges: written_offset(self.partition_state, "merge_offset"),
@@ -149,21 +151,27 @@ class Pipeline:
         app.timer(interval=self.tuning.kpi_flush_seconds, name="stream.app.flush_kpis")(kpis.flush_kpis)
         app.on_partitions_assigned.connect(self._on_assigned)
 
-    def adt_behind(self) -> bool:
-        """Whether more than a batch of hospital.adt messages waits past the flow's state on this
-        worker's partitions, by the log ends its fetches last saw (then KPI flushes settle)."""
+    def behind(self) -> bool:
+        """Whether the worker is behind its input (then KPI flushes settle): more than a batch
+        of hospital.adt messages past the flow's state on its partitions, by the log ends its
+        fetches last saw, or the KPI combiner more than a day of event time behind them."""
         consumer, adt = self.app.consumer, self.topics.adt
-        taken = written_offset(self.partition_state)
-        waiting = 0
+        waiting, marks = 0, []
         for tp in consumer.assignment():
-            if tp.topic == adt:
-                try:
-                    end = consumer.highwater(tp)
-                except AssertionError:  # no longer assigned (a rebalance began)
-                    continue
-                if end is not None:
-                    waiting += end - 1 - taken(tp.partition)
-        return waiting > self.tuning.adt_batch
+            if tp.topic != adt:
+                continue
+            entry = self.partition_state.get(adt_flow.partition_key(tp.partition)) or {}
+            if entry.get("watermark"):
+                marks.append(kpis.utc_day(datetime.fromisoformat(entry["watermark"])))
+            try:
+                end = consumer.highwater(tp)
+            except AssertionError:  # no longer assigned (a rebalance began)
+                continue
+            if end is not None:
+                waiting += end - 1 - adt_flow.taken_offset(entry)
+        frontier = self.kpis.combiner.frontier
+        return waiting > self.tuning.adt_batch or bool(
+            marks and frontier is not None and frontier < min(marks) - timedelta(days=1))
 
     async def _on_assigned(self, app: faust.App, assigned: Any, **kwargs: Any) -> None:
         # The tables are the truth after a rebalance: drop in-memory copies.

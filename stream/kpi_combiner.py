@@ -31,8 +31,8 @@ per window equals the value over every partial, whatever the flush timing:
   crosses its days, and its label-driven KPIs again for 30 event days after it ends. A
   *settling* flush (:meth:`KpiCombiner.flush_batches` with ``settle=True``) holds each KPI of a
   window until the event-time frontier (the earliest of the ADT partitions' latest days) is
-  :data:`SETTLE_DAYS` past the window's end, so a replay sends about one message per window; a flush that does not settle
-  sends everything held. Held KPIs are not remembered across a crash: the agent acknowledges a
+  :data:`SETTLE_DAYS` past the window's end, so a replay sends about one message per window;
+  a flush that does not settle sends everything held. Held KPIs are not remembered across a crash: the agent acknowledges a
   record only once the frontier is :meth:`KpiCombiner.release_day` (every KPI its flush held
   has settled), so the records behind a held KPI come again after a restart and hold it again.
 * Memory is bounded by time, not by history: after each flush a dimension's day buckets older
