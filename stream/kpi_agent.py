@@ -77,6 +77,7 @@ class KpiAgent:
         self._flushed: dict[int, int] = {}  # partition -> the last record a flush acknowledged
         self._assignments = 0  # rebalances so far: a flush begun before one acknowledges nothing
         self._next_flush = 0.0
+        self._full_take = False  # the last batch of partials was full: more were waiting
         self._flush_lock = asyncio.Lock()  # one flush at a time: each acknowledges what it covered
         # each input continues from the group's commit: what Faust skips is read back
         self._partials_line = CommittedLine(app.conf.id, s)
@@ -93,6 +94,7 @@ class KpiAgent:
         combiner, state = self.combiner, self.state
         self._stream = stream
         async for events in stream.noack_take(self.tuning.adt_batch, within=self.tuning.kpi_batch_within):
+            self._full_take = len(events) >= self.tuning.adt_batch  # records wait past this batch
             last = {event.message.partition: event for event in events}
             taken = await self._partials_line.take(events)
             try:
@@ -154,9 +156,11 @@ class KpiAgent:
         self._next_flush = started + min((time.monotonic() - started) / FLUSH_DUTY, FLUSH_MAX_SKIP_S)
 
     def _settling(self) -> bool:
-        """Whether a flush now holds back the KPIs that may still change: while the ADT side
-        has a backlog (and ``WARDSTREAM_KPI_SETTLE`` is on); else every KPI goes out live."""
-        return self.tuning.kpi_settle and self.behind()
+        """Whether a flush now holds back the KPIs that may still change: while the worker is
+        behind its ADT input or the agent behind its partials (a full batch: a live stream's
+        take ends on its time limit first), and ``WARDSTREAM_KPI_SETTLE`` is on; else every
+        KPI goes out live."""
+        return self.tuning.kpi_settle and (self._full_take or self.behind())
 
     async def _flush(self, settle: bool = False) -> None:
         """Send the changed KPI windows; once Kafka has them all, and the table writes of the
