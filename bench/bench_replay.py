@@ -40,8 +40,9 @@ workers' peak RSS (process tree, sampled every 0.25 s); the CPU each process too
 clocked span (cores = CPU seconds / wall seconds); the rows in PostgreSQL; and how long one
 ``SELECT count(*) FROM kpi_windows`` (the view computing every window from the partials) takes.
 
-Alone: ``python -m bench.bench_replay [--quick] [--workers 1 2]``; each worker count's figures
-also go to stderr as soon as they are measured.
+Alone: ``python -m bench.bench_replay [--quick | --days N] [--workers 1 2] [--unsettled]``
+(``--unsettled``: each worker count again with ``WARDSTREAM_KPI_SETTLE=0``, the KPI flushes that
+never settle); each run's figures also go to stderr as soon as they are measured.
 """
 
 from __future__ import annotations
