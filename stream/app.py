@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -31,7 +30,6 @@ from faust.types import EventT
 from contracts.events import Topics
 from stream import adt_flow, faust_patches, health_monitor
 from stream.continuity import Item
-from stream.domain import kpis
 from stream.faust_app import JSON, create_app, rocksdb_options
 from stream.faust_batch import JournalSends, ack, as_event, stopping
 from stream.kpi_agent import KpiAgent
@@ -152,26 +150,21 @@ class Pipeline:
         app.on_partitions_assigned.connect(self._on_assigned)
 
     def behind(self) -> bool:
-        """Whether the worker is behind its input (then KPI flushes settle): more than a batch
-        of hospital.adt messages past the flow's state on its partitions, by the log ends its
-        fetches last saw, or the KPI combiner more than a day of event time behind them."""
+        """Whether more than a batch of hospital.adt messages waits past the flow's state on this
+        worker's partitions, by the log ends its fetches last saw (then KPI flushes settle)."""
         consumer, adt = self.app.consumer, self.topics.adt
-        waiting, marks = 0, []
+        waiting = 0
         for tp in consumer.assignment():
             if tp.topic != adt:
                 continue
-            entry = self.partition_state.get(adt_flow.partition_key(tp.partition)) or {}
-            if entry.get("watermark"):
-                marks.append(kpis.utc_day(datetime.fromisoformat(entry["watermark"])))
             try:
                 end = consumer.highwater(tp)
             except AssertionError:  # no longer assigned (a rebalance began)
                 continue
             if end is not None:
+                entry = self.partition_state.get(adt_flow.partition_key(tp.partition))
                 waiting += end - 1 - adt_flow.taken_offset(entry)
-        frontier = self.kpis.combiner.frontier
-        return waiting > self.tuning.adt_batch or bool(
-            marks and frontier is not None and frontier < min(marks) - timedelta(days=1))
+        return waiting > self.tuning.adt_batch
 
     async def _on_assigned(self, app: faust.App, assigned: Any, **kwargs: Any) -> None:
         # The tables are the truth after a rebalance: drop in-memory copies.

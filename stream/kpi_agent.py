@@ -149,6 +149,8 @@ class KpiAgent:
         every message taken to be acknowledged first, and the combiner acknowledges by a flush.
         """
         started = time.monotonic()
+        if not self._unacked:  # nothing came since the last flush: the partials are drained
+            self._full_take = False
         urgent = (self.app.rebalancing or self.app.should_stop) and (self._unacked or self._held)
         if started < self._next_flush and not urgent:
             return
