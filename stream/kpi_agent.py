@@ -248,7 +248,6 @@ class KpiAgent:
         self._reference_line.close()
 
 
-
 class HeldRecords(Generic[R]):
     """Records a KPI flush covered, in taking order, with the frontier by which every KPI that
     flush held back has settled (``KpiCombiner.release_day``; None: nothing could be held)."""
@@ -261,7 +260,7 @@ class HeldRecords(Generic[R]):
 
     def settled(self, frontier: date | None, settle: bool) -> list[R]:
         """The records to acknowledge after a flush at ``frontier``: all, unless it settled
-        (then those whose release it reached: a prefix, since the frontier only grows)."""
+        (then those whose release day it reached: a prefix, as release days only grow)."""
         n = len(self._waiting)
         if settle:
             n = next((i for i, (_, day) in enumerate(self._waiting)

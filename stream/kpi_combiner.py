@@ -32,9 +32,10 @@ per window equals the value over every partial, whatever the flush timing:
   *settling* flush (:meth:`KpiCombiner.flush_batches` with ``settle=True``) holds each KPI of a
   window until the event-time frontier (the earliest of the ADT partitions' latest days) is
   :data:`SETTLE_DAYS` past the window's end, so a replay sends about one message per window;
-  a flush that does not settle sends everything held. Held KPIs are not remembered across a crash: the agent acknowledges a
-  record only once the frontier is :meth:`KpiCombiner.release_day` (every KPI its flush held
-  has settled), so the records behind a held KPI come again after a restart and hold it again.
+  a flush that does not settle sends everything held. Held KPIs are not remembered across a
+  crash: the agent acknowledges a record only once the frontier is
+  :meth:`KpiCombiner.release_day` (every KPI its flush held has settled), so the records behind
+  a held KPI come again after a restart and hold it again.
 * Memory is bounded by time, not by history: after each flush a dimension's day buckets older
   than ``keep_days`` behind its last day leave memory (they stay in the table) and their census
   deltas are folded into one number (``_base``). A record for an older day first brings the
