@@ -26,7 +26,8 @@ first and last day, and the ADT partitions seen).
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+import math
+from collections.abc import Iterator, MutableMapping
 from contextlib import nullcontext
 from datetime import date, timedelta
 from typing import Any
@@ -45,11 +46,14 @@ def _day(value: str) -> date:
 
 
 class _Totals:
-    """A facility's records summed over the ADT partitions, per day (read once per evaluation)."""
+    """A facility's records summed over the ADT partitions, per day, kept in ``days`` (the
+    monitor keeps them from one evaluation to the next, dropping a day when a record of it
+    changes)."""
 
-    def __init__(self, table: MutableMapping[str, Any], facility_id: str, partitions: list[int]) -> None:
+    def __init__(self, table: MutableMapping[str, Any], facility_id: str, partitions: list[int],
+                 days: dict[date, dict[str, Any] | None]) -> None:
         self.table, self.facility_id, self.partitions = table, facility_id, partitions
-        self._days: dict[date, dict[str, Any] | None] = {}
+        self._days = days
 
     def day(self, d: date) -> dict[str, Any] | None:
         if d not in self._days:
@@ -62,16 +66,46 @@ class _Totals:
             self._days[d] = total
         return self._days[d]
 
-    def span(self, start: date, end: date) -> dict[str, Any]:
-        """The records of days ``[start, end)`` added up."""
-        out = health.empty_day()
+    def windows(self, ends: list[date], days: int, back: int = 0) -> Iterator[tuple[date, date, dict[str, Any]]]:
+        """``(start, end, counts)`` of the windows ``[end - back - days, end - back)`` for each
+        of ``ends`` (ascending): ``counts`` adds up the window's day records, carried from one
+        window to the next (the days entering added, those leaving taken out), so read it before
+        the next. Counts are integers, so carrying them is exact; the one float, a label row's
+        sum of scores, is left to :meth:`sum_scores`. (Summing each window afresh, ~90 x 90
+        record additions per day whose labels changed, took most of a worker's time late in a
+        replayed year.)"""
+        run, held = health.empty_day(), None  # the running counts and the window they hold
+        for end in ends:
+            end -= timedelta(days=back)
+            start = end - timedelta(days=days)
+            if held is None or not held[1] <= end < held[1] + timedelta(days=days):
+                run = health.empty_day()
+                self._add(run, start, end, 1)
+            else:
+                self._add(run, held[1], end, 1)
+                self._add(run, held[0], start, -1)
+            held = (start, end)
+            yield start, end, run
+
+    def _add(self, into: dict[str, Any], start: date, end: date, weight: int) -> None:
         d = start
         while d < end:
             rec = self.day(d)
             if rec is not None:
-                health.add_day(out, rec)
+                health.add_day(into, rec, weight)
             d += timedelta(days=1)
-        return out
+
+    def sum_scores(self, start: date, end: date, row: str) -> float:
+        """A label row's sum of scores over days ``[start, end)``: an ``fsum``, exactly
+        rounded, so the same whichever windows were evaluated together."""
+        values = []
+        d = start
+        while d < end:
+            rec = self.day(d)
+            if rec is not None and row in rec["labels"]:
+                values.append(rec["labels"][row][health.SUM_SCORES])
+            d += timedelta(days=1)
+        return math.fsum(values)
 
 
 class HealthMonitor:
@@ -83,6 +117,8 @@ class HealthMonitor:
         self._psi_days: dict[str, set[date]] = {}
         self._equity_days: dict[str, set[date]] = {}
         self._where: dict[str, int] = {}  # facility -> the input partition its records came on
+        # facility -> day -> its records summed (``_Totals``), as long as none of them changes
+        self._totals: dict[str, dict[date, dict[str, Any] | None]] = {}
 
     def add(self, raw: bytes) -> None:
         """Keep one ``hospital.health-partials`` record (it replaces the one of its key)."""
@@ -100,15 +136,18 @@ class HealthMonitor:
             meta["partitions"] = sorted([*meta["partitions"], partition])
         self.table[f"f|{facility}"] = meta
         d = _day(day)
+        self._totals.get(facility, {}).pop(d, None)
         if old.get("hist") != rec["hist"]:
             self._psi_days.setdefault(facility, set()).add(d)
         if old.get("labels") != rec["labels"] or old.get("n_index") != rec["n_index"]:
             self._equity_days.setdefault(facility, set()).add(d)
 
     def forget(self) -> None:
-        """Drop what was touched but not evaluated (the batch is rolled back)."""
+        """Drop what was touched but not evaluated, and the day totals (the batch is rolled
+        back, or the partitions moved)."""
         self._psi_days.clear()
         self._equity_days.clear()
+        self._totals.clear()
 
     def evaluate(self, scope: PartitionScope | None = None) -> list[ModelHealth]:
         """Every check of every window the records added since the last call touched.
@@ -120,28 +159,33 @@ class HealthMonitor:
         for facility in sorted(self._psi_days.keys() | self._equity_days.keys()):
             with scope(self._where[facility]) if scope else nullcontext():
                 out.extend(self._facility(facility))
-        self.forget()
+        self._psi_days.clear()
+        self._equity_days.clear()
         return out
 
     def _facility(self, facility: str) -> list[ModelHealth]:
         meta = self.table.get(f"f|{facility}")
         if meta is None:
             return []
-        totals = _Totals(self.table, facility, meta["partitions"])
         first, last = _day(meta["first"]), _day(meta["last"])
+        days = self._totals.setdefault(facility, {})
+        for d in [d for d in days if d < last - timedelta(days=2 * EQUITY_SPAN)]:
+            del days[d]  # far behind the windows a new record can touch (re-read if one does)
+        totals = _Totals(self.table, facility, meta["partitions"], days)
         warm = first + timedelta(days=health.WARM_UP_DAYS)
         out: list[ModelHealth] = []
-        for end in _ends(self._psi_days.get(facility, ()), PSI_SPAN, warm, last):
-            out.extend(self._psi(totals, facility, end))
-        for end in _ends(self._equity_days.get(facility, ()), EQUITY_SPAN, warm, last):
-            out.extend(self._equity(totals, facility, end))
+        ends = _ends(self._psi_days.get(facility, ()), PSI_SPAN, warm, last)
+        earlier = totals.windows(ends, health.PSI_WINDOW_DAYS, back=health.PSI_WINDOW_DAYS)
+        for (start, _, before), (_, end, after) in zip(earlier, totals.windows(ends, health.PSI_WINDOW_DAYS)):
+            out.extend(self._psi(facility, start, end, before, after))
+        for start, end, counts in totals.windows(_ends(self._equity_days.get(facility, ()), EQUITY_SPAN, warm, last),
+                                                 EQUITY_SPAN):
+            out.extend(self._equity(totals, facility, start, end, counts))
         return out
 
     @staticmethod
-    def _psi(totals: _Totals, facility: str, end: date) -> list[ModelHealth]:
-        mid = end - timedelta(days=health.PSI_WINDOW_DAYS)
-        start = mid - timedelta(days=health.PSI_WINDOW_DAYS)
-        earlier, later = totals.span(start, mid), totals.span(mid, end)
+    def _psi(facility: str, start: date, end: date, earlier: dict[str, Any], later: dict[str, Any]
+             ) -> list[ModelHealth]:
         counted = [sum(span["hist"]["score"]) for span in (earlier, later)]  # = the "n"s
         if min(counted) < health.PSI_MIN_N:
             return []
@@ -150,13 +194,14 @@ class HealthMonitor:
                 for subject in health.psi_edges()]
 
     @staticmethod
-    def _equity(totals: _Totals, facility: str, end: date) -> list[ModelHealth]:
-        start = end - timedelta(days=EQUITY_SPAN)
-        span = totals.span(start, end)
-        labelled = span["labels"].get(health.ALL, [0])[health.N]
-        if span["n_index"] == 0 or labelled < span["n_index"]:
+    def _equity(totals: _Totals, facility: str, start: date, end: date, counts: dict[str, Any]
+                ) -> list[ModelHealth]:
+        labelled = counts["labels"].get(health.ALL, [0])[health.N]
+        if counts["n_index"] == 0 or labelled < counts["n_index"]:
             return []  # labels still to come: recall and O/E would be biased
-        return health.equity_checks(health.Window(facility, start, end), span["labels"])
+        figures = {name: [*row[:health.SUM_SCORES], totals.sum_scores(start, end, name)]
+                   for name, row in counts["labels"].items()}
+        return health.equity_checks(health.Window(facility, start, end), figures)
 
 
 def _ends(days: Any, span: int, warm: date, last: date) -> list[date]:

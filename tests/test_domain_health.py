@@ -190,6 +190,38 @@ def test_monitor_result_does_not_depend_on_batches_or_re_sends() -> None:
     assert _run_monitor([[raw] for raw in raws]) == one
 
 
+def _labelled_days(rng: random.Random, days: int = 260) -> list[bytes]:
+    """Two ADT partitions, 20 labelled index discharges a day each, scores that do not add up
+    exactly in floating point, and some subgroups readmitted more often than scored."""
+    out = []
+    for i in range(days):
+        for p in (0, 1):
+            rows = [({"sex": rng.choice("FM"), "payer": rng.choice(["medicare", "private"])},
+                     rng.random() < 0.2, rng.random() < 0.1, rng.choice([0.1, 0.2, 0.7, 1 / 3]))
+                    for _ in range(20)]
+            out.append(_partial(date(2025, 1, 1) + timedelta(days=i), p, n=20, n_index=20,
+                                labels=_figures(rows)))
+    return out
+
+
+def test_equity_checks_do_not_depend_on_batches_re_sends_or_corrections() -> None:
+    """The monitor carries a window's counts to the next and keeps day totals between batches;
+    what it sends last per window is what one pass over the final records gives, to the bit."""
+    rng = random.Random(3)
+    final = _labelled_days(rng)
+    one = _run_monitor([final])
+    assert len({c.window_end for c in one.values()}) > 50 and {c.check for c in one.values()} == {
+        "equity_recall", "equity_oe"}
+    first = _labelled_days(random.Random(4))  # what was sent before the corrections
+    batches, i, before = [], 0, 0
+    while i < len(final):
+        k = rng.randint(1, 60)
+        batches.append(first[i:i + k] + final[before:i])  # each batch corrects the one before
+        before, i = i, i + k
+    batches.append(final[before:])
+    assert _run_monitor(batches) == one
+
+
 def test_monitor_waits_for_every_label_of_an_equity_window() -> None:
     start = date(2025, 1, 1)
     labels = _figures([({"sex": "F"}, i % 5 == 0, i % 10 == 0, 0.2) for i in range(20)])

@@ -95,9 +95,9 @@ def empty_day() -> dict[str, Any]:
     return {"n": 0, "n_index": 0, "hist": empty_histograms(), "labels": {}}
 
 
-def add_day(into: dict[str, Any], record: Mapping[str, Any]) -> None:
+def add_day(into: dict[str, Any], record: Mapping[str, Any], weight: int = 1) -> None:
     """Add a (facility, day) record to ``into`` (in place): day records sum over ADT partitions
-    and over the days of a window.
+    and over the days of a window (``weight`` -1: take a day back out of a window's sum).
 
     >>> total = empty_day()
     >>> add_day(total, {"n": 2, "n_index": 1, "hist": {"score": [2, 0, 0, 0, 0, 0, 0]},
@@ -106,17 +106,17 @@ def add_day(into: dict[str, Any], record: Mapping[str, Any]) -> None:
     >>> total["n"], total["hist"]["score"][0], total["labels"]["all"]
     (3, 2, [2, 1, 1, 1, 0.8])
     """
-    into["n"] += record["n"]
-    into["n_index"] += record["n_index"]
+    into["n"] += weight * record["n"]
+    into["n_index"] += weight * record["n_index"]
     for part in ("hist", "labels"):
         rows = into[part]
         for name, values in record[part].items():
             row = rows.get(name)
             if row is None:
-                rows[name] = list(values)
+                rows[name] = [weight * v for v in values]
             else:
                 for i, v in enumerate(values):
-                    row[i] += v
+                    row[i] += weight * v
 
 
 def psi(earlier: Sequence[float], later: Sequence[float], eps: float = PSI_EPSILON) -> float:
