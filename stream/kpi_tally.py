@@ -102,6 +102,9 @@ class KpiTally:
     def __init__(self, table: Any) -> None:
         self.table = table
         self._open: dict[tuple[str, str], _Open] = {}  # (table key, item) -> bucket
+        # the entries read this batch, decoded once (a Faust table decodes at every read): the
+        # batch's only writes to them are :meth:`stage`'s, which drops this
+        self._entries: dict[str, dict[str, Any] | None] = {}
 
     def add(self, contributions: Iterable[kpis.Contribution]) -> None:
         """Add to the buckets; each bucket the batch changed remembers which inputs (``c``) and
@@ -123,7 +126,7 @@ class KpiTally:
         key = table_key(partition, c.day, item)
         o = self._open.get((key, item))
         if o is None:
-            entry = self.table.get(key)
+            entry = self._entry(key)
             stored = entry["i"].get(item) if entry else None
             if stored is None:
                 o = _Open(partition, c.facility_id, kpis.DayBucket(), set(), True)
@@ -135,6 +138,11 @@ class KpiTally:
             self._open[(key, item)] = o
         return o
 
+    def _entry(self, key: str) -> dict[str, Any] | None:
+        if key not in self._entries:
+            self._entries[key] = self.table.get(key)
+        return self._entries[key]
+
     def stage(self) -> None:
         """Write the entries whose buckets the batch changed to the (staged) table."""
         touched: dict[str, dict[str, _Open]] = {}
@@ -143,7 +151,7 @@ class KpiTally:
                 touched.setdefault(key, {})[item] = o
         self._open.clear()
         for key, items in touched.items():
-            entry = self.table.get(key) or {"i": {}, "c": {}, "n": []}
+            entry = self._entry(key) or {"i": {}, "c": {}, "n": []}
             staged = key in self.table.pending
             changed = dict(entry["c"]) if staged else {}
             new = set(entry["n"]) if staged else set()
@@ -156,10 +164,12 @@ class KpiTally:
                     new.add(item)
             self.table.partition = next(iter(items.values())).partition
             self.table[key] = {"i": stored, "c": changed, "n": sorted(new)}
+        self._entries.clear()
 
     def forget(self) -> None:
         """Drop the batch's buckets (it is rolled back)."""
         self._open.clear()
+        self._entries.clear()
 
     def partials(self) -> list[tuple[str, str, bytes]]:
         """``(key, route, value)`` of every bucket the batch changed: the bucket, the inputs the
