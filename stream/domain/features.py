@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 
 from contracts.events import DEPARTMENTS
 from stream.domain.patient import DischargeContext
@@ -96,6 +97,17 @@ def feature_text(name: str, value: float) -> str:
     """Plain words for one feature value (``los_log1p`` is shown back in days)."""
     template = FEATURE_TEXT.get(name, name.replace("_", " ") + " {value:g}")
     return template.format(value=value, days=math.expm1(value))
+
+
+def dense(x: Mapping[str, float]) -> dict[str, float]:
+    """Every feature in ``FEATURE_NAMES`` order, 0.0 where ``x`` has none: the patient state
+    stores only a discharge's non-zero features, and the model must see all of them, in the
+    order it scored them (a float sum's order changes its last bits).
+
+    >>> list(dense({"age_65_plus": 1.0, "age": 70}).items())[:3]
+    [('age', 70.0), ('age_65_plus', 1.0), ('age_80_plus', 0.0)]
+    """
+    return {name: float(x.get(name, 0.0)) for name in FEATURE_NAMES}
 
 
 def _flag(cond: bool) -> float:

@@ -49,6 +49,16 @@ LOS_TOLERANCE_DAYS = 0.05
 AdtEvent = AdmissionEvent | DischargeEvent | TransferEvent | RegistrationEvent | UpdateEvent
 
 
+def nonzero(features: dict[str, float]) -> dict[str, float]:
+    """A discharge's features as the state stores them: the zeros left out (they were half a
+    patient's stored state, written and read at every event of the patient).
+
+    >>> nonzero({"age": 70.0, "age_80_plus": 0.0, "sex_male": 1.0})
+    {'age': 70.0, 'sex_male': 1.0}
+    """
+    return {name: value for name, value in features.items() if value}
+
+
 def _ts(value: datetime) -> str:
     return value.isoformat()
 
@@ -171,6 +181,7 @@ class PendingDischarge:
     department: str
     attending_provider_id: str
     discharged_at: datetime
+    # stored without its zeros (most of them are one-hots; ``features.dense`` restores them)
     features: dict[str, float]
     score: float
     lace: int
@@ -194,7 +205,7 @@ class PendingDischarge:
             "department": self.department,
             "attending_provider_id": self.attending_provider_id,
             "discharged_at": _ts(self.discharged_at),
-            "features": dict(self.features),
+            "features": nonzero(self.features),
             "score": self.score,
             "lace": self.lace,
             "threshold": self.threshold,
@@ -504,7 +515,7 @@ def remember_discharge(state: PatientState, stay: OpenEncounter, dis: DischargeE
     ended = stay.moved_to(dis.occurred_at, "discharge", dis.department, dis.attending_provider_id)
     return replace(state, closed={"open": ended.to_dict(), "discharge": dis.model_dump(mode="json"),
                                   "high_risk": high_risk, "score": score, "alert": alert,
-                                  "features": dict(features)})
+                                  "features": nonzero(features)})
 
 
 def add_pending(state: PatientState, pending: PendingDischarge) -> PatientState:
