@@ -20,8 +20,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from datetime import date
+from collections.abc import Callable, Mapping
+from datetime import date, timedelta
 from typing import Generic, TypeVar
 
 import faust
@@ -50,16 +50,21 @@ FLUSH_YIELD_EVERY = 100  # KPI messages sent between two yields to the event loo
 # ADT agent took no batch until a 0.2-0.7 s flush ended; sleeping at every yield made a backlog's
 # flushes slower by the sum of the sleeps. The slice bounds that to ~10% of a flush.
 FLUSH_SLICE_S = 0.01
+# the combiner this far behind an ADT partition in event time, with partials waiting: it is behind
+# (a live stream's partials trail its events by seconds)
+LAG = timedelta(days=2)
 
 
 class KpiAgent:
     """The combiner, its staged table ``kpi_days``, and the records it holds until a flush.
 
-    ``behind`` says whether the worker's ADT side has a backlog (then flushes settle).
+    ``behind`` says whether the worker's ADT side has a backlog, ``adt_days`` the event-time day
+    of each ADT partition it applied (then flushes settle: :meth:`_settling`).
     """
 
     def __init__(self, app: faust.App, s: Settings, *, days: faust.Table, partials_topic: faust.TopicT,
-                 kpis_topic: str, outputs: OutputLanes, behind: Callable[[], bool] = lambda: False) -> None:
+                 kpis_topic: str, outputs: OutputLanes, behind: Callable[[], bool] = lambda: False,
+                 adt_days: Callable[[], Mapping[int, date]] = dict) -> None:
         self.app = app
         self.settings = s
         self.tuning = s.stream
@@ -67,6 +72,7 @@ class KpiAgent:
         self.kpis_topic = kpis_topic
         self.outputs = outputs
         self.behind = behind
+        self.adt_days = adt_days
         self.state = Staged(days)
         self.combiner = KpiCombiner(days=self.state, ready=lambda: app.tables.recovery.completed.is_set())
         # the records applied since the last flush began: acknowledged (so Kafka may commit them)
@@ -77,7 +83,6 @@ class KpiAgent:
         self._flushed: dict[int, int] = {}  # partition -> the last record a flush acknowledged
         self._assignments = 0  # rebalances so far: a flush begun before one acknowledges nothing
         self._next_flush = 0.0
-        self._full_take = False  # the last batch of partials was full: more were waiting
         self._flush_lock = asyncio.Lock()  # one flush at a time: each acknowledges what it covered
         # each input continues from the group's commit: what Faust skips is read back
         self._partials_line = CommittedLine(app.conf.id, s)
@@ -94,7 +99,6 @@ class KpiAgent:
         combiner, state = self.combiner, self.state
         self._stream = stream
         async for events in stream.noack_take(self.tuning.adt_batch, within=self.tuning.kpi_batch_within):
-            self._full_take = len(events) >= self.tuning.adt_batch  # records wait past this batch
             last = {event.message.partition: event for event in events}
             taken = await self._partials_line.take(events)
             try:
@@ -149,8 +153,6 @@ class KpiAgent:
         every message taken to be acknowledged first, and the combiner acknowledges by a flush.
         """
         started = time.monotonic()
-        if not self._unacked:  # nothing came since the last flush: the partials are drained
-            self._full_take = False
         urgent = (self.app.rebalancing or self.app.should_stop) and (self._unacked or self._held)
         if started < self._next_flush and not urgent:
             return
@@ -159,10 +161,37 @@ class KpiAgent:
 
     def _settling(self) -> bool:
         """Whether a flush now holds back the KPIs that may still change: while the worker is
-        behind its ADT input or the agent behind its partials (a full batch: a live stream's
-        take ends on its time limit first), and ``WARDSTREAM_KPI_SETTLE`` is on; else every
-        KPI goes out live."""
-        return self.tuning.kpi_settle and (self._full_take or self.behind())
+        behind its ADT input or the combiner behind the ADT side (:meth:`_lagging`), and
+        ``WARDSTREAM_KPI_SETTLE`` is on; else every KPI goes out live."""
+        return self.tuning.kpi_settle and (self.behind() or self._lagging())
+
+    def _lagging(self) -> bool:
+        """Whether partials wait for the combiner while it is :data:`LAG` or more of event time
+        behind an ADT partition this worker applied: the tail of a replay, when the ADT side is
+        done and weeks of event time wait on hospital.kpi-partials. (Flushes that went out live
+        there sent each window once per flush crossing it: 3.6 messages per window on a year.)
+        An ADT partition the combiner has no record of is left out: one whose events make no
+        KPI (dead letters only) must not hold every flush."""
+        if not self._partials_waiting():
+            return False
+        return any((latest := self.combiner.latest_day(partition)) is not None and day - latest >= LAG
+                   for partition, day in self.adt_days().items())
+
+    def _partials_waiting(self) -> bool:
+        """Whether a hospital.kpi-partials partition the agent takes from has messages past the
+        last one it took, by the log ends its fetches last saw (Faust's public consumer API)."""
+        consumer, topic = self.app.consumer, self.partials_topic.get_topic_name()
+        for tp in consumer.assignment():
+            last = self._partials_line.last_moved(tp.partition)
+            if tp.topic != topic or last < 0:  # (not taken from since the assignment)
+                continue
+            try:
+                end = consumer.highwater(tp)
+            except AssertionError:  # no longer assigned (a rebalance began)
+                continue
+            if end is not None and end - 1 > last:
+                return True
+        return False
 
     async def _flush(self, settle: bool = False) -> None:
         """Send the changed KPI windows; once Kafka has them all, and the table writes of the

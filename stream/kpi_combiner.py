@@ -255,6 +255,10 @@ class KpiCombiner:
             changed.add(RELABEL)
         self._dirty[dim][day] |= changed
 
+    def latest_day(self, partition: int) -> date | None:
+        """The latest day of the records of ADT partition ``partition`` put so far (None: none)."""
+        return self._latest.get(partition)
+
     def _saw(self, partition: int, day: date) -> None:
         if day > self._latest.get(partition, date.min):
             self._latest[partition] = day
