@@ -372,7 +372,7 @@ class AdtFlow:
                             "(its hops on hospital.adt-merges have not come back)",
                             partition, waiting, entry.get("offset"))
             return []
-        watermark = self.watermark(partition)
+        watermark = self._watermark(partition)
         out: list[Output] = []
         try:
             event = applied_as(parse_adt(raw if raw is not None else b""))  # A06 / A07: what they act as
@@ -485,7 +485,7 @@ class AdtFlow:
             self._landed(partition, rec["merge_id"])
         else:  # only the flow writes this topic: a record it cannot read is a bug, kept in the DLQ
             out.append(self._dead_letter(raw, None, "merge record without a known step", partition, offset,
-                                         self.watermark(partition), self.merges_topic))
+                                         self._watermark(partition), self.merges_topic))
         self._mark(partition_key(partition), merge_offset=offset)
         return out
 
@@ -499,7 +499,7 @@ class AdtFlow:
         for pending in moved:
             self._file_due(partition, pending, survivor)
         self._labels(outcomes, brain, out, learn=False)
-        watermark = self.watermark(partition)
+        watermark = self._watermark(partition)
         if watermark is not None:
             state, late = patient.expire(state, watermark)
             self._labels(late, brain, out, learn=False)
@@ -522,8 +522,7 @@ class AdtFlow:
 
     # ------------------------------------------------------------------ steps
 
-    def watermark(self, partition: int) -> datetime | None:
-        """The partition's event-time watermark as its state holds it (staged or committed)."""
+    def _watermark(self, partition: int) -> datetime | None:
         mark = (self.partitions.get(partition_key(partition)) or {}).get("watermark")
         return None if mark is None else datetime.fromisoformat(mark)
 

@@ -71,8 +71,8 @@ class Pipeline:
         # the journaled tables' writes: in Kafka before the next batch's journal replaces this one's
         self.state_sends = JournalSends(app, self.patients, self.due, self.models, self.health, self.kpi)
         self._flow_lock = asyncio.Lock()  # one batch of the flow at a time (process_adt, process_merges)
-        # hospital.adt partition -> its watermark's day, as of the last batch applied here
-        self._adt_days: dict[int, date] = {}
+        # hospital.adt partition -> the latest day of the KPI records its batches sent from here
+        self._sent_days: dict[int, date] = {}
         self.flow = adt_flow.AdtFlow(source_topic=self.topics.adt, patients=self.patients,
                                      partitions=self.partition_state, due=self.due, models=self.models,
                                      alert_share=s.alert_share_for, health=self.health, kpi=self.kpi)
@@ -80,7 +80,7 @@ class Pipeline:
         self.monitor = health_monitor.HealthMonitor(self.health_state)
         self.kpis = KpiAgent(app, s, days=self.kpi_days, partials_topic=self.kpi_partials_topic,
                              kpis_topic=self.topics.kpis, outputs=self.outputs, behind=self.behind,
-                             adt_days=lambda: self._adt_days)
+                             sent_days=lambda: self._sent_days)
         self.watch = PartitionWatch(app, s, self.adt_topic, done={
             self.topics.adt: written_offset(self.partition_state),
             self.topics.adt_merges: written_offset(self.partition_state, "merge_offset"),
@@ -173,7 +173,7 @@ class Pipeline:
     async def _on_assigned(self, app: faust.App, assigned: Any, **kwargs: Any) -> None:
         # The tables are the truth after a rebalance: drop in-memory copies.
         self.flow.forget_cache()
-        self._adt_days.clear()
+        self._sent_days.clear()
         self.kpis.on_assigned()
         self.monitor.forget()
         self.watch.forget()
@@ -261,6 +261,7 @@ class Pipeline:
                     outputs = process(item)
                 await send(outputs)  # scores, alerts, labels, accepted events, merge hops, dead letters
             await send(flow.partials(n))  # a dimension's (a facility's) records to one partition
+            sent_days = flow.kpi_tally.staged_days()
             await batch.acked()  # every output acknowledged (raises if one failed)
             await self.state_sends.acked()  # the previous batch's state, before its journal is replaced
             self.state_sends.clear()
@@ -282,11 +283,8 @@ class Pipeline:
             self.journal.clear()
         flow.commit_state(scope)
         self.watch.moved(taken)
-        for partition, event in last.items():
-            with as_event(event):
-                mark = flow.watermark(partition)
-            if mark is not None:
-                self._adt_days[partition] = mark.date()
+        for partition, day in sent_days.items():
+            self._sent_days[partition] = max(day, self._sent_days.get(partition, day))
         return last
 
     async def monitor_health(self, stream: faust.StreamT) -> None:

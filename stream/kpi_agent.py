@@ -58,13 +58,13 @@ LAG = timedelta(days=2)
 class KpiAgent:
     """The combiner, its staged table ``kpi_days``, and the records it holds until a flush.
 
-    ``behind`` says whether the worker's ADT side has a backlog, ``adt_days`` the event-time day
-    of each ADT partition it applied (then flushes settle: :meth:`_settling`).
+    ``behind`` says whether the worker's ADT side has a backlog, ``sent_days`` the latest day of
+    the KPI records it sent per ADT partition (then flushes settle: :meth:`_settling`).
     """
 
     def __init__(self, app: faust.App, s: Settings, *, days: faust.Table, partials_topic: faust.TopicT,
                  kpis_topic: str, outputs: OutputLanes, behind: Callable[[], bool] = lambda: False,
-                 adt_days: Callable[[], Mapping[int, date]] = dict) -> None:
+                 sent_days: Callable[[], Mapping[int, date]] = dict) -> None:
         self.app = app
         self.settings = s
         self.tuning = s.stream
@@ -72,7 +72,7 @@ class KpiAgent:
         self.kpis_topic = kpis_topic
         self.outputs = outputs
         self.behind = behind
-        self.adt_days = adt_days
+        self.sent_days = sent_days
         self.state = Staged(days)
         self.combiner = KpiCombiner(days=self.state, ready=lambda: app.tables.recovery.completed.is_set())
         # the records applied since the last flush began: acknowledged (so Kafka may commit them)
@@ -166,16 +166,16 @@ class KpiAgent:
         return self.tuning.kpi_settle and (self.behind() or self._lagging())
 
     def _lagging(self) -> bool:
-        """Whether partials wait for the combiner while it is :data:`LAG` or more of event time
-        behind an ADT partition this worker applied: the tail of a replay, when the ADT side is
-        done and weeks of event time wait on hospital.kpi-partials. (Flushes that went out live
-        there sent each window once per flush crossing it: 3.6 messages per window on a year.)
-        An ADT partition the combiner has no record of is left out: one whose events make no
-        KPI (dead letters only) must not hold every flush."""
+        """Whether partials wait for the combiner while its latest day of an ADT partition is
+        :data:`LAG` or more behind the latest day of the records this worker sent for it: the
+        tail of a replay, when the ADT side is done and weeks of event time wait on
+        hospital.kpi-partials. (Flushes that went out live there sent each window once per flush
+        crossing it: 3.6 messages per window on a year.) An ADT partition the combiner has no
+        record of yet is left out."""
         if not self._partials_waiting():
             return False
         return any((latest := self.combiner.latest_day(partition)) is not None and day - latest >= LAG
-                   for partition, day in self.adt_days().items())
+                   for partition, day in self.sent_days().items())
 
     def _partials_waiting(self) -> bool:
         """Whether a hospital.kpi-partials partition the agent takes from has messages past the

@@ -193,6 +193,18 @@ class KpiTally:
         return out
 
 
+    def staged_days(self) -> dict[int, date]:
+        """The latest day, per ADT partition, of the buckets the batch changed: how far in event
+        time the batch's records bring a combiner that reads them."""
+        latest: dict[int, str] = {}
+        for key, (partition, entry) in self.table.pending.items():
+            if key.startswith("k") and entry is not None and entry["c"]:
+                day = key.split("|")[1]
+                if day > latest.get(partition, ""):
+                    latest[partition] = day
+        return {partition: date.fromisoformat(day) for partition, day in latest.items()}
+
+
 def bundles(records: Iterable[tuple[str, str, bytes]], partition_of: Callable[[str], int],
             limit: int = BUNDLE_BYTES) -> list[tuple[int, bytes]]:
     """``(partition, value)`` messages holding ``records`` (``(key, route, value)``, as

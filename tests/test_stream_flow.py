@@ -164,6 +164,23 @@ def test_a_journal_written_by_zlib_is_still_re_applied(messages) -> None:
     assert all(restarted.patients.table.get(key) == value for key, value in writes["patients"].items())
 
 
+def test_staged_days_say_how_far_a_batch_brings_the_combiner(messages) -> None:
+    """The KPI agent settles while the combiner lags the records a worker sent
+    (``KpiAgent._lagging``): a batch's latest record day per ADT partition, from its partials."""
+    flow = _flow(_tables())
+    batch = messages[:400]
+    for p, off, key, raw in batch:
+        flow.process(raw, p, off, key=key, commit=False)
+    records = [r for o in flow.kpi_partials(4) for r in orjson.loads(o.value)]
+    want: dict[int, date] = {}
+    for r in records:
+        day = date.fromisoformat(r["day"])
+        want[r["partition"]] = max(day, want.get(r["partition"], day))
+    assert flow.kpi_tally.staged_days() == want and len(want) == 4
+    flow.commit()
+    assert flow.kpi_tally.staged_days() == {}
+
+
 def test_commit_files_each_write_under_its_partition(messages) -> None:
     """The agent commits a batch of several partitions; Faust needs each write's own partition."""
     tables = _tables()
