@@ -302,6 +302,7 @@ class AdtFlow:
         self._learned.clear()
         self._due_floor.clear()
         self._resumed.clear()
+        self.kpi_tally.drop_cache()
 
     def brain(self, partition: int) -> Brain:
         """The partition's model and policy: read from the table once, then kept live in memory."""

@@ -31,7 +31,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 import orjson
@@ -43,6 +43,8 @@ BUNDLE_BYTES = 512 * 1024  # a bundle's size limit, well under Kafka's 1 MB mess
 
 
 SHARDS = 8  # table entries per (ADT partition, day)
+CACHED_ENTRIES = 4096  # decoded entries kept (~4 partitions x 8 shards x 128 days) before pruning
+CACHED_DAYS = timedelta(days=40)  # what pruning keeps behind the latest day
 
 
 def item_key(dimension: str, dimension_id: str) -> str:
@@ -102,8 +104,8 @@ class KpiTally:
     def __init__(self, table: Any) -> None:
         self.table = table
         self._open: dict[tuple[str, str], _Open] = {}  # (table key, item) -> bucket
-        # the entries read this batch, decoded once (a Faust table decodes at every read): the
-        # batch's only writes to them are :meth:`stage`'s, which drops this
+        # entries as decoded or staged (a Faust table decodes at every read; a batch's labels
+        # touch a month of days), kept from batch to batch: the tally is the table's one writer
         self._entries: dict[str, dict[str, Any] | None] = {}
 
     def add(self, contributions: Iterable[kpis.Contribution]) -> None:
@@ -163,12 +165,25 @@ class KpiTally:
                 if o.new:
                     new.add(item)
             self.table.partition = next(iter(items.values())).partition
-            self.table[key] = {"i": stored, "c": changed, "n": sorted(new)}
-        self._entries.clear()
+            self.table[key] = self._entries[key] = {"i": stored, "c": changed, "n": sorted(new)}
+        if len(self._entries) > CACHED_ENTRIES:
+            self._prune()
+
+    def _prune(self) -> None:
+        """Drop the cached entries of days far behind the latest (labels reach 30 days back; an
+        older day is read from the table again)."""
+        latest = max(key.split("|")[1] for key in self._entries)
+        horizon = (date.fromisoformat(latest) - CACHED_DAYS).isoformat()
+        for key in [key for key in self._entries if key.split("|")[1] < horizon]:
+            del self._entries[key]
 
     def forget(self) -> None:
-        """Drop the batch's buckets (it is rolled back)."""
+        """Drop the batch's buckets (it is rolled back) and the cached entries."""
         self._open.clear()
+        self._entries.clear()
+
+    def drop_cache(self) -> None:
+        """Drop the cached entries (the partitions moved: the table is the truth)."""
         self._entries.clear()
 
     def partials(self) -> list[tuple[str, str, bytes]]:

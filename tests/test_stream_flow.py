@@ -164,6 +164,27 @@ def test_a_journal_written_by_zlib_is_still_re_applied(messages) -> None:
     assert all(restarted.patients.table.get(key) == value for key, value in writes["patients"].items())
 
 
+def test_a_rolled_back_batch_leaves_the_kpi_partials_as_they_were(messages) -> None:
+    """The KPI tally keeps decoded table entries from batch to batch: a batch rolled back and
+    processed again by the same flow sends the same partials, and later batches those of a
+    flow that never saw the rolled-back one."""
+    def batch(flow, msgs) -> list[bytes]:
+        for p, off, key, raw in msgs:
+            flow.process(raw, p, off, key=key, commit=False)
+        return [o.value for o in flow.kpi_partials(4)]
+
+    cuts = [messages[i:i + 150] for i in range(0, 900, 150)]
+    flow, clean = _flow(_tables()), _flow(_tables())
+    for i, msgs in enumerate(cuts):
+        if i == 3:
+            batch(flow, msgs)
+            flow.rollback()
+        got, want = batch(flow, msgs), batch(clean, msgs)
+        assert got == want, f"batch {i}"
+        flow.commit()
+        clean.commit()
+
+
 def test_staged_days_say_how_far_a_batch_brings_the_combiner(messages) -> None:
     """The KPI agent settles while the combiner lags the records a worker sent
     (``KpiAgent._lagging``): a batch's latest record day per ADT partition, from its partials."""
