@@ -30,8 +30,10 @@ per window equals the value over every partial, whatever the flush timing:
 * In a backlog (a replay, a catch-up) a window's KPIs would go out again at every flush that
   crosses its days, and its label-driven KPIs again for 30 event days after it ends. A
   *settling* flush (:meth:`KpiCombiner.flush_batches` with ``settle=True``) holds each KPI of a
-  window until the event-time frontier (the earliest of the ADT partitions' latest days) is
-  :data:`SETTLE_DAYS` past the window's end, so a replay sends about one message per window;
+  window until the event-time frontier of its input partition (the earliest of the ADT
+  partitions' latest days among the records of that hospital.kpi-partials partition: each ADT
+  partition's records come in its event order there, but the input partitions are read
+  unevenly) is :data:`SETTLE_DAYS` past the window's end, so a replay sends about one message per window;
   a flush that does not settle sends everything held. Held KPIs are not remembered across a
   crash: the agent acknowledges a record only once the frontier is
   :meth:`KpiCombiner.release_day` (every KPI its flush held has settled), so the records behind
@@ -133,7 +135,9 @@ class KpiCombiner:
         # window -> the KPIs a settling flush held back (not settled yet), per dimension
         self._held: dict[Dim, dict[tuple[str, date, date], set[str]]] = {}
         self._held_next: dict[Dim, date] = {}  # the frontier at which a held KPI of dim settles
-        self._latest: dict[int, date] = {}  # ADT partition -> the latest day of its records
+        # (input partition, ADT partition) -> the latest day of the ADT partition's records there
+        self._latest: dict[tuple[int, int], date] = {}
+        self._input: dict[Dim, int] = {}  # dimension -> the input partition its records come on
 
     # ------------------------------------------------------------------ state
 
@@ -148,6 +152,7 @@ class KpiCombiner:
                       self._base, self._base_census, self.capacity, self._held, self._held_next):
             cache.clear()
         self._latest.clear()
+        self._input.clear()
         for key, entry in list(self.days.items()):
             if not entry:
                 continue
@@ -155,11 +160,13 @@ class KpiCombiner:
                 self.capacity[key[len(CAPACITY_KEY):]] = entry["capacity"]
                 continue
             day = date.fromisoformat(key.split("|")[1])
+            source = int(key[1:key.index("|")])  # day_key: d{input partition}|...
             for item, stored in entry.items():
                 dimension, dim_id = item.split("|", 1)
                 dim = (dimension, dim_id)
+                self._input[dim] = source
                 for partition in stored["p"]:
-                    self._saw(int(partition), day)
+                    self._saw(source, int(partition), day)
                 self._buckets.setdefault(dim, {})[day] = summed(stored["p"])
                 self._note_facilities(dim, day, stored["f"])
         for dim in list(self._buckets):
@@ -232,7 +239,8 @@ class KpiCombiner:
             return
         assert p.bucket is not None and p.partition is not None
         dim, day = (p.dimension, p.dimension_id), p.day
-        self._saw(p.partition, day)
+        self._saw(partition, p.partition, day)
+        self._input[dim] = partition
         self._recall(dim, day, partition)
         key, item = day_key(partition, dim, day), item_key(*dim)
         shard = self.days.get(key) or {}
@@ -256,18 +264,29 @@ class KpiCombiner:
         self._dirty[dim][day] |= changed
 
     def latest_day(self, partition: int) -> date | None:
-        """The latest day of the records of ADT partition ``partition`` put so far (None: none)."""
-        return self._latest.get(partition)
+        """The latest day of the records of ADT partition ``partition`` put so far, on any input
+        partition (None: none)."""
+        return max((day for (_, adt), day in self._latest.items() if adt == partition), default=None)
 
-    def _saw(self, partition: int, day: date) -> None:
-        if day > self._latest.get(partition, date.min):
-            self._latest[partition] = day
+    def _saw(self, source: int, partition: int, day: date) -> None:
+        if day > self._latest.get((source, partition), date.min):
+            self._latest[(source, partition)] = day
 
     @property
     def frontier(self) -> date | None:
-        """The event-time watermark: the earliest of the ADT partitions' latest days (each ADT
-        partition's records come in its event order; they are read unevenly). None: no day."""
-        return min(self._latest.values(), default=None)
+        """The earliest input partition's frontier (:meth:`_frontiers`): by it the KPI agent
+        acknowledges the records behind held KPIs. None: no day."""
+        return min(self._frontiers().values(), default=None)
+
+    def _frontiers(self) -> dict[int, date]:
+        """Per input partition, its event-time watermark: the earliest of the ADT partitions'
+        latest days among its records (an ADT partition seen elsewhere but not there yet:
+        ``date.min``, so nothing there settles). A dimension's records all come on one input
+        partition, in each ADT partition's event order; the input partitions are read unevenly
+        (in a replayed year one ran weeks of event time ahead of another)."""
+        adts = {adt for _, adt in self._latest}
+        sources = {source for source, _ in self._latest}
+        return {source: min(self._latest.get((source, adt), date.min) for adt in adts) for source in sources}
 
     def _note_facilities(self, dim: Dim, day: date, facilities: dict[Any, str]) -> None:
         labels = self._facility.setdefault(dim, {}).setdefault(day, {})
@@ -333,7 +352,7 @@ class KpiCombiner:
             self._load()
         dirty, self._dirty = self._dirty, defaultdict(lambda: defaultdict(set))
         advance, self._advance = self._advance, {}
-        return self._batches(dirty, advance, self.frontier if settle else None)
+        return self._batches(dirty, advance, self._frontiers() if settle else None)
 
     def release_day(self) -> date | None:
         """The frontier at which every KPI that a flush called now holds has settled: the
@@ -344,11 +363,18 @@ class KpiCombiner:
             return None
         return max(self._latest.values()) + timedelta(days=1 + max(SETTLE_DAYS.values()))
 
+    def _frontier_of(self, dim: Dim, frontiers: dict[int, date] | None) -> date | None:
+        """``dim``'s frontier in a settling flush (``frontiers`` None: not settling)."""
+        if frontiers is None:
+            return None
+        return frontiers.get(self._input.get(dim, -1), date.min)
+
     def _batches(self, dirty: dict[Dim, dict[date, set[str]]], advance: dict[Dim, tuple[date, date]],
-                 frontier: date | None) -> Iterator[list[tuple[str, bytes]]]:
-        due = [dim for dim, day in self._held_next.items() if frontier is None or day <= frontier]
+                 frontiers: dict[int, date] | None) -> Iterator[list[tuple[str, bytes]]]:
+        due = [dim for dim, day in self._held_next.items()
+               if frontiers is None or day <= self._frontier_of(dim, frontiers)]
         for dim in {**dirty, **advance, **dict.fromkeys(due)}:
-            yield self._emit(dim, dirty.get(dim, {}), advance.get(dim), frontier)
+            yield self._emit(dim, dirty.get(dim, {}), advance.get(dim), self._frontier_of(dim, frontiers))
             self._prune(dim)
 
     def pending_days(self) -> int:
