@@ -169,9 +169,8 @@ class KpiAgent:
         """Whether partials wait for the combiner while its latest day of an ADT partition is
         :data:`LAG` or more behind the latest day of the records this worker sent for it: the
         tail of a replay, when the ADT side is done and weeks of event time wait on
-        hospital.kpi-partials. (Flushes that went out live there sent each window once per flush
-        crossing it: 3.6 messages per window on a year.) An ADT partition the combiner has no
-        record of yet is left out."""
+        hospital.kpi-partials (flushes that went out live there re-sent each window at every flush
+        crossing it). An ADT partition the combiner has no record of yet is left out."""
         if not self._partials_waiting():
             return False
         return any((latest := self.combiner.latest_day(partition)) is not None and day - latest >= LAG

@@ -33,7 +33,8 @@ per window equals the value over every partial, whatever the flush timing:
   window until the event-time frontier of its input partition (the earliest of the ADT
   partitions' latest days among the records of that hospital.kpi-partials partition: each ADT
   partition's records come in its event order there, but the input partitions are read
-  unevenly) is :data:`SETTLE_DAYS` past the window's end, so a replay sends about one message per window;
+  unevenly) is :data:`SETTLE_DAYS` past the window's end, so a replay sends about one message
+  per window;
   a flush that does not settle sends everything held. Held KPIs are not remembered across a
   crash: the agent acknowledges a record only once the frontier is
   :meth:`KpiCombiner.release_day` (every KPI its flush held has settled), so the records behind
@@ -282,8 +283,8 @@ class KpiCombiner:
         """Per input partition, its event-time watermark: the earliest of the ADT partitions'
         latest days among its records (an ADT partition seen elsewhere but not there yet:
         ``date.min``, so nothing there settles). A dimension's records all come on one input
-        partition, in each ADT partition's event order; the input partitions are read unevenly
-        (in a replayed year one ran weeks of event time ahead of another)."""
+        partition, in each ADT partition's event order; Faust reads the input partitions
+        unevenly."""
         adts = {adt for _, adt in self._latest}
         sources = {source for source, _ in self._latest}
         return {source: min(self._latest.get((source, adt), date.min) for adt in adts) for source in sources}
