@@ -34,6 +34,7 @@ from typing import Any
 
 from contracts.events import ModelHealth, dump
 from stream.domain import health
+from stream.domain.kpis import window_days
 from stream.health_tally import parse_partial
 from stream.staged import PartitionScope
 
@@ -88,24 +89,16 @@ class _Totals:
             yield start, end, run
 
     def _add(self, into: dict[str, Any], start: date, end: date, weight: int) -> None:
-        d = start
-        while d < end:
+        for d in window_days(start, end):
             rec = self.day(d)
             if rec is not None:
                 health.add_day(into, rec, weight)
-            d += timedelta(days=1)
 
     def sum_scores(self, start: date, end: date, row: str) -> float:
         """A label row's sum of scores over days ``[start, end)``: an ``fsum``, exactly
         rounded, so the same whichever windows were evaluated together."""
-        values = []
-        d = start
-        while d < end:
-            rec = self.day(d)
-            if rec is not None and row in rec["labels"]:
-                values.append(rec["labels"][row][health.SUM_SCORES])
-            d += timedelta(days=1)
-        return math.fsum(values)
+        return math.fsum(rec["labels"][row][health.SUM_SCORES] for d in window_days(start, end)
+                         if (rec := self.day(d)) is not None and row in rec["labels"])
 
 
 class HealthMonitor:
