@@ -32,7 +32,7 @@ from contracts.events import Topics
 from stream import adt_flow, faust_patches, health_monitor
 from stream.continuity import Item
 from stream.faust_app import JSON, create_app, rocksdb_options
-from stream.faust_batch import JournalSends, ack, as_event, stopping
+from stream.faust_batch import JournalSends, ack, as_event, stopping, waiting
 from stream.kpi_agent import KpiAgent
 from stream.output_lanes import OutputLanes
 from stream.partition_watch import PartitionWatch, written_offset
@@ -156,19 +156,10 @@ class Pipeline:
     def behind(self) -> bool:
         """Whether more than a batch of hospital.adt messages waits past the flow's state on this
         worker's partitions, by the log ends its fetches last saw (then KPI flushes settle)."""
-        consumer, adt = self.app.consumer, self.topics.adt
-        waiting = 0
-        for tp in consumer.assignment():
-            if tp.topic != adt:
-                continue
-            try:
-                end = consumer.highwater(tp)
-            except AssertionError:  # no longer assigned (a rebalance began)
-                continue
-            if end is not None:
-                entry = self.partition_state.get(adt_flow.partition_key(tp.partition))
-                waiting += end - 1 - adt_flow.taken_offset(entry)
-        return waiting > self.tuning.adt_batch
+        def taken(partition: int) -> int:
+            return adt_flow.taken_offset(self.partition_state.get(adt_flow.partition_key(partition)))
+
+        return sum(waiting(self.app, self.topics.adt, taken).values()) > self.tuning.adt_batch
 
     async def _on_assigned(self, app: faust.App, assigned: Any, **kwargs: Any) -> None:
         # The tables are the truth after a rebalance: drop in-memory copies.

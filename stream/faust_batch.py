@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -52,6 +52,23 @@ async def ack(stream: faust.StreamT, events: list[EventT]) -> None:
     """Acknowledge ``events`` to Faust (from ``noack_take``): their offsets may be committed."""
     for event in events:
         await stream.ack(event)
+
+
+def waiting(app: faust.App, topic: str, taken: Callable[[int], int | None]) -> dict[int, int]:
+    """Per partition of ``topic`` assigned to this worker, the messages past ``taken(partition)``
+    (the last offset its agent took; None: leave the partition out), by the log ends its
+    fetches last saw (Faust's public ``consumer.highwater``)."""
+    consumer, out = app.consumer, {}
+    for tp in consumer.assignment():
+        if tp.topic != topic or (last := taken(tp.partition)) is None:
+            continue
+        try:
+            end = consumer.highwater(tp)
+        except AssertionError:  # no longer assigned (a rebalance began)
+            continue
+        if end is not None:
+            out[tp.partition] = end - 1 - last
+    return out
 
 
 def stopping(app: faust.App, exc: BaseException) -> bool:

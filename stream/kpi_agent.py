@@ -31,7 +31,7 @@ from faust.types import EventT
 from contracts.events import ProviderRef, parse_reference
 from stream import kpi_tally
 from stream.continuity import CommittedLine, Item
-from stream.faust_batch import ack, as_event, stopping
+from stream.faust_batch import ack, as_event, stopping, waiting
 from stream.kpi_combiner import KpiCombiner
 from stream.output_lanes import OutputLanes
 from stream.staged import Staged
@@ -179,18 +179,10 @@ class KpiAgent:
     def _partials_waiting(self) -> bool:
         """Whether a hospital.kpi-partials partition the agent takes from has messages past the
         last one it took, by the log ends its fetches last saw (Faust's public consumer API)."""
-        consumer, topic = self.app.consumer, self.partials_topic.get_topic_name()
-        for tp in consumer.assignment():
-            last = self._partials_line.last_moved(tp.partition)
-            if tp.topic != topic or last < 0:  # (not taken from since the assignment)
-                continue
-            try:
-                end = consumer.highwater(tp)
-            except AssertionError:  # no longer assigned (a rebalance began)
-                continue
-            if end is not None and end - 1 > last:
-                return True
-        return False
+        def taken(partition: int) -> int | None:  # None: not taken from since the assignment
+            return last if (last := self._partials_line.last_moved(partition)) >= 0 else None
+
+        return any(n > 0 for n in waiting(self.app, self.partials_topic.get_topic_name(), taken).values())
 
     async def _flush(self, settle: bool = False) -> None:
         """Send the changed KPI windows; once Kafka has them all, and the table writes of the
