@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg2
-from kafka.errors import CommitFailedError, KafkaError
 from pydantic import ValidationError
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
@@ -48,7 +47,7 @@ from consumers.db import TRANSIENT_ERRORS, close_quietly, connect, libpq_url, si
 from consumers.sink import stop_on_signals
 from contracts.events import Alert, Topics, format_ts
 from wardstream.config import settings
-from wardstream.kafka_io import end_offsets_of, ensure_topics, make_consumer
+from wardstream.kafka_io import OffsetCommits, end_offsets_of, ensure_topics, make_consumer, next_offsets
 
 log = logging.getLogger(__name__)
 
@@ -321,6 +320,7 @@ def run_notifier(*, url: str | None = None, group: str | None = None, until_idle
                         max_attempts, backoff_initial, backoff_max, timeout)
     consumer = make_consumer(topic, group_id=group or f"{s.topic_namespace}wardstream-notifier", s=s,
                              max_poll_records=200, max_poll_interval_ms=1_800_000)
+    commits = OffsetCommits(consumer, "delivered alerts")
     last_data = time.monotonic()
     end_offsets = None
     try:
@@ -331,10 +331,12 @@ def run_notifier(*, url: str | None = None, group: str | None = None, until_idle
                 polled = consumer.poll(timeout_ms=500)
                 records = [r for recs in polled.values() for r in recs]
                 if not records:
+                    if not commits.settled:
+                        commits.commit()  # offsets a rebalance refused: this poll may have completed it
                     idle = time.monotonic() - last_data
                     if until_idle is not None and idle >= until_idle:
                         break
-                    if once:
+                    if once and commits.settled:
                         assignment = consumer.assignment()
                         if assignment and end_offsets is None:
                             end_offsets = end_offsets_of(consumer, assignment)
@@ -353,11 +355,8 @@ def run_notifier(*, url: str | None = None, group: str | None = None, until_idle
                         log.warning("skipped invalid alert %s[%d]@%d", r.topic, r.partition, r.offset)
                         continue
                     notifier.handle(alert)
-                try:
-                    consumer.commit()
-                    stats.commits += 1
-                except (CommitFailedError, KafkaError) as exc:
-                    log.warning("offset commit failed (%s); alerts will be re-read (ledger skips them)", exc)
+                commits.commit(next_offsets(records))  # refused: alerts re-read, the ledger skips them
+                stats.commits = commits.commits
     except TRANSIENT_ERRORS:
         if not stop.is_set():
             raise

@@ -34,8 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg2
-from kafka.errors import CommitFailedError, KafkaError
-from kafka.structs import OffsetAndMetadata, TopicPartition
+from kafka.errors import KafkaError
 from pydantic import ValidationError
 from tenacity import Retrying, retry_if_exception_type, wait_exponential
 
@@ -54,7 +53,7 @@ from contracts.events import (
 )
 from stream.kpi_tally import Partial
 from wardstream.config import settings
-from wardstream.kafka_io import end_offsets_of, ensure_topics, make_consumer
+from wardstream.kafka_io import OffsetCommits, end_offsets_of, ensure_topics, make_consumer, next_offsets
 
 log = logging.getLogger(__name__)
 
@@ -259,6 +258,7 @@ def run_sink(*, topics: Iterable[str] | None = None, group: str | None = None,
     consumer = make_consumer(*topic_list, group_id=group or default_group(ns), s=s,
                              max_poll_records=max_batch, max_poll_interval_ms=1_800_000)
     linger = FetchLinger(consumer, s.sink_linger_ms if linger_ms is None else linger_ms)
+    commits = OffsetCommits(consumer, "stored messages")
     writer = DatabaseWriter(libpq_url(db_url) if db_url else sink_url(),
                             lambda: stop.is_set() or halt.is_set(), stats)
     # One writer thread: batch N is written (the server works, psycopg2 releases the GIL) while
@@ -270,17 +270,17 @@ def run_sink(*, topics: Iterable[str] | None = None, group: str | None = None,
     end_offsets: dict | None = None
     last_data = time.monotonic()
 
+    def commit(offsets: dict | None = None) -> None:
+        """Commit (a rebalance may refuse it: re-read messages are harmless, upserts absorb them)."""
+        commits.commit(offsets)
+        stats.commits, stats.commit_failures = commits.commits, commits.failures
+
     def settle() -> None:
         """Wait for the batch in flight; commit its offsets only if its transaction committed."""
         while pending:
             future, offsets = pending.pop()
             future.result()  # a writer error propagates: its offsets are never committed
-            try:
-                consumer.commit(offsets)
-                stats.commits += 1
-            except (CommitFailedError, KafkaError) as exc:  # rebalance: re-read, upserts absorb it
-                stats.commit_failures += 1
-                log.warning("offset commit failed (%s); messages will be re-read", exc)
+            commit(offsets)
             if on_batch:
                 on_batch(stats)
 
@@ -306,13 +306,15 @@ def run_sink(*, topics: Iterable[str] | None = None, group: str | None = None,
                     valid = _decode(records, adders, stats, batch)
                     settle()
                     pending.append((executor.submit(_write, batch, valid, adders, writer, stats),
-                                    _next_offsets(records)))
+                                    next_offsets(records)))
                     continue
                 settle()
+                if not commits.settled:
+                    commit()  # offsets a rebalance refused: this poll may have completed it
                 idle = time.monotonic() - last_data
                 if until_idle is not None and idle >= until_idle:
                     break
-                if once:
+                if once and commits.settled:
                     end_offsets = end_offsets or _end_offsets(consumer)
                     if end_offsets and _caught_up(consumer, end_offsets):
                         break
@@ -364,16 +366,6 @@ class FetchLinger:
         if self._config is not None and flowing != self._flowing:
             self._config["fetch_min_bytes"], self._config["fetch_max_wait_ms"] = self._modes[flowing]
             self._flowing = flowing
-
-
-def _next_offsets(records) -> dict:
-    """The offsets to commit after ``records`` are stored: last offset + 1 per partition."""
-    out: dict[TopicPartition, OffsetAndMetadata] = {}
-    for r in records:
-        tp = TopicPartition(r.topic, r.partition)
-        if tp not in out or r.offset + 1 > out[tp].offset:
-            out[tp] = OffsetAndMetadata(r.offset + 1, "", -1)
-    return out
 
 
 def _decode(records, adders: dict[str, Adder], stats: SinkStats, batch: Batch) -> list:

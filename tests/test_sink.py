@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import math
+import threading
+import time
 from collections import Counter
 
 import orjson
 import psycopg2
 import pytest
+from confluent_kafka import ConsumerGroupState
+from confluent_kafka.admin import AdminClient
+from kafka.structs import TopicPartition
 from typer.testing import CliRunner
 
 from consumers.fake import generate, produce
-from consumers.sink import default_group, default_topics, run_sink
+from consumers.sink import SinkStats, default_group, default_topics, run_sink
 from consumers.state import dump_tables, table_counts
 from stream.kpi_tally import Partial
 from test_sink_support import reset_group, sink_db  # noqa: F401  (fixture)
 from wardstream.cli import app
 from wardstream.config import ConfigError, settings
+from wardstream.kafka_io import admin_client, ensure_topics, group_offsets, make_consumer
 
 pytestmark = pytest.mark.e2e
 
@@ -80,6 +86,82 @@ def test_tables_hold_exactly_the_produced_events(kafka_ns, sink_db) -> None:
     # offsets were committed: a second run of the same group finds nothing new
     again = run_sink(once=True)
     assert again.messages == 0 and table_counts(sink_db) == counts
+
+
+def test_a_commit_refused_by_a_rebalance_is_retried(kafka_ns, sink_db) -> None:
+    """Commits refused while the sink's group rebalances are made once the rebalance is over.
+
+    Two members of the sink's group read another topic: ``slow``, already in the group, and
+    ``newcomer``, whose joining starts a rebalance while the sink's first batch waits on a table
+    lock. ``slow`` does not poll, so the rebalance waits for it and kafka-python refuses the sink's
+    next commits. The sink keeps its partitions and their positions through the rebalance, so
+    it must commit those offsets afterwards instead of ending ``--once`` without them."""
+    produce(generate(patients=30, days=30, seed=3), kafka_ns)
+    group, topics = default_group(), default_topics()
+    elsewhere = f"{kafka_ns}test.elsewhere"
+    ensure_topics([elsewhere])
+    admin = AdminClient({"bootstrap.servers": settings().kafka.bootstrap_servers})
+
+    def polled_until(member, state: ConsumerGroupState) -> bool:
+        member.poll(timeout_ms=200)
+        return admin.describe_consumer_groups([group])[group].result(timeout=30).state == state
+
+    slow = make_consumer(elsewhere, group_id=group)
+    newcomer = None
+    _until(lambda: polled_until(slow, ConsumerGroupState.STABLE), "the first member's assignment")
+    blocker = psycopg2.connect(sink_db)  # holds every table: the sink's first write waits
+    with blocker.cursor() as cur:
+        cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        cur.execute("LOCK TABLE " + ", ".join(t for (t,) in cur.fetchall()) + " IN ACCESS EXCLUSIVE MODE")
+    refused = threading.Event()
+    result: dict[str, SinkStats] = {}
+
+    def sink() -> None:
+        result["stats"] = run_sink(once=True, handle_signals=False, max_batch=60, linger_ms=0,
+                                   on_batch=lambda st: st.commit_failures and refused.set())
+
+    thread = threading.Thread(target=sink)
+    thread.start()
+    try:
+        _until(lambda: polled_until(slow, ConsumerGroupState.STABLE) and _one(
+            sink_db, "SELECT count(*) FROM pg_locks WHERE NOT granted")[0] > 0,
+            "the sink in the group, its first write waiting")
+        newcomer = make_consumer(elsewhere, group_id=group)
+        _until(lambda: polled_until(newcomer, ConsumerGroupState.PREPARING_REBALANCING),
+               "the newcomer's rebalance")
+        time.sleep(HEARTBEAT_S + 1)  # the sink learns of the rebalance from its next heartbeat
+        blocker.rollback()
+        assert refused.wait(60), "no commit of the sink was refused"
+
+        def sink_done() -> bool:  # the two members rejoin: the rebalance ends
+            slow.poll(timeout_ms=100)
+            newcomer.poll(timeout_ms=100)
+            return not thread.is_alive()
+        _until(sink_done, "the sink's end")
+    finally:
+        blocker.close()
+        for member in (slow, newcomer):
+            if member is not None:
+                member.close(autocommit=False)
+    probe = make_consumer(group_id=None)
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in probe.partitions_for_topic(t)]
+        ends = {tp: end for tp, end in probe.end_offsets(tps).items() if end > 0}
+    finally:
+        probe.close()
+    with admin_client() as kadmin:
+        assert {tp: o for tp, o in group_offsets(kadmin, group).items() if tp.topic != elsewhere} == ends
+    assert result["stats"].stored > 0
+
+
+HEARTBEAT_S = 3  # kafka-python's heartbeat_interval_ms, which make_consumer leaves as it is
+
+
+def _until(check, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
 
 
 def test_rerun_over_the_same_offsets_changes_nothing(kafka_ns, sink_db) -> None:

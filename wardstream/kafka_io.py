@@ -22,12 +22,15 @@ from confluent_kafka import KafkaError as RdKafkaError
 from confluent_kafka import KafkaException as RdKafkaException
 from confluent_kafka import Producer as RdKafkaProducer
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.structs import OffsetAndMetadata
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.partitioner.default import murmur2
 from kafka.errors import (
+    CommitFailedError,
     CoordinatorLoadInProgressError,
     CoordinatorNotAvailableError,
     KafkaConnectionError,
+    KafkaError,
     KafkaTimeoutError,
     LeaderNotAvailableError,
     NodeNotReadyError,
@@ -379,6 +382,63 @@ def make_consumer(*topics: str, group_id: str | None, s: Settings | None = None,
         _await_partitions(consumer, topics, s)
         consumer.subscribe(list(topics))
     return consumer
+
+
+def next_offsets(records: Iterable[Any]) -> dict[TopicPartition, OffsetAndMetadata]:
+    """The offsets to commit once ``records`` are handled: last offset + 1 per partition."""
+    out: dict[TopicPartition, OffsetAndMetadata] = {}
+    for r in records:
+        tp = TopicPartition(r.topic, r.partition)
+        if tp not in out or r.offset + 1 > out[tp].offset:
+            out[tp] = OffsetAndMetadata(r.offset + 1, "", -1)
+    return out
+
+
+class OffsetCommits:
+    """Commits a consumer's offsets, and again later those a rebalance refused.
+
+    kafka-python keeps a partition's position when a rebalance leaves it with the same consumer,
+    so the messages of a refused commit are not read again: without a retry their offsets stay
+    uncommitted until the partition's next message, and a run that stops once caught up would
+    leave them for the next run to re-read. Offsets of a partition given to another member are
+    dropped: the new owner reads from the last committed offset.
+    """
+
+    def __init__(self, consumer: KafkaConsumer, what: str) -> None:
+        self.consumer = consumer
+        self.what = what  # the messages re-read if the commit never goes through, for the log
+        self.pending: dict[TopicPartition, OffsetAndMetadata] = {}
+        self.commits = 0
+        self.failures = 0
+        self._refused = False  # the pending offsets were refused (warned once, then debug)
+
+    @property
+    def settled(self) -> bool:
+        """Every offset handed to :meth:`commit` is committed (or its partition given away)."""
+        return not self.pending
+
+    def commit(self, offsets: Mapping[TopicPartition, OffsetAndMetadata] | None = None) -> bool:
+        """Commit ``offsets`` with any still pending; False (logged) if the broker refused them."""
+        self.pending.update(offsets or {})
+        owned = self.consumer.assignment()
+        self.pending = {tp: o for tp, o in self.pending.items() if tp in owned}
+        if not self.pending:
+            return True
+        try:
+            self.consumer.commit(self.pending)
+        except (CommitFailedError, KafkaError) as exc:  # a rebalance: retried after the next poll
+            self.failures += 1
+            (log.debug if self._refused else log.warning)(
+                "offset commit failed (%s); retried after the next poll, else the %s are re-read",
+                exc, self.what)
+            self._refused = True
+            return False
+        if self._refused:
+            log.info("offsets committed on a retry")
+        self.commits += 1
+        self.pending = {}
+        self._refused = False
+        return True
 
 
 def _await_partitions(consumer: KafkaConsumer, topics: Iterable[str], s: Settings) -> None:
