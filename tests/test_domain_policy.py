@@ -122,6 +122,66 @@ def test_round_trip_and_replay_give_the_same_decisions() -> None:
     assert AlertBudget.from_dict({"recall_target": 0.85, "buffer": []}).to_dict() == {"windows": {}}
 
 
+class PlainBudget:
+    """The budget's rules read off its docstring, summing the whole window at every decision
+    (what :class:`AlertBudget` keeps up to date incrementally)."""
+
+    def __init__(self, min_scores: int) -> None:
+        self.min_scores, self.windows = min_scores, {}
+
+    def decide(self, facility: str, at: datetime, score: float, lace: int, share: float, warm: bool):
+        window = self.windows.setdefault(facility, [])
+        t = int(at.timestamp())
+        window[:] = [e for e in window if e[0] >= t - 28 * 86_400]
+        scores = [s for _, s, _, _ in window if s is not None]
+        decided = [f for *_, f in window if f is not None]
+        pace = 1.0
+        if decided:
+            over = (sum(decided) - share * len(decided)) / (share * len(decided))
+            pace = min(max(1.0 - 2.0 * over, 0.5), 1.5)
+        threshold = score_threshold(scores, share * pace)
+        if warm and threshold is not None and len(scores) >= self.min_scores:
+            flagged, policy = score >= threshold, BUDGET
+        else:
+            flagged, policy = lace >= lace_cutoff([v for _, _, v, _ in window], share), LACE_COLD_START
+        window.append((t, score if warm else None, lace, int(flagged) if policy == BUDGET else None))
+        del window[:-500]
+        return flagged, policy, 1.0 if threshold is None else threshold
+
+    def forget(self, facility: str, at: datetime, score: float, lace: int) -> bool:
+        window = self.windows.get(facility, [])
+        for i in range(len(window) - 1, -1, -1):
+            t, s, v, _ = window[i]
+            if t == int(at.timestamp()) and v == lace and (s is None or abs(s - score) < 1e-12):
+                del window[i]
+                return True
+        return False
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_decisions_equal_the_rules_summed_over_the_whole_window(seed: int) -> None:
+    """Cold and warm discharges, ties, bursts past the 500 cap, gaps past 28 days, withdrawals and
+    a save / restore on the way: every decision equals the plain reading of the rules."""
+    rng = random.Random(seed)
+    budget, plain = AlertBudget(min_scores=30), PlainBudget(min_scores=30)
+    at, seen = T0, []
+    for i in range(6000):
+        at += timedelta(hours=rng.choice([0.01, 0.5, 2, 6] + [24 * 30] * (i % 997 == 0)))
+        facility = rng.choice(["F01", "F02"])
+        score = round(rng.random(), 2)  # ties
+        lace = rng.randint(-1, 21)  # out-of-range values are clamped alike
+        share, warm = rng.choice([0.05, 0.10, 0.6, 1.0]), i > 800
+        d = budget.decide(facility, at, score, lace, share, warm)
+        assert (d.high_risk, d.policy, d.threshold) == plain.decide(facility, at, score, lace, share, warm)
+        seen.append((facility, at, score, lace))
+        if rng.random() < 0.05:
+            gone = rng.choice(seen[-50:])
+            assert budget.forget(*gone) == plain.forget(*gone)
+        if i % 1500 == 0:
+            budget = AlertBudget.from_dict(json.loads(json.dumps(budget.to_dict())))
+            budget.min_scores = 30
+
+
 def test_rejects_bad_options() -> None:
     with pytest.raises(ValueError):
         AlertBudget(window_days=0)
