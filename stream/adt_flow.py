@@ -237,9 +237,11 @@ class AdtFlow:
 
         The worker waits until Kafka has these changelog records before :meth:`commit_state`,
         so a state restored from the changelogs never holds a write newer than its journal.
-        A model that learned is serialized here, once per commit, not once per label.
+        A model that learned, or an error detector, is serialized here, once per commit, not
+        once per label.
         """
         self.kpi_tally.stage()
+        self.tally.stage()
         for partition in sorted(self._learned):
             self.models.partition = partition
             self.models[partition_key(partition)] = self._brains[partition].to_entry()
@@ -303,6 +305,7 @@ class AdtFlow:
         self._due_floor.clear()
         self._resumed.clear()
         self.kpi_tally.drop_cache()
+        self.tally.forget()
 
     def brain(self, partition: int) -> Brain:
         """The partition's model and policy: read from the table once, then kept live in memory."""

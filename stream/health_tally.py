@@ -41,6 +41,10 @@ class HealthTally:
 
     def __init__(self, table: Any) -> None:
         self.table = table  # Staged: .partition is the partition of the message being processed
+        # live error detectors, as the flow keeps its models: decoded once, written once a batch
+        # (a detector is a pickled river object: encoding it took ~50 us, at every label)
+        self._detectors: dict[str, health.ErrorDrift] = {}
+        self._changed: dict[str, int] = {}  # detector key -> its partition, written at stage()
 
     def _day(self, facility_id: str, at: datetime) -> tuple[str, dict[str, Any]]:
         key = day_key(self.table.partition, facility_id, at.astimezone(timezone.utc).date().isoformat())
@@ -78,18 +82,32 @@ class HealthTally:
         p = o.pending
         self.count_label(o)
         dkey = detector_key(self.table.partition, p.facility_id)
-        stored = self.table.get(dkey)
-        detector = (health.ErrorDrift.from_dict(stored) if stored
-                    else health.ErrorDrift.new(o.known_at))
+        detector = self._detectors.get(dkey)
+        if detector is None:
+            stored = self.table.get(dkey)
+            detector = self._detectors[dkey] = (health.ErrorDrift.from_dict(stored) if stored
+                                                else health.ErrorDrift.new(o.known_at))
         since = detector.since  # the update starts a new run when it fires
         fired = detector.update((p.score - float(o.readmitted)) ** 2, o.known_at)  # Brier error
-        self.table[dkey] = detector.to_dict()
+        self._changed[dkey] = self.table.partition
         if fired is None:
             return []
         recent, earlier, n = fired
         warning = health.error_drift_check(p.facility_id, self.table.partition, since=since,
                                            at=o.known_at, recent=recent, earlier=earlier, n=n)
         return [(warning.check_id, dump(warning))]
+
+    def stage(self) -> None:
+        """Write the detectors the batch changed to the (staged) table, before its journal."""
+        for dkey, partition in self._changed.items():
+            self.table.partition = partition
+            self.table[dkey] = self._detectors[dkey].to_dict()
+        self._changed.clear()
+
+    def forget(self) -> None:
+        """Drop the live detectors (a rolled-back batch, a rebalance: the table is the truth)."""
+        self._detectors.clear()
+        self._changed.clear()
 
     def partials(self) -> list[tuple[str, str, bytes]]:
         """``(key, facility_id, value)`` of every day record the batch changed (sent to the

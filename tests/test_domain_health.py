@@ -307,6 +307,22 @@ def test_flow_records_do_not_depend_on_batch_cuts_or_restarts(sixty_days) -> Non
     assert last(first + second) == last(whole)
 
 
+def test_error_detectors_are_stored_at_the_commit_and_rolled_back_with_the_batch(sixty_days) -> None:
+    """The flow keeps each error detector live from label to label and stores it with the
+    batch's commit: the stored detectors are those of a flow that stores them at every label
+    (the detector round-trips exactly), batch cuts, restarts and rolled-back batches aside."""
+    whole = _tables()
+    _batches(AdtFlow(source_topic="hospital.adt", **whole), sixty_days, 500)
+    tables = _tables()
+    flow = AdtFlow(source_topic="hospital.adt", **tables)
+    for p, off, key, raw in sixty_days[:1500]:
+        flow.process(raw, p, off, key=key, commit=False)  # labels from day 30 update detectors
+    flow.rollback()
+    _batches(flow, sixty_days, 97)
+    detectors = lambda t: {k: v for k, v in t["health"].items() if k.startswith("e")}  # noqa: E731
+    assert detectors(tables) and detectors(tables) == detectors(whole)
+
+
 # --------------------------------------------------------------------------- simulated years
 
 
