@@ -12,6 +12,7 @@ look-ups here do so themselves), and it gives up after a limit with one readable
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -133,9 +134,12 @@ def broker_call(what: str, fn: Callable[[], T], *, limit: float | None = None,
             f"(WARDSTREAM_BROKER_WAIT_S; last error: {_error_line(last)})") from None
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def key_partition(key: str | bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner gives ``key`` (murmur2, positive, modulo): the
     one every client here picks (kafka-python, aiokafka, librdkafka with ``murmur2_random``).
+    Memoized: the routes of a batch's KPI records and outputs repeat (facilities, departments,
+    providers), and kafka-python's murmur2 is pure Python.
 
     >>> key_partition("F01", 4) == key_partition(b"F01", 4) < 4
     True
