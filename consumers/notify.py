@@ -331,8 +331,7 @@ def run_notifier(*, url: str | None = None, group: str | None = None, until_idle
                 polled = consumer.poll(timeout_ms=500)
                 records = [r for recs in polled.values() for r in recs]
                 if not records:
-                    if not commits.settled:
-                        commits.commit()  # offsets a rebalance refused: this poll may have completed it
+                    commits.commit()  # offsets a rebalance refused, if any: this poll may have completed it
                     idle = time.monotonic() - last_data
                     if until_idle is not None and idle >= until_idle:
                         break

@@ -309,8 +309,7 @@ def run_sink(*, topics: Iterable[str] | None = None, group: str | None = None,
                                     next_offsets(records)))
                     continue
                 settle()
-                if not commits.settled:
-                    commit()  # offsets a rebalance refused: this poll may have completed it
+                commit()  # offsets a rebalance refused, if any: this poll may have completed it
                 idle = time.monotonic() - last_data
                 if until_idle is not None and idle >= until_idle:
                     break

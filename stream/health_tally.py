@@ -42,7 +42,7 @@ class HealthTally:
     def __init__(self, table: Any) -> None:
         self.table = table  # Staged: .partition is the partition of the message being processed
         # live error detectors, as the flow keeps its models: decoded once, written once a batch
-        # (a detector is a pickled river object: encoding it took ~50 us, at every label)
+        # (a detector is a pickled river object, too costly to encode at every label)
         self._detectors: dict[str, health.ErrorDrift] = {}
         self._changed: dict[str, int] = {}  # detector key -> its partition, written at stage()
 

@@ -140,8 +140,8 @@ def _cutoff_of_counts(counts: list[int], share: float) -> int:
 class _Window:
     """One facility's entries, oldest first, and what a decision reads from them kept up to date
     as entries come and go: the warm scores in ascending order, the count of each LACE value, and
-    the budget decisions' count and flags (summing them over up to 500 entries at every discharge
-    took a tenth of the ADT flow's time)."""
+    the budget decisions' count and flags (rather than summing up to 500 entries at every
+    discharge; bench/README.md, "Cheaper discharges and labels")."""
 
     __slots__ = ("entries", "scores", "laces", "decided", "flagged")
 
