@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from collections import Counter
@@ -12,6 +13,7 @@ import psycopg2
 import pytest
 from confluent_kafka import ConsumerGroupState
 from confluent_kafka.admin import AdminClient
+from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 from typer.testing import CliRunner
 
@@ -101,12 +103,25 @@ def test_a_commit_refused_by_a_rebalance_is_retried(kafka_ns, sink_db) -> None:
     elsewhere = f"{kafka_ns}test.elsewhere"
     ensure_topics([elsewhere])
     admin = AdminClient({"bootstrap.servers": settings().kafka.bootstrap_servers})
+    probe = make_consumer(group_id=None)
+    tps = [TopicPartition(t, p) for t in topics for p in probe.partitions_for_topic(t)]
 
-    def polled_until(member, state: ConsumerGroupState) -> bool:
+    def polled_until(member, state: ConsumerGroupState, assigned: int = 0) -> bool:
+        """``member`` polled; the group is in ``state`` with ``assigned`` partitions or more."""
         member.poll(timeout_ms=200)
-        return admin.describe_consumer_groups([group])[group].result(timeout=30).state == state
+        described = admin.describe_consumer_groups([group])[group].result(timeout=30)
+        return described.state == state and sum(
+            len(m.assignment.topic_partitions) for m in described.members) >= assigned
 
-    slow = make_consumer(elsewhere, group_id=group)
+    def member() -> KafkaConsumer:
+        """A member reading ``elsewhere``. Subscribed by pattern, its metadata holds every topic:
+        as the group's leader it then assigns the sink its partitions when the sink joins (its
+        metadata would lack the sink's topics if it were subscribed by name)."""
+        consumer = make_consumer(group_id=group)
+        consumer.subscribe(pattern=f"^{re.escape(elsewhere)}$")
+        return consumer
+
+    slow = member()
     newcomer = None
     _until(lambda: polled_until(slow, ConsumerGroupState.STABLE), "the first member's assignment")
     blocker = psycopg2.connect(sink_db)  # holds every table: the sink's first write waits
@@ -123,10 +138,11 @@ def test_a_commit_refused_by_a_rebalance_is_retried(kafka_ns, sink_db) -> None:
     thread = threading.Thread(target=sink)
     thread.start()
     try:
-        _until(lambda: polled_until(slow, ConsumerGroupState.STABLE) and _one(
+        every = len(tps) + len(probe.partitions_for_topic(elsewhere))  # the sink has all of its own
+        _until(lambda: polled_until(slow, ConsumerGroupState.STABLE, every) and _one(
             sink_db, "SELECT count(*) FROM pg_locks WHERE NOT granted")[0] > 0,
             "the sink in the group, its first write waiting")
-        newcomer = make_consumer(elsewhere, group_id=group)
+        newcomer = member()
         _until(lambda: polled_until(newcomer, ConsumerGroupState.PREPARING_REBALANCING),
                "the newcomer's rebalance")
         time.sleep(HEARTBEAT_S + 1)  # the sink learns of the rebalance from its next heartbeat
@@ -138,17 +154,12 @@ def test_a_commit_refused_by_a_rebalance_is_retried(kafka_ns, sink_db) -> None:
             newcomer.poll(timeout_ms=100)
             return not thread.is_alive()
         _until(sink_done, "the sink's end")
-    finally:
-        blocker.close()
-        for member in (slow, newcomer):
-            if member is not None:
-                member.close(autocommit=False)
-    probe = make_consumer(group_id=None)
-    try:
-        tps = [TopicPartition(t, p) for t in topics for p in probe.partitions_for_topic(t)]
         ends = {tp: end for tp, end in probe.end_offsets(tps).items() if end > 0}
     finally:
-        probe.close()
+        blocker.close()
+        for member in (slow, newcomer, probe):
+            if member is not None:
+                member.close(autocommit=False)
     with admin_client() as kadmin:
         assert {tp: o for tp, o in group_offsets(kadmin, group).items() if tp.topic != elsewhere} == ends
     assert result["stats"].stored > 0
