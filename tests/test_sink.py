@@ -138,7 +138,8 @@ def test_a_commit_refused_by_a_rebalance_is_retried(kafka_ns, sink_db) -> None:
     thread = threading.Thread(target=sink)
     thread.start()
     try:
-        every = len(tps) + len(probe.partitions_for_topic(elsewhere))  # the sink has all of its own
+        # every partition assigned: the sink's topics to the sink, elsewhere to slow
+        every = len(tps) + len(probe.partitions_for_topic(elsewhere))
         _until(lambda: polled_until(slow, ConsumerGroupState.STABLE, every) and _one(
             sink_db, "SELECT count(*) FROM pg_locks WHERE NOT granted")[0] > 0,
             "the sink in the group, its first write waiting")
@@ -157,9 +158,9 @@ def test_a_commit_refused_by_a_rebalance_is_retried(kafka_ns, sink_db) -> None:
         ends = {tp: end for tp, end in probe.end_offsets(tps).items() if end > 0}
     finally:
         blocker.close()
-        for member in (slow, newcomer, probe):
-            if member is not None:
-                member.close(autocommit=False)
+        for consumer in (slow, newcomer, probe):
+            if consumer is not None:
+                consumer.close(autocommit=False)
     with admin_client() as kadmin:
         assert {tp: o for tp, o in group_offsets(kadmin, group).items() if tp.topic != elsewhere} == ends
     assert result["stats"].stored > 0
