@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from datetime import date, timedelta
+from datetime import date
 from typing import Generic, TypeVar
 
 import faust
@@ -31,7 +31,7 @@ from faust.types import EventT
 from contracts.events import ProviderRef, parse_reference
 from stream import kpi_tally
 from stream.continuity import CommittedLine, Item
-from stream.faust_batch import ack, as_event, stopping, waiting
+from stream.faust_batch import ack, as_event, stopping
 from stream.kpi_combiner import KpiCombiner
 from stream.output_lanes import OutputLanes
 from stream.staged import Staged
@@ -50,9 +50,6 @@ FLUSH_YIELD_EVERY = 100  # KPI messages sent between two yields to the event loo
 # ADT agent took no batch until a 0.2-0.7 s flush ended; sleeping at every yield made a backlog's
 # flushes slower by the sum of the sleeps. The slice bounds that to ~10% of a flush.
 FLUSH_SLICE_S = 0.01
-# the combiner this far behind an ADT partition in event time, with partials waiting: it is behind
-# (a live stream's partials trail its events by seconds)
-LAG = timedelta(days=2)
 
 
 class KpiAgent:
@@ -166,23 +163,12 @@ class KpiAgent:
         return self.tuning.kpi_settle and (self.behind() or self._lagging())
 
     def _lagging(self) -> bool:
-        """Whether partials wait for the combiner while its latest day of an ADT partition is
-        :data:`LAG` or more behind the latest day of the records this worker sent for it: the
-        tail of a replay, when the ADT side is done and weeks of event time wait on
-        hospital.kpi-partials (flushes that went out live there re-sent each window at every flush
-        crossing it). An ADT partition the combiner has no record of yet is left out."""
-        if not self._partials_waiting():
-            return False
-        return any((latest := self.combiner.latest_day(partition)) is not None and day - latest >= LAG
-                   for partition, day in self.sent_days().items())
-
-    def _partials_waiting(self) -> bool:
-        """Whether a hospital.kpi-partials partition the agent takes from has messages past the
-        last one it took, by the log ends its fetches last saw (Faust's public consumer API)."""
-        def taken(partition: int) -> int | None:  # None: not taken from since the assignment
-            return last if (last := self._partials_line.last_moved(partition)) >= 0 else None
-
-        return any(n > 0 for n in waiting(self.app, self.partials_topic.get_topic_name(), taken).values())
+        """Whether the combiner reads a backlog that this worker's ADT side may not see
+        (:meth:`KpiCombiner.lagging`): the tail of a replay, when the ADT side is done and weeks
+        of event time wait on hospital.kpi-partials, an input partition Faust reads weeks behind
+        the others, or another worker's ADT partitions still behind. Flushes that went out live
+        there re-sent each window at every flush crossing it."""
+        return self.combiner.lagging(max(self.sent_days().values(), default=None))
 
     async def _flush(self, settle: bool = False) -> None:
         """Send the changed KPI windows; once Kafka has them all, and the table writes of the

@@ -67,6 +67,9 @@ CAPACITY = "capacity"  # pseudo-input: the provider's capacity changed
 RELABEL = "facility"  # pseudo-input: the facility label of the windows ending with this day changed
 CAPACITY_KEY = "cap|"  # days[cap|{provider_id}] = {"capacity": ...}
 MAX_WINDOW = timedelta(days=max(kpis.WINDOWS.values()))
+# records from an ADT partition this far behind the latest day known, in event time: the combiner
+# reads a backlog (:meth:`KpiCombiner.lagging`; a live stream's partitions are hours apart)
+LAG = timedelta(days=2)
 KEEP_DAYS = 120  # days of buckets kept in memory behind a dimension's last day (labels come <= 31 days late)
 # Event days past a window's end (exclusive) after which a KPI's inputs are all in, when the
 # partials come in event-time order: a readmission label is known by discharge + 30 days; the
@@ -138,6 +141,7 @@ class KpiCombiner:
         self._held_next: dict[Dim, date] = {}  # the frontier at which a held KPI of dim settles
         # (input partition, ADT partition) -> the latest day of the ADT partition's records there
         self._latest: dict[tuple[int, int], date] = {}
+        self._active: set[tuple[int, int]] = set()  # those (input, ADT partition) put since the last flush
         self._input: dict[Dim, int] = {}  # dimension -> the input partition its records come on
 
     # ------------------------------------------------------------------ state
@@ -172,6 +176,7 @@ class KpiCombiner:
                 self._note_facilities(dim, day, stored["f"])
         for dim in list(self._buckets):
             self._prune(dim)
+        self._active.clear()
         self._loaded = True
 
     def _prune(self, dim: Dim) -> None:
@@ -270,8 +275,40 @@ class KpiCombiner:
         return max((day for (_, adt), day in self._latest.items() if adt == partition), default=None)
 
     def _saw(self, source: int, partition: int, day: date) -> None:
-        if day > self._latest.get((source, partition), date.min):
-            self._latest[(source, partition)] = day
+        pair = (source, partition)
+        self._active.add(pair)
+        if day > self._latest.get(pair, date.min):
+            self._latest[pair] = day
+
+    def lagging(self, sent: date | None = None, lag: timedelta = LAG) -> bool:
+        """Whether records put since the last flush came from an input partition, or from an
+        ADT partition, that has got no further than ``lag`` behind the latest day known (put
+        here, or ``sent``: the latest day of the records the worker's own ADT side sent). Then
+        the combiner reads a backlog: the tail of a replay, an input partition Faust reads weeks
+        behind the others, another worker's ADT partitions behind this one's. In a live stream
+        every input and ADT partition has records of the last hours (a label's record for an
+        old day comes with them), and one that went quiet sends nothing, so it is left out.
+
+        >>> c = KpiCombiner(days={})
+        >>> c._saw(0, 0, date(2025, 3, 1)); c._saw(1, 1, date(2025, 1, 10))
+        >>> c.lagging(), c.lagging(sent=date(2025, 1, 11))
+        (True, True)
+        >>> c._active.clear(); c._saw(0, 0, date(2025, 3, 2))
+        >>> c.lagging(), c.lagging(sent=date(2025, 3, 20))
+        (False, True)
+        """
+        if not self._active:
+            return False
+        top = max(self._latest.values())
+        if sent is not None and sent > top:
+            top = sent
+        reach: dict[tuple[int, int], date] = {}  # (0, input) and (1, ADT partition) -> latest day
+        for (source, adt), day in self._latest.items():
+            for key in ((0, source), (1, adt)):
+                if day > reach.get(key, date.min):
+                    reach[key] = day
+        return any(top - reach[(0, source)] >= lag or top - reach[(1, adt)] >= lag
+                   for source, adt in self._active)
 
     @property
     def frontier(self) -> date | None:
@@ -353,6 +390,7 @@ class KpiCombiner:
             self._load()
         dirty, self._dirty = self._dirty, defaultdict(lambda: defaultdict(set))
         advance, self._advance = self._advance, {}
+        self._active = set()
         return self._batches(dirty, advance, self._frontiers() if settle else None)
 
     def release_day(self) -> date | None:

@@ -353,12 +353,7 @@ def test_settling_waits_for_the_input_partition_of_each_window(messages) -> None
     its partitions unevenly: here one runs the whole period ahead of the others. A window
     settles by the event time of its own input partition, so the others' windows are not sent
     as each of their days comes in (in a replayed year, 1.9 messages per window)."""
-    flow, routed = _flow(_tables()), []
-    for a in range(0, len(messages), 250):
-        for p, off, key, raw in messages[a:a + 250]:
-            flow.process(raw, p, off, key=key, commit=False)
-        routed.extend((o.partition, o.value) for o in flow.kpi_partials(4))
-        flow.commit()
+    routed = _routed(messages)
     ahead = [r for r in routed if r[0] == 0]
     combiner, sent = KpiCombiner(days={}), []
     for i, (partition, raw) in enumerate(ahead + [r for r in routed if r[0] != 0], start=1):
@@ -369,6 +364,87 @@ def test_settling_waits_for_the_input_partition_of_each_window(messages) -> None
     expected = _expected([raw for _, raw in routed])
     assert _final(sent) == expected and len(ahead) < len(routed)
     assert len(sent) <= 1.05 * len(expected), f"{len(sent)} messages for {len(expected)} windows"
+
+
+Routed = list[tuple[int, bytes]]  # (hospital.kpi-partials partition of 4, bundle of records)
+
+
+def _routed_batches(messages, size: int = 250) -> list[Routed]:
+    """What one worker's ADT agent sends to hospital.kpi-partials for ``messages``, per batch of
+    ``size``."""
+    flow, batches = _flow(_tables()), []
+    for a in range(0, len(messages), size):
+        for p, off, key, raw in messages[a:a + size]:
+            flow.process(raw, p, off, key=key, commit=False)
+        batches.append([(o.partition, o.value) for o in flow.kpi_partials(4)])
+        flow.commit()
+    return batches
+
+
+def _routed(messages, size: int = 250) -> Routed:
+    return [r for batch in _routed_batches(messages, size) for r in batch]
+
+
+def _self_settled(flushes: list[Routed], sent_day: date) -> tuple[list[tuple[str, bytes]], list[bool]]:
+    """The KPI agent's flushes, one after each list of ``flushes``, when only the combiner can
+    tell a backlog (this worker's ADT side not behind): a flush settles while
+    :meth:`KpiCombiner.lagging`, given ``sent_day``, the latest day this worker's ADT side sent."""
+    combiner, sent, settled = KpiCombiner(days={}), [], []
+    for taken in flushes:
+        for partition, raw in taken:
+            combiner.put(raw, partition)
+        settled.append(combiner.lagging(sent_day))
+        sent.extend(kv for batch in combiner.flush_batches(settle=settled[-1]) for kv in batch)
+    return sent + combiner.flush(), settled
+
+
+def _every(routed: Routed, n: int = 5) -> list[Routed]:
+    return [routed[i:i + n] for i in range(0, len(routed), n)]
+
+
+def _last_day(bundles: list[bytes]) -> date:
+    return max(date.fromisoformat(r["day"]) for raw in bundles for r in orjson.loads(raw) if r.get("day"))
+
+
+def test_a_combiner_reading_behind_the_adt_side_settles_by_itself(messages) -> None:
+    """The worker's ADT side is done, and Faust reads one hospital.kpi-partials partition the
+    whole period before the others: the combiner sees the others' records weeks behind what
+    was sent (``KpiCombiner.lagging``), so the flushes settle until it has caught up, and each
+    window goes out about once. A live stream, in order, does not settle."""
+    batches = _routed_batches(messages)
+    routed = [r for batch in batches for r in batch]
+    expected = _expected([raw for _, raw in routed])
+    end = _last_day([raw for _, raw in routed])
+    uneven = [r for r in routed if r[0] == 0] + [r for r in routed if r[0] != 0]
+    sent, settled = _self_settled(_every(uneven), end)
+    assert _final(sent) == expected and all(settled[:-1])
+    assert len(sent) <= 1.05 * len(expected), f"{len(sent)} messages for {len(expected)} windows"
+    live, settled = [], []  # a flush after each batch, the ADT side that far
+    combiner = KpiCombiner(days={})
+    for batch in batches:
+        for partition, raw in batch:
+            combiner.put(raw, partition)
+        settled.append(combiner.lagging(_last_day([raw for _, raw in batch])))
+        live.extend(combiner.flush())
+    assert _final(live) == expected and not any(settled)
+
+
+def test_a_combiner_settles_while_another_workers_adt_side_is_behind(messages) -> None:
+    """Two workers, each with two ADT partitions; the second's ADT side runs at half the
+    first's pace and finishes long after it. The first worker's combiner takes both workers'
+    partials: it settles while the second's records trail the first's in event time, though
+    its own ADT side is not behind."""
+    ahead = _routed([m for m in messages if m[0] < 2])
+    behind = _routed([m for m in messages if m[0] >= 2])
+    order = [r for i, r in enumerate(ahead) for r in [r, *behind[i // 2:i // 2 + 1] * (i % 2 == 0)]]
+    order += behind[(len(ahead) + 1) // 2:]
+    assert sorted(order) == sorted(ahead + behind)
+    expected = _expected([raw for _, raw in order])
+    end = _last_day([raw for _, raw in ahead])
+    sent, settled = _self_settled(_every(order), end)
+    assert _final(sent) == expected and sum(settled) > len(settled) // 2
+    # the last 2 days go out live (4.3 messages per window here had every flush gone out live)
+    assert len(sent) <= 1.1 * len(expected), f"{len(sent)} messages for {len(expected)} windows"
 
 
 def test_a_restart_after_settling_flushes_re_sends_what_they_held(long_partials) -> None:
