@@ -31,7 +31,7 @@ from faust.types import EventT
 from contracts.events import ProviderRef, parse_reference
 from stream import kpi_tally
 from stream.continuity import CommittedLine, Item
-from stream.faust_batch import ack, as_event, stopping
+from stream.faust_batch import ack, as_event, stopping, waiting
 from stream.kpi_combiner import KpiCombiner
 from stream.output_lanes import OutputLanes
 from stream.staged import Staged
@@ -80,6 +80,7 @@ class KpiAgent:
         self._flushed: dict[int, int] = {}  # partition -> the last record a flush acknowledged
         self._assignments = 0  # rebalances so far: a flush begun before one acknowledges nothing
         self._next_flush = 0.0
+        self._lag = False  # the last answer of :meth:`_lagging`
         self._flush_lock = asyncio.Lock()  # one flush at a time: each acknowledges what it covered
         # each input continues from the group's commit: what Faust skips is read back
         self._partials_line = CommittedLine(app.conf.id, s)
@@ -167,8 +168,22 @@ class KpiAgent:
         (:meth:`KpiCombiner.lagging`): the tail of a replay, when the ADT side is done and weeks
         of event time wait on hospital.kpi-partials, an input partition Faust reads weeks behind
         the others, or another worker's ADT partitions still behind. Flushes that went out live
-        there re-sent each window at every flush crossing it."""
-        return self.combiner.lagging(max(self.sent_days().values(), default=None))
+        there re-sent each window at every flush crossing it. Faust delivers the partials in
+        bursts up to seconds apart: after a flush interval with no record put, the last answer
+        stands while partials wait (else that flush would send all that was held)."""
+        if self.combiner.put_since_flush:
+            self._lag = self.combiner.lagging(max(self.sent_days().values(), default=None))
+        elif self._lag:
+            self._lag = self._partials_waiting()
+        return self._lag
+
+    def _partials_waiting(self) -> bool:
+        """Whether a hospital.kpi-partials partition the agent takes from has messages past the
+        last one it took, by the log ends its fetches last saw (Faust's public consumer API)."""
+        def taken(partition: int) -> int | None:  # None: not taken from since the assignment
+            return last if (last := self._partials_line.last_moved(partition)) >= 0 else None
+
+        return any(n > 0 for n in waiting(self.app, self.partials_topic.get_topic_name(), taken).values())
 
     async def _flush(self, settle: bool = False) -> None:
         """Send the changed KPI windows; once Kafka has them all, and the table writes of the

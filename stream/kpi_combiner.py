@@ -269,16 +269,16 @@ class KpiCombiner:
             changed.add(RELABEL)
         self._dirty[dim][day] |= changed
 
-    def latest_day(self, partition: int) -> date | None:
-        """The latest day of the records of ADT partition ``partition`` put so far, on any input
-        partition (None: none)."""
-        return max((day for (_, adt), day in self._latest.items() if adt == partition), default=None)
-
     def _saw(self, source: int, partition: int, day: date) -> None:
         pair = (source, partition)
         self._active.add(pair)
         if day > self._latest.get(pair, date.min):
             self._latest[pair] = day
+
+    @property
+    def put_since_flush(self) -> bool:
+        """Whether a record was put since the last flush (:meth:`lagging` looks at those)."""
+        return bool(self._active)
 
     def lagging(self, sent: date | None = None, lag: timedelta = LAG) -> bool:
         """Whether records put since the last flush came from an input partition, or from an
@@ -288,14 +288,6 @@ class KpiCombiner:
         behind the others, another worker's ADT partitions behind this one's. In a live stream
         every input and ADT partition has records of the last hours (a label's record for an
         old day comes with them), and one that went quiet sends nothing, so it is left out.
-
-        >>> c = KpiCombiner(days={})
-        >>> c._saw(0, 0, date(2025, 3, 1)); c._saw(1, 1, date(2025, 1, 10))
-        >>> c.lagging(), c.lagging(sent=date(2025, 1, 11))
-        (True, True)
-        >>> c._active.clear(); c._saw(0, 0, date(2025, 3, 2))
-        >>> c.lagging(), c.lagging(sent=date(2025, 3, 20))
-        (False, True)
         """
         if not self._active:
             return False
