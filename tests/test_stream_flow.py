@@ -20,7 +20,7 @@ import zstandard
 from producers.simulator import SimConfig
 from stream.adt_flow import ACCEPTED, DLQ, LABELS, SCORES, AdtFlow
 from contracts.events import DeadLetter
-from stream.kpi_agent import HeldRecords
+from stream.kpi_agent import HeldRecords, KpiAgent
 from stream.kpi_combiner import KpiCombiner
 from stream.kpi_tally import capacity_partial
 from flow_inputs import Message, flow_tables, partitioned_messages
@@ -445,6 +445,24 @@ def test_a_combiner_settles_while_another_workers_adt_side_is_behind(messages) -
     assert _final(sent) == expected and sum(settled) > len(settled) // 2
     # the last 2 days go out live (4.3 messages per window here had every flush gone out live)
     assert len(sent) <= 1.1 * len(expected), f"{len(sent)} messages for {len(expected)} windows"
+
+
+def test_a_flush_interval_with_no_partial_keeps_the_lagging_answer_while_partials_wait(messages) -> None:
+    """Faust delivers the partials in bursts, seconds apart: a flush with none put since the
+    last one keeps the agent's last answer while partials wait on its input (else it would send
+    everything held), and goes live once none wait."""
+    agent = KpiAgent.__new__(KpiAgent)  # the decision only: no app
+    agent.combiner, agent.sent_days, agent._lag = KpiCombiner(days={}), dict, False
+    waits = True
+    agent._partials_waiting = lambda: waits
+    routed = _routed(messages)
+    for partition, raw in [r for r in routed if r[0] == 0] + [r for r in routed if r[0] == 1][:2]:
+        agent.combiner.put(raw, partition)
+    assert agent._lagging()  # input partition 1 is weeks behind 0
+    agent.combiner.flush_batches(settle=True)
+    assert agent._lagging() and agent._lagging()  # nothing put since, partials wait
+    waits = False
+    assert not agent._lagging()
 
 
 def test_a_restart_after_settling_flushes_re_sends_what_they_held(long_partials) -> None:
