@@ -9,10 +9,11 @@ group's committed offset on hospital.kpi-partials says every window up to it is 
 crash or a rebalance the records past it are delivered again and their windows re-sent (replace
 semantics: nothing counts twice). Faust waits, before a rebalance and before a stop, until
 every message taken is acknowledged, so the timer flushes at once when the agent holds records
-then. While the worker's ADT side is behind (a replay, a catch-up), flushes settle: a window's
-KPI waits until it can no longer change in event time (``KpiCombiner.flush_batches``), and the
-records behind what waits are acknowledged once it has gone out. Wiring in
-:class:`stream.app.Pipeline`; the flush's timing is stream/README.md's "KPI flushes".
+then. While the worker's ADT side or its combiner reads a backlog (a replay, a catch-up),
+flushes settle: a window's KPI waits until it can no longer change in event time
+(``KpiCombiner.flush_batches``), and the records behind what waits are acknowledged once it has
+gone out. Wiring in :class:`stream.app.Pipeline`; the flush's timing is stream/README.md's "KPI
+flushes" and "Settling flushes in a backlog".
 """
 
 from __future__ import annotations

@@ -436,7 +436,11 @@ def test_a_combiner_settles_while_another_workers_adt_side_is_behind(messages) -
     its own ADT side is not behind."""
     ahead = _routed([m for m in messages if m[0] < 2])
     behind = _routed([m for m in messages if m[0] >= 2])
-    order = [r for i, r in enumerate(ahead) for r in [r, *behind[i // 2:i // 2 + 1] * (i % 2 == 0)]]
+    order: Routed = []
+    for i, bundle in enumerate(ahead):  # one of the second worker's bundles per two of the first's
+        order.append(bundle)
+        if i % 2 == 0 and i // 2 < len(behind):
+            order.append(behind[i // 2])
     order += behind[(len(ahead) + 1) // 2:]
     assert sorted(order) == sorted(ahead + behind)
     expected = _expected([raw for _, raw in order])
