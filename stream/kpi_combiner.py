@@ -294,13 +294,12 @@ class KpiCombiner:
         top = max(self._latest.values())
         if sent is not None and sent > top:
             top = sent
-        reach: dict[tuple[int, int], date] = {}  # (0, input) and (1, ADT partition) -> latest day
+        by_input: dict[int, date] = {}  # input partition -> its latest day
+        by_adt: dict[int, date] = {}  # ADT partition -> its latest day, on any input partition
         for (source, adt), day in self._latest.items():
-            for key in ((0, source), (1, adt)):
-                if day > reach.get(key, date.min):
-                    reach[key] = day
-        return any(top - reach[(0, source)] >= lag or top - reach[(1, adt)] >= lag
-                   for source, adt in self._active)
+            by_input[source] = max(day, by_input.get(source, day))
+            by_adt[adt] = max(day, by_adt.get(adt, day))
+        return any(top - by_input[source] >= lag or top - by_adt[adt] >= lag for source, adt in self._active)
 
     @property
     def frontier(self) -> date | None:
