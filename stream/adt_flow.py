@@ -29,13 +29,14 @@ Why the pieces look the way they do:
   by a batch whose journal never arrived. For the same reason the next batch's journal, which
   replaces this one, waits until Kafka has this batch's writes (``Pipeline.state_sends``): on a
   cluster the changelog partitions live on different brokers, so nothing else orders them.
-* ``models[p{n}]`` holds the partition's river model (bytes, checksummed by the domain) and its
-  alert budget (the recent scores and LACE values of each facility on the partition).
+* ``models[p{n}]`` holds the partition's river model (bytes, checksummed by the domain) and the
+  index of its alert budget, ``models[p{n}|{facility}|{chunk}]`` the budget's windows (the recent
+  scores and LACE values of each facility on the partition) in chunks of 32 entries.
 * ``due[p{n}:YYYY-MM-DD]`` lists ``[due time, patient_id]`` for the pending discharges falling due
   that day, so the watermark expires them without scanning every patient; the flow keeps each
   list's earliest due time in memory and reads the list only once something in it is due.
-* ``models[p{n}]`` is read once and then kept live in memory; a model that learned is written
-  back once per commit (a batch), not once per label.
+* ``models`` is read once and then kept live in memory; a model that learned is written back
+  once per commit (a batch), not once per label, with the budget chunks that changed.
 * ``failed_at`` of a dead letter is the partition watermark (event time), never the wall clock:
   a replay gives byte-identical DLQ records.
 """
@@ -159,7 +160,11 @@ def alert_id(encounter_id: str) -> str:
 
 
 class Brain:
-    """A partition's online model and alert budget."""
+    """A partition's online model and alert budget.
+
+    Stored in the ``models`` table under the partition's key (model bytes, the budget's index)
+    and, for the budget's windows, one key per chunk (:func:`budget_key`): a batch writes the
+    chunks it changed, not the whole windows (stream/domain/policy.py)."""
 
     def __init__(self, model: OnlineRiskModel, policy: AlertBudget) -> None:
         self.model, self.policy = model, policy
@@ -170,18 +175,26 @@ class Brain:
         return self.model.n_learned >= WARM_LABELS
 
     @classmethod
-    def from_entry(cls, entry: dict[str, Any] | None) -> "Brain":
+    def from_entry(cls, entry: dict[str, Any] | None, chunk: Callable[[str], Any]) -> "Brain":
+        """The brain stored as ``entry``, its budget's chunks read with ``chunk(name)``."""
         if not entry:
             return cls(OnlineRiskModel(), AlertBudget())
         model = OnlineRiskModel.from_bytes(base64.b64decode(entry["model"]))
-        return cls(model, AlertBudget.from_dict(entry.get("policy")))
+        if "policy" in entry:  # the budget stored whole, as before the chunks
+            return cls(model, AlertBudget.from_dict(entry["policy"]))
+        return cls(model, AlertBudget.from_records(entry.get("budget") or {}, chunk))
 
     def to_entry(self) -> dict[str, Any]:
         return {
             "n_learned": self.model.n_learned,
             "model": base64.b64encode(self.model.to_bytes()).decode("ascii"),
-            "policy": self.policy.to_dict(),
+            "budget": self.policy.index(),
         }
+
+
+def budget_key(partition: int, chunk: str) -> str:
+    """The ``models`` key of a chunk of the partition's alert budget (``{facility}|{chunk}``)."""
+    return f"{partition_key(partition)}|{chunk}"
 
 
 class AdtFlow:
@@ -244,7 +257,10 @@ class AdtFlow:
         self.tally.stage()
         for partition in sorted(self._learned):
             self.models.partition = partition
-            self.models[partition_key(partition)] = self._brains[partition].to_entry()
+            brain = self._brains[partition]
+            self.models[partition_key(partition)] = brain.to_entry()
+            for chunk, entries in brain.policy.changes().items():
+                self.models[budget_key(partition, chunk)] = entries  # None deletes
         self._learned.clear()
         redo: dict[int, dict[str, dict[str, Any]]] = {}
         for name, t in self._journaled.items():
@@ -311,7 +327,8 @@ class AdtFlow:
         """The partition's model and policy: read from the table once, then kept live in memory."""
         cached = self._brains.get(partition)
         if cached is None:
-            cached = self._brains[partition] = Brain.from_entry(self.models.get(partition_key(partition)))
+            cached = self._brains[partition] = Brain.from_entry(
+                self.models.get(partition_key(partition)), lambda chunk: self.models.get(budget_key(partition, chunk)))
         return cached
 
     def applied_offset(self, partition: int, field: str = "offset") -> int:

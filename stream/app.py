@@ -32,7 +32,7 @@ from contracts.events import Topics
 from stream import adt_flow, faust_patches, health_monitor
 from stream.continuity import Item
 from stream.faust_app import JSON, create_app, rocksdb_options
-from stream.faust_batch import JournalSends, ack, as_event, stopping, waiting
+from stream.faust_batch import JournalSends, ack, as_event, gathered, stopping, waiting
 from stream.kpi_agent import KpiAgent
 from stream.output_lanes import OutputLanes
 from stream.partition_watch import PartitionWatch, written_offset
@@ -161,6 +161,13 @@ class Pipeline:
 
         return sum(waiting(self.app, self.topics.adt, taken).values()) > self.tuning.adt_batch
 
+    def _waiting_past(self, held: list[EventT]) -> int:
+        """The hospital.adt messages past the last of ``held`` on each of their partitions."""
+        last: dict[int, int] = {}
+        for event in held:
+            last[event.message.partition] = max(event.message.offset, last.get(event.message.partition, -1))
+        return sum(waiting(self.app, self.topics.adt, last.get).values())
+
     async def _on_assigned(self, app: faust.App, assigned: Any, **kwargs: Any) -> None:
         # The tables are the truth after a rebalance: drop in-memory copies.
         self.flow.forget_cache()
@@ -188,7 +195,7 @@ class Pipeline:
         message with lost outputs, and re-processing a message sends the same outputs again
         (their consumers upsert copies; partials replace).
         """
-        await self._apply(stream, self.flow.applied_offset, self._adt_step)
+        await self._apply(stream, self.flow.applied_offset, self._adt_step, gather=True)
 
     def _adt_step(self, item: Item) -> list[adt_flow.Output]:
         return self.flow.process(item.value, item.partition, item.offset, key=item.key, commit=False)
@@ -202,9 +209,12 @@ class Pipeline:
                           lambda item: flow.process_merge(item.value, item.partition, item.offset, commit=False))
 
     async def _apply(self, stream: faust.StreamT, applied: Callable[[int], int],
-                     process: Callable[[Item], list[adt_flow.Output]]) -> None:
-        n = self.settings.adt_partitions
-        async for events in stream.noack_take(self.tuning.adt_batch, within=self.tuning.adt_batch_within):
+                     process: Callable[[Item], list[adt_flow.Output]], gather: bool = False) -> None:
+        """The batch loop of both agents; ``gather``: join batches while hospital.adt has a
+        backlog (:func:`stream.faust_batch.gathered`)."""
+        n, t = self.settings.adt_partitions, self.tuning
+        past = self._waiting_past if gather and t.adt_batch_gather > 0 else (lambda held: 0)
+        async for events in gathered(stream, t.adt_batch, t.adt_batch_within, past, t.adt_batch_gather):
             async with self._flow_lock:
                 contexts = await self._apply_batch(lambda: self.watch.in_line(events, applied), process, n)
                 if contexts is None or not await self._apply_set_aside(contexts, n):

@@ -164,7 +164,7 @@ def test_decisions_equal_the_rules_summed_over_the_whole_window(seed: int) -> No
     a save / restore on the way: every decision equals the plain reading of the rules."""
     rng = random.Random(seed)
     budget, plain = AlertBudget(min_scores=30), PlainBudget(min_scores=30)
-    at, seen = T0, []
+    at, seen, store = T0, [], {}  # store: the chunks as the worker keeps them
     for i in range(6000):
         at += timedelta(hours=rng.choice([0.01, 0.5, 2, 6] + [24 * 30] * (i % 997 == 0)))
         facility = rng.choice(["F01", "F02"])
@@ -177,9 +177,30 @@ def test_decisions_equal_the_rules_summed_over_the_whole_window(seed: int) -> No
         if rng.random() < 0.05:
             gone = rng.choice(seen[-50:])
             assert budget.forget(*gone) == plain.forget(*gone)
-        if i % 1500 == 0:
+        if i % 1500 == 0:  # stored whole (the older way) or in chunks
             budget = AlertBudget.from_dict(json.loads(json.dumps(budget.to_dict())))
             budget.min_scores = 30
+        elif rng.random() < 0.2:  # a batch ends: its chunks are stored; sometimes a restart
+            store.update(json.loads(json.dumps(budget.changes())))
+            store = {k: v for k, v in store.items() if v is not None}
+            if rng.random() < 0.2:
+                index = json.loads(json.dumps(budget.index()))
+                budget = AlertBudget.from_records(index, store.get)
+                budget.min_scores = 30
+
+
+def test_a_batch_stores_the_chunks_it_changed_not_the_window() -> None:
+    b = AlertBudget()
+    stream(b, 600, seed=2, per_day=12)  # past the 28 days: entries now leave at the front too
+    b.changes()
+    whole = len(json.dumps(b.to_dict()))
+    for i in range(600, 700):  # batches of 5 discharges, 2 hours apart
+        b.decide("F01", T0 + timedelta(hours=2 * i), 0.1 + i % 7 / 10, 5, 0.10, warm=True)
+        if i % 5:
+            continue
+        changes = b.changes()
+        assert 1 <= len(changes) <= 4  # the newest chunk and the oldest, each maybe with its neighbour
+        assert len(json.dumps(changes)) < whole / 3
 
 
 def test_rejects_bad_options() -> None:

@@ -99,6 +99,9 @@ class StreamSettings(BaseSettings):
     # messages per agent batch, and how long an agent waits for its batch to fill
     adt_batch: int = Field(500, validation_alias=AliasChoices("WARDSTREAM_ADT_BATCH"), ge=1)
     adt_batch_within: float = _seconds("WARDSTREAM_ADT_BATCH_WITHIN", 0.01)
+    # while hospital.adt has a backlog, the ADT agent joins batches until adt_batch, waiting at
+    # most this long (0: never joins; stream.faust_batch.gathered)
+    adt_batch_gather: float = _seconds("WARDSTREAM_ADT_BATCH_GATHER", 0.1, zero_ok=True)
     kpi_batch_within: float = _seconds("WARDSTREAM_KPI_BATCH_WITHIN", 0.2)
     # a partition with messages past its state and none taken this long is sought again
     stall_seconds: float = _seconds("WARDSTREAM_STALL_SECONDS", 30.0)

@@ -38,6 +38,13 @@ first ~300 labels (0.61-0.69 vs 0.63-0.70) and above it from then on (0.73-0.75 
 Only scores given by a warm model enter the budget's quantile: a young model's scores are
 spread differently and would bias the threshold for 28 days.
 
+Stored in chunks: a window is up to 500 entries, and the worker stores its budget after every
+batch that decided a discharge. Written whole, the windows of 10 facilities were ~80 KB per
+partition and batch, more than the batch's patients. So each window is kept as records of
+``CHUNK`` entries by position (:meth:`AlertBudget.changes`: only the records a batch changed,
+usually the newest and the oldest), and an index of where each window begins and how long it is
+(:meth:`AlertBudget.index`); :meth:`AlertBudget.from_records` puts the same windows back.
+
 Everything is a function of the sequence of calls (event time only): a replay gives the same
 alerts. Pure, no I/O.
 
@@ -59,7 +66,7 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -72,6 +79,7 @@ WINDOW_MAX = 500
 MIN_SCORES = 100
 WARM_LABELS = 500
 MAX_LACE = 19
+CHUNK = 32  # entries per stored record of a window
 
 PACE_GAIN = 2.0
 MAX_PACE = 0.5
@@ -141,29 +149,45 @@ class _Window:
     """One facility's entries, oldest first, and what a decision reads from them kept up to date
     as entries come and go: the warm scores in ascending order, the count of each LACE value, and
     the budget decisions' count and flags (rather than summing up to 500 entries at every
-    discharge; bench/README.md, "Cheaper discharges and labels")."""
+    discharge; bench/README.md, "Cheaper discharges and labels").
 
-    __slots__ = ("entries", "scores", "laces", "decided", "flagged")
+    For storage, an entry's position is ``first`` (the entries ever popped from the front) plus
+    its index, and the positions ``c * CHUNK`` to ``(c + 1) * CHUNK - 1`` make chunk ``c``;
+    ``dirty`` holds the chunks changed since they were last stored."""
 
-    def __init__(self, entries: Iterable[Entry] = ()) -> None:
+    __slots__ = ("entries", "scores", "laces", "decided", "flagged", "first", "dirty")
+
+    def __init__(self, entries: Iterable[Entry] = (), first: int = 0) -> None:
         self.entries: deque[Entry] = deque()
         self.scores: list[float] = []
         self.laces = [0] * (MAX_LACE + 1)
         self.decided = self.flagged = 0
+        self.first = first
+        self.dirty: set[int] = set()
         for entry in entries:
             self.append(entry)
 
     def append(self, entry: Entry) -> None:
+        self.dirty.add((self.first + len(self.entries)) // CHUNK)
         self.entries.append(entry)
         self._count(entry, 1)
 
     def popleft(self) -> None:
+        self.dirty.add(self.first // CHUNK)
+        self.first += 1
         self._count(self.entries.popleft(), -1)
 
     def delete(self, i: int) -> None:
+        """Remove the ``i``-th entry: every later one moves up a position (rare: a withdrawal)."""
+        self.dirty.update(range((self.first + i) // CHUNK, (self.first + len(self.entries) - 1) // CHUNK + 1))
         entry = self.entries[i]
         del self.entries[i]
         self._count(entry, -1)
+
+    def chunk(self, c: int) -> list[Entry] | None:
+        """The entries of chunk ``c`` now (None: it holds none)."""
+        lo, hi = max(c * CHUNK - self.first, 0), min((c + 1) * CHUNK - self.first, len(self.entries))
+        return [self.entries[i] for i in range(lo, hi)] if lo < hi else None
 
     def _count(self, entry: Entry, sign: int) -> None:
         _, score, lace, flag = entry
@@ -258,20 +282,64 @@ class AlertBudget:
         window = self._windows.get(facility_id)
         return 0 if window is None else len(window.entries)
 
+    def index(self) -> dict[str, list[int]]:
+        """Where each facility's window begins and how many entries it holds, ``{facility:
+        [first, n]}``: with the chunks of :meth:`changes`, what :meth:`from_records` needs."""
+        return {f: [w.first, len(w.entries)] for f, w in sorted(self._windows.items())}
+
+    def changes(self) -> dict[str, list[Entry] | None]:
+        """The chunks changed since the last call, ``{"{facility}|{chunk}": entries}`` (None: the
+        chunk holds no entry any more, delete it); they are then clean."""
+        out: dict[str, list[Entry] | None] = {}
+        for facility, w in sorted(self._windows.items()):
+            for c in sorted(w.dirty):
+                out[f"{facility}|{c}"] = w.chunk(c)
+            w.dirty.clear()
+        return out
+
+    @classmethod
+    def from_records(cls, index: dict[str, list[int]], get: Callable[[str], list[Entry] | None]
+                     ) -> "AlertBudget":
+        """The windows :meth:`index` and the chunks (``get("{facility}|{chunk}")``) describe.
+
+        >>> b = AlertBudget()
+        >>> at = datetime(2025, 1, 1, tzinfo=timezone.utc)
+        >>> for i in range(40):
+        ...     _ = b.decide("F01", at + timedelta(hours=i), i / 40, 5, 0.1, warm=True)
+        >>> stored = b.changes()
+        >>> sorted(stored), b.index()
+        (['F01|0', 'F01|1'], {'F01': [0, 40]})
+        >>> AlertBudget.from_records(b.index(), stored.get).to_dict() == b.to_dict()
+        True
+        """
+        budget = cls()
+        for facility, (first, n) in index.items():
+            entries: list[Entry] = []
+            for c in range(first // CHUNK, (first + n - 1) // CHUNK + 1) if n else ():
+                entries += get(f"{facility}|{c}") or []
+            if len(entries) != n:
+                raise ValueError(f"alert budget of {facility}: {len(entries)} entries stored, the index says {n}")
+            budget._windows[facility] = _Window((_entry(e) for e in entries), first)
+            budget._windows[facility].dirty.clear()
+        return budget
+
     def to_dict(self) -> dict[str, Any]:
-        """The windows as JSON-ready data (entries stay tuples: JSON writes them as arrays; a
-        copy per entry cost a fifth of the ADT agent's time with 10 facilities on a partition)."""
+        """The windows as JSON-ready data, whole (tests; the worker stores :meth:`changes`)."""
         return {"windows": {f: list(w.entries) for f, w in sorted(self._windows.items())}}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "AlertBudget":
-        """Restore the windows; a state without them (an older policy's) starts empty."""
+        """Restore windows stored whole (how the worker stored them before the chunks; every
+        chunk is then to be stored); a state without them (an older policy's) starts empty."""
         budget = cls()
         for facility, entries in ((d or {}).get("windows") or {}).items():
-            budget._windows[facility] = _Window(
-                (int(t), None if s is None else float(s), int(v), None if f is None else int(f))
-                for t, s, v, f in entries[-budget.window_max:])
+            budget._windows[facility] = _Window(_entry(e) for e in entries[-budget.window_max:])
         return budget
+
+
+def _entry(stored: Any) -> Entry:
+    t, s, v, f = stored
+    return int(t), None if s is None else float(s), int(v), None if f is None else int(f)
 
 
 LACE_WORDS = {"L": "length of stay", "A": "acute admission", "C": "comorbidity", "E": "emergency visits"}
