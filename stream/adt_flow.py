@@ -260,7 +260,10 @@ class AdtFlow:
             brain = self._brains[partition]
             self.models[partition_key(partition)] = brain.to_entry()
             for chunk, entries in brain.policy.changes().items():
-                self.models[budget_key(partition, chunk)] = entries  # None deletes
+                if entries is None:
+                    del self.models[budget_key(partition, chunk)]
+                else:
+                    self.models[budget_key(partition, chunk)] = entries
         self._learned.clear()
         redo: dict[int, dict[str, dict[str, Any]]] = {}
         for name, t in self._journaled.items():

@@ -69,6 +69,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from itertools import islice
 from typing import Any
 
 from contracts.events import TopFactor
@@ -187,7 +188,7 @@ class _Window:
     def chunk(self, c: int) -> list[Entry] | None:
         """The entries of chunk ``c`` now (None: it holds none)."""
         lo, hi = max(c * CHUNK - self.first, 0), min((c + 1) * CHUNK - self.first, len(self.entries))
-        return [self.entries[i] for i in range(lo, hi)] if lo < hi else None
+        return list(islice(self.entries, lo, hi)) if lo < hi else None
 
     def _count(self, entry: Entry, sign: int) -> None:
         _, score, lace, flag = entry
@@ -319,8 +320,8 @@ class AlertBudget:
                 entries += get(f"{facility}|{c}") or []
             if len(entries) != n:
                 raise ValueError(f"alert budget of {facility}: {len(entries)} entries stored, the index says {n}")
-            budget._windows[facility] = _Window((_entry(e) for e in entries), first)
-            budget._windows[facility].dirty.clear()
+            window = budget._windows[facility] = _Window((_entry(e) for e in entries), first)
+            window.dirty.clear()  # as stored
         return budget
 
     def to_dict(self) -> dict[str, Any]:
