@@ -47,7 +47,8 @@ from consumers.db import TRANSIENT_ERRORS, close_quietly, connect, libpq_url, si
 from consumers.sink import stop_on_signals
 from contracts.events import Alert, Topics, format_ts
 from wardstream.config import settings
-from wardstream.kafka_io import OffsetCommits, end_offsets_of, ensure_topics, make_consumer, next_offsets
+from wardstream.kafka_io import (GroupMember, OffsetCommits, end_offsets_of, ensure_topics, make_consumer,
+                                 next_offsets)
 
 log = logging.getLogger(__name__)
 
@@ -318,9 +319,10 @@ def run_notifier(*, url: str | None = None, group: str | None = None, until_idle
     ensure_topics([topic], s)
     notifier = Notifier(url, libpq_url(db_url) if db_url else sink_url(), stats, stop,
                         max_attempts, backoff_initial, backoff_max, timeout)
-    consumer = make_consumer(topic, group_id=group or f"{s.topic_namespace}wardstream-notifier", s=s,
-                             max_poll_records=200, max_poll_interval_ms=1_800_000)
-    commits = OffsetCommits(consumer, "delivered alerts")
+    member = GroupMember(lambda: make_consumer(topic, group_id=group or f"{s.topic_namespace}wardstream-notifier",
+                                               s=s, max_poll_records=200, max_poll_interval_ms=1_800_000),
+                         s.group_settle_s, "notifier")
+    commits = OffsetCommits(member.consumer, "delivered alerts")
     last_data = time.monotonic()
     end_offsets = None
     try:
@@ -328,6 +330,10 @@ def run_notifier(*, url: str | None = None, group: str | None = None, until_idle
             if retry_failed:
                 notifier.retry_failed()
             while not stop.is_set():
+                if member.stuck():  # a new consumer reads on from the last committed offsets
+                    commits.rebind(member.replace())
+                    end_offsets, last_data = None, time.monotonic()
+                consumer = member.consumer
                 polled = consumer.poll(timeout_ms=500)
                 records = [r for recs in polled.values() for r in recs]
                 if not records:
@@ -361,7 +367,7 @@ def run_notifier(*, url: str | None = None, group: str | None = None, until_idle
             raise
     finally:
         notifier.close()
-        consumer.close(autocommit=False)
+        member.consumer.close(autocommit=False)
         stats.elapsed_s = time.monotonic() - started
     log.info("notifier finished: %s", stats.as_dict())
     return stats

@@ -53,7 +53,8 @@ from contracts.events import (
 )
 from stream.kpi_tally import Partial
 from wardstream.config import settings
-from wardstream.kafka_io import OffsetCommits, end_offsets_of, ensure_topics, make_consumer, next_offsets
+from wardstream.kafka_io import (GroupMember, OffsetCommits, end_offsets_of, ensure_topics, make_consumer,
+                                 next_offsets)
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class SinkStats:
     commits: int = 0
     commit_failures: int = 0
     db_retries: int = 0
+    group_replacements: int = 0  # consumers replaced after staying out of a stable group
     elapsed_s: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -78,7 +80,8 @@ class SinkStats:
             "messages": self.messages, "stored": self.stored, "invalid": dict(self.invalid),
             "rejected": self.rejected, "rows": dict(self.rows), "batches": self.batches,
             "commits": self.commits, "commit_failures": self.commit_failures,
-            "db_retries": self.db_retries, "elapsed_s": round(self.elapsed_s, 3),
+            "db_retries": self.db_retries, "group_replacements": self.group_replacements,
+            "elapsed_s": round(self.elapsed_s, 3),
         }
 
 
@@ -255,10 +258,12 @@ def run_sink(*, topics: Iterable[str] | None = None, group: str | None = None,
     stats = SinkStats()
     started = time.monotonic()
     ensure_topics(topic_list, s)
-    consumer = make_consumer(*topic_list, group_id=group or default_group(ns), s=s,
-                             max_poll_records=max_batch, max_poll_interval_ms=1_800_000)
-    linger = FetchLinger(consumer, s.sink_linger_ms if linger_ms is None else linger_ms)
-    commits = OffsetCommits(consumer, "stored messages")
+    member = GroupMember(lambda: make_consumer(*topic_list, group_id=group or default_group(ns), s=s,
+                                               max_poll_records=max_batch, max_poll_interval_ms=1_800_000),
+                         s.group_settle_s, "sink")
+    linger_ms = s.sink_linger_ms if linger_ms is None else linger_ms
+    linger = FetchLinger(member.consumer, linger_ms)
+    commits = OffsetCommits(member.consumer, "stored messages")
     writer = DatabaseWriter(libpq_url(db_url) if db_url else sink_url(),
                             lambda: stop.is_set() or halt.is_set(), stats)
     # One writer thread: batch N is written (the server works, psycopg2 releases the GIL) while
@@ -287,6 +292,13 @@ def run_sink(*, topics: Iterable[str] | None = None, group: str | None = None,
     try:
         with ctx:
             while not stop.is_set():
+                if member.stuck():  # the batch in flight is written, then a new consumer reads
+                    settle()        # on from the last committed offsets
+                    commits.rebind(member.replace())
+                    linger = FetchLinger(member.consumer, linger_ms)
+                    stats.group_replacements = member.replaced
+                    end_offsets, last_data = None, time.monotonic()
+                consumer = member.consumer
                 try:
                     polled = consumer.poll(timeout_ms=50 if pending else poll_ms, max_records=max_batch)
                 except KafkaError as exc:
@@ -328,7 +340,7 @@ def run_sink(*, topics: Iterable[str] | None = None, group: str | None = None,
         halt.set()
         executor.shutdown(wait=True)
         writer.close()
-        consumer.close(autocommit=False)
+        member.consumer.close(autocommit=False)
         stats.elapsed_s = time.monotonic() - started
     log.info("sink finished: %s", stats.as_dict())
     return stats

@@ -169,6 +169,71 @@ def test_a_commit_refused_by_a_rebalance_is_retried(kafka_ns, sink_db) -> None:
 HEARTBEAT_S = 3  # kafka-python's heartbeat_interval_ms, which make_consumer leaves as it is
 
 
+def test_a_consumer_out_of_a_stable_group_too_long_is_replaced(kafka_ns, sink_db, monkeypatch, caplog) -> None:
+    """A sink whose consumer stays out of a stable group for WARDSTREAM_GROUP_SETTLE_S replaces
+    it with a new one, which joins, and every message ends up stored once and committed.
+
+    The group is held in a rebalance by a member that does not poll (``slow``, as in the test
+    above): a newcomer's joining starts the rebalance, and it waits for ``slow``. (What the
+    replacement is for, kafka-python left rebalancing for good, cannot be caused on demand.)"""
+    monkeypatch.setenv("WARDSTREAM_GROUP_SETTLE_S", "3")
+    data = generate(patients=30, days=30, seed=4)
+    produce(data, kafka_ns)
+    group, topics = default_group(), default_topics()
+    elsewhere = f"{kafka_ns}test.elsewhere"
+    ensure_topics([elsewhere])
+    admin = AdminClient({"bootstrap.servers": settings().kafka.bootstrap_servers})
+    probe = make_consumer(group_id=None)
+    tps = [TopicPartition(t, p) for t in topics for p in probe.partitions_for_topic(t)]
+    ends = {tp: end for tp, end in probe.end_offsets(tps).items() if end > 0}
+
+    def state() -> ConsumerGroupState:
+        return admin.describe_consumer_groups([group])[group].result(timeout=30).state
+
+    def member() -> KafkaConsumer:  # a member reading ``elsewhere`` (pattern: see the test above)
+        consumer = make_consumer(group_id=group)
+        consumer.subscribe(pattern=f"^{re.escape(elsewhere)}$")
+        return consumer
+
+    def polled(*members: KafkaConsumer) -> bool:  # members keep their place in the group by polling
+        for consumer in members:
+            consumer.poll(timeout_ms=100)
+        return True
+
+    def committed() -> bool:
+        with admin_client() as kadmin:
+            return {tp: o for tp, o in group_offsets(kadmin, group).items() if tp.topic != elsewhere} == ends
+
+    slow = member()
+    newcomer = None
+    _until(lambda: polled(slow) and state() == ConsumerGroupState.STABLE, "the first member's assignment")
+    stop = threading.Event()
+    result: dict[str, SinkStats] = {}
+    thread = threading.Thread(target=lambda: result.update(stats=run_sink(handle_signals=False, stop=stop)))
+    thread.start()
+    try:
+        _until(lambda: polled(slow) and committed(), "the sink's first commits")
+        newcomer = member()
+        _until(lambda: polled(newcomer) and state() == ConsumerGroupState.PREPARING_REBALANCING,
+               "the newcomer's rebalance")  # it waits for slow, which does not poll now
+        _until(lambda: any("out of a stable group" in r.getMessage() for r in caplog.records),
+               "the sink replacing its consumer")
+        more = generate(patients=10, days=10, seed=5)
+        produce(more, kafka_ns)  # read by the new consumer
+        ends = {tp: end for tp, end in probe.end_offsets(tps).items() if end > 0}
+        _until(lambda: polled(slow, newcomer) and committed(), "the new consumer's commits")  # the rebalance ends
+    finally:
+        stop.set()
+        thread.join(60)
+        for consumer in (slow, newcomer, probe):
+            if consumer is not None:
+                consumer.close(autocommit=False)
+    assert not thread.is_alive()
+    assert result["stats"].group_replacements >= 1
+    counts = table_counts(sink_db)
+    assert counts["adt_events"] == len(data.adt) + len(more.adt)
+
+
 def _until(check, what: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not check():

@@ -165,6 +165,9 @@ class Settings(BaseSettings):
     sink_linger_ms: int = Field(20, validation_alias=AliasChoices("WARDSTREAM_SINK_LINGER_MS"), ge=0)
     # how long a client waits out a starting or unreachable broker (wardstream.kafka_io.broker_call)
     broker_wait_s: float = Field(60.0, validation_alias=AliasChoices("WARDSTREAM_BROKER_WAIT_S"), gt=0)
+    # how long the sink's or the notifier's consumer may stay out of a stable consumer group
+    # before it is replaced by a new one (wardstream.kafka_io.GroupMember)
+    group_settle_s: float = Field(120.0, validation_alias=AliasChoices("WARDSTREAM_GROUP_SETTLE_S"), gt=0)
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -23,7 +23,7 @@ from confluent_kafka import KafkaError as RdKafkaError
 from confluent_kafka import KafkaException as RdKafkaException
 from confluent_kafka import Producer as RdKafkaProducer
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.structs import OffsetAndMetadata
+from kafka.structs import MemberState, OffsetAndMetadata
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.partitioner.default import murmur2
 from kafka.errors import (
@@ -421,6 +421,13 @@ class OffsetCommits:
         """Every offset handed to :meth:`commit` is committed (or its partition given away)."""
         return not self.pending
 
+    def rebind(self, consumer: KafkaConsumer) -> None:
+        """Commit through ``consumer`` from now on; the pending offsets are dropped (the new
+        consumer reads from the last committed offsets)."""
+        self.consumer = consumer
+        self.pending = {}
+        self._refused = False
+
     def commit(self, offsets: Mapping[TopicPartition, OffsetAndMetadata] | None = None) -> bool:
         """Commit ``offsets`` with any still pending; False (logged) if the broker refused them."""
         self.pending.update(offsets or {})
@@ -443,6 +450,58 @@ class OffsetCommits:
         self.pending = {}
         self._refused = False
         return True
+
+
+class GroupMember:
+    """A group consumer that is replaced when it stays out of a stable group for ``settle_s``.
+
+    kafka-python 3.0.12 once left the sink's consumer rebalancing for good (bench/README.md, the
+    2-worker year): the broker removed it on heartbeat expiry within a minute of its joining, it
+    never joined again, and it went on fetching its old partitions while every offset commit was
+    refused, so a restart would have read everything again. Its membership is public
+    (``KafkaConsumer.group_metadata().state``): a consumer that has not been STABLE for
+    ``settle_s`` is :meth:`stuck`, and :meth:`replace` closes it (nothing committed) and makes a
+    new one, which joins afresh. What was read since the last commit is read again (the sink's
+    upserts and the notifier's delivery ledger absorb it). A rebalance that waits that long on
+    another member (one that does not poll) also ends in a replacement, which costs a rejoin.
+    """
+
+    LEAVE_MS = 5000
+
+    def __init__(self, make: Callable[[], KafkaConsumer], settle_s: float, what: str) -> None:
+        self._make = make
+        self.settle_s = settle_s
+        self.what = what  # the client, for the log
+        self.consumer = make()
+        self.replaced = 0
+        self._unsettled_since: float | None = None
+
+    def stuck(self) -> bool:
+        """Whether the consumer has been out of a stable group for ``settle_s`` (then the
+        caller finishes what it holds and calls :meth:`replace`)."""
+        meta = self.consumer.group_metadata()
+        now = time.monotonic()
+        if meta.state == MemberState.STABLE:
+            self._unsettled_since = None
+        elif self._unsettled_since is None:
+            self._unsettled_since = now
+        elif now - self._unsettled_since >= self.settle_s:
+            log.warning("the %s's consumer has been out of a stable group for %.0f s (state %s, "
+                        "generation %s): replacing it; what it read since its last commit is read again",
+                        self.what, now - self._unsettled_since, meta.state.strip("<>"), meta.generation_id)
+            return True
+        return False
+
+    def replace(self) -> KafkaConsumer:
+        """Close the consumer (nothing committed) and make a new one, which joins afresh. The
+        close waits at most ``LEAVE_MS`` for the broker to take the member out: behind a join the
+        broker holds, the answer would wait out the request timeout; else the broker drops the
+        member when its session expires."""
+        self.consumer.close(autocommit=False, timeout_ms=self.LEAVE_MS)
+        self.consumer = self._make()
+        self.replaced += 1
+        self._unsettled_since = None
+        return self.consumer
 
 
 def _await_partitions(consumer: KafkaConsumer, topics: Iterable[str], s: Settings) -> None:
