@@ -96,14 +96,13 @@ def kpi_key(kpi: str, dimension: str, dimension_id: str, window: str, window_sta
 def summed(parts: dict[str, Any]) -> kpis.DayBucket:
     """The day bucket of a dimension: its ADT partitions' buckets added up (exact integers;
     the patient sets are disjoint, since a patient's events stay on one partition)."""
-    total = kpis.DayBucket()
-    for part in parts.values():
-        b = kpis.DayBucket.from_dict(part)
-        for k, v in b.micro.items():
-            total.micro[k] = total.micro.get(k, 0) + v
-        total.patients |= b.patients
-    total.fields = {k: v / kpis.SCALE for k, v in total.micro.items()}
-    return total
+    micro: dict[str, int] = {}
+    patients: set[str] = set()
+    for part in parts.values():  # stored dicts (DayBucket.to_dict), added without a DayBucket each
+        for k, v in part["micro"].items():
+            micro[k] = micro.get(k, 0) + int(v)
+        patients.update(part["patients"])
+    return kpis.DayBucket(patients=patients, micro=micro)
 
 
 def _inputs_of(b: kpis.DayBucket) -> set[str]:
@@ -136,8 +135,8 @@ class KpiCombiner:
         self._floor: dict[Dim, date] = {}
         self._base: dict[Dim, int] = {}
         self._base_census: set[Dim] = set()  # dims whose pruned days moved the census at all
-        # window -> the KPIs a settling flush held back (not settled yet), per dimension
-        self._held: dict[Dim, dict[tuple[str, date, date], set[str]]] = {}
+        # per dimension and the day they settle: window -> the KPIs a settling flush held back
+        self._held: dict[Dim, dict[date, dict[tuple[str, date, date], set[str]]]] = {}
         self._held_next: dict[Dim, date] = {}  # the frontier at which a held KPI of dim settles
         # (input partition, ADT partition) -> the latest day of the ADT partition's records there
         self._latest: dict[tuple[int, int], date] = {}
@@ -196,7 +195,7 @@ class KpiCombiner:
             floor = min(floor, self._advance[dim][0] - MAX_WINDOW)
         held = self._held.get(dim)
         if held:
-            floor = min(floor, min(start for _, start, _ in held))
+            floor = min(floor, min(start for windows in held.values() for _, start, _ in windows))
         if floor <= self._floor.get(dim, date.min):
             return
         old = [day for day in buckets if day < floor]
@@ -477,7 +476,9 @@ class KpiCombiner:
             b = buckets.get(day)
             if b is not None:
                 total += b.micro.get("census_delta", 0)
-                running = {**running, **{k: running.get(k, 0) + v for k, v in b.micro.items()}}
+                running = running.copy()
+                for k, v in b.micro.items():
+                    running[k] = running.get(k, 0) + v
             census_at[day] = total / kpis.SCALE
             sums.append(running)
         capacity = self.capacity.get(dim_id) if dimension == "provider" else None
@@ -504,22 +505,25 @@ class KpiCombiner:
     def _settled(self, dim: Dim, names: dict[tuple[str, date, date], list[str]],
                  frontier: date | None) -> dict[tuple[str, date, date], list[str]]:
         """The KPIs to send now per window: ``names`` (of the dirty windows) and those held
-        before; with ``frontier``, the rest are held (:data:`SETTLE_DAYS`)."""
-        self._held_next.pop(dim, None)
-        for w, held in self._held.pop(dim, {}).items():
-            names[w] = [k for k in kpis.ALL_KPIS if k in held or k in names.get(w, ())]
-        if frontier is None:
-            return {w: n for w, n in names.items() if n}
-        out: dict[tuple[str, date, date], list[str]] = {}
+        before; with ``frontier``, the rest are held (:data:`SETTLE_DAYS`). Held KPIs are kept
+        by the day they settle, so a flush looks only at those it releases."""
+        held = self._held.pop(dim, {})  # settle day -> window -> KPIs
+        out: dict[tuple[str, date, date], set[str]] = {}
         for w, kpi_names in names.items():
             for k in kpi_names:
                 settles = w[2] + _SETTLE[k]
-                if settles <= frontier:
-                    out.setdefault(w, []).append(k)
+                if frontier is None or settles <= frontier:
+                    out.setdefault(w, set()).add(k)
                 else:
-                    self._held.setdefault(dim, {}).setdefault(w, set()).add(k)
-                    self._held_next[dim] = min(settles, self._held_next.get(dim, settles))
-        return out
+                    held.setdefault(settles, {}).setdefault(w, set()).add(k)
+        for day in [d for d in held if frontier is None or d <= frontier]:
+            for w, ks in held.pop(day).items():
+                out.setdefault(w, set()).update(ks)
+        if held:
+            self._held[dim], self._held_next[dim] = held, min(held)
+        else:
+            self._held_next.pop(dim, None)
+        return {w: [k for k in kpis.ALL_KPIS if k in ks] for w, ks in out.items()}
 
 
 _ONE_DAY = timedelta(days=1)

@@ -137,7 +137,7 @@ def test_day_windows() -> None:
     for name, n in kpis.WINDOWS.items():
         ends = sorted(e for w, _, e in ws if w == name)
         assert ends == [day + timedelta(days=k) for k in range(1, n + 1)]
-    assert kpis.window_days(date(2025, 1, 30), date(2025, 2, 2)) == [date(2025, 1, 30), date(2025, 1, 31), date(2025, 2, 1)]
+    assert kpis.window_days(date(2025, 1, 30), date(2025, 2, 2)) == (date(2025, 1, 30), date(2025, 1, 31), date(2025, 2, 1))
     assert kpis.day_start(day) == datetime(2025, 3, 31, tzinfo=timezone.utc)
 
 

@@ -36,7 +36,7 @@ precision per window and dimension, for the model-health dashboard.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Any
@@ -205,19 +205,28 @@ def _micro(value: float) -> int:
 
 @dataclass
 class DayBucket:
-    """Sums of one dimension's contributions on one UTC day (exact, order-independent)."""
+    """Sums of one dimension's contributions on one UTC day (exact, order-independent).
 
-    fields: dict[str, float] = field(default_factory=dict)
+    Kept in millionths (``micro``); made from them, or from the values themselves (``values``,
+    the first argument), which are then converted.
+    """
+
+    values: InitVar[dict[str, float] | None] = None
     patients: set[str] = field(default_factory=set)
     micro: dict[str, int] = field(default_factory=dict)
     # how many times more than once a patient was added: a revert removes a patient from
     # ``patients`` only when no other contribution of theirs remains (stored only when any)
     repeats: dict[str, int] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        if not self.micro:
-            self.micro = {k: _micro(v) for k, v in self.fields.items()}
-        self.fields = {k: v / SCALE for k, v in self.micro.items()}
+    def __post_init__(self, values: dict[str, float] | None) -> None:
+        if values and not self.micro:
+            self.micro = {k: _micro(v) for k, v in values.items()}
+
+    @property
+    def fields(self) -> dict[str, float]:
+        """The sums as values (computed when asked: the combiner builds buckets by the
+        hundred thousand and reads only ``micro``)."""
+        return {k: v / SCALE for k, v in self.micro.items()}
 
     def add(self, c: Contribution) -> set[str]:
         """Add a contribution; returns what changed (field names, and ``"patients"``)."""
@@ -226,7 +235,6 @@ class DayBucket:
             m = _micro(v)
             if m:
                 self.micro[k] = self.micro.get(k, 0) + m
-                self.fields[k] = self.micro[k] / SCALE
                 changed.add(k)
         if c.patient_id is not None:
             if c.patient_id not in self.patients:
@@ -252,7 +260,6 @@ class DayBucket:
                 changed.add(PATIENTS)
         for k in [k for k in changed if k in self.micro and not self.micro[k]]:
             del self.micro[k]
-            del self.fields[k]
         return changed
 
     def to_dict(self) -> dict[str, Any]:
@@ -312,8 +319,10 @@ def day_windows(day: date) -> tuple[tuple[str, date, date], ...]:
     return tuple(out)
 
 
-def window_days(start: date, end: date) -> list[date]:
-    return [start + timedelta(days=i) for i in range((end - start).days)]
+@lru_cache(maxsize=8192)
+def window_days(start: date, end: date) -> tuple[date, ...]:
+    """The days of [start, end). Cached: every dimension's flush asks for the same windows."""
+    return tuple(start + timedelta(days=i) for i in range((end - start).days))
 
 
 def _ratio(num: float, den: float, scale: float = 1.0) -> tuple[float | None, float, float]:
