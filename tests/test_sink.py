@@ -90,6 +90,39 @@ def test_tables_hold_exactly_the_produced_events(kafka_ns, sink_db) -> None:
     assert again.messages == 0 and table_counts(sink_db) == counts
 
 
+class SinkGroup:
+    """The sink's group in this test's namespace, its topics' partitions, and members of the
+    group that read another topic (``elsewhere``), to hold the group in a rebalance."""
+
+    def __init__(self, namespace: str) -> None:
+        self.group, topics = default_group(), default_topics()
+        self.elsewhere = f"{namespace}test.elsewhere"
+        ensure_topics([self.elsewhere])
+        self.admin = AdminClient({"bootstrap.servers": settings().kafka.bootstrap_servers})
+        self.probe = make_consumer(group_id=None)
+        self.tps = [TopicPartition(t, p) for t in topics for p in self.probe.partitions_for_topic(t)]
+
+    def member(self) -> KafkaConsumer:
+        """A member reading ``elsewhere``. Subscribed by pattern, its metadata holds every topic:
+        as the group's leader it then assigns the sink its partitions when the sink joins (its
+        metadata would lack the sink's topics if it were subscribed by name)."""
+        consumer = make_consumer(group_id=self.group)
+        consumer.subscribe(pattern=f"^{re.escape(self.elsewhere)}$")
+        return consumer
+
+    def described(self):
+        return self.admin.describe_consumer_groups([self.group])[self.group].result(timeout=30)
+
+    def ends(self) -> dict[TopicPartition, int]:
+        """The end offsets of the sink's partitions that hold messages."""
+        return {tp: end for tp, end in self.probe.end_offsets(self.tps).items() if end > 0}
+
+    def committed(self) -> dict[TopicPartition, int]:
+        """The group's committed offsets of the sink's topics."""
+        with admin_client() as kadmin:
+            return {tp: o for tp, o in group_offsets(kadmin, self.group).items() if tp.topic != self.elsewhere}
+
+
 def test_a_commit_refused_by_a_rebalance_is_retried(kafka_ns, sink_db) -> None:
     """Commits refused while the sink's group rebalances are made once the rebalance is over.
 
@@ -99,29 +132,16 @@ def test_a_commit_refused_by_a_rebalance_is_retried(kafka_ns, sink_db) -> None:
     next commits. The sink keeps its partitions and their positions through the rebalance, so
     it must commit those offsets afterwards instead of ending ``--once`` without them."""
     produce(generate(patients=30, days=30, seed=3), kafka_ns)
-    group, topics = default_group(), default_topics()
-    elsewhere = f"{kafka_ns}test.elsewhere"
-    ensure_topics([elsewhere])
-    admin = AdminClient({"bootstrap.servers": settings().kafka.bootstrap_servers})
-    probe = make_consumer(group_id=None)
-    tps = [TopicPartition(t, p) for t in topics for p in probe.partitions_for_topic(t)]
+    g = SinkGroup(kafka_ns)
 
     def polled_until(member, state: ConsumerGroupState, assigned: int = 0) -> bool:
         """``member`` polled; the group is in ``state`` with ``assigned`` partitions or more."""
         member.poll(timeout_ms=200)
-        described = admin.describe_consumer_groups([group])[group].result(timeout=30)
+        described = g.described()
         return described.state == state and sum(
             len(m.assignment.topic_partitions) for m in described.members) >= assigned
 
-    def member() -> KafkaConsumer:
-        """A member reading ``elsewhere``. Subscribed by pattern, its metadata holds every topic:
-        as the group's leader it then assigns the sink its partitions when the sink joins (its
-        metadata would lack the sink's topics if it were subscribed by name)."""
-        consumer = make_consumer(group_id=group)
-        consumer.subscribe(pattern=f"^{re.escape(elsewhere)}$")
-        return consumer
-
-    slow = member()
+    slow = g.member()
     newcomer = None
     _until(lambda: polled_until(slow, ConsumerGroupState.STABLE), "the first member's assignment")
     blocker = psycopg2.connect(sink_db)  # holds every table: the sink's first write waits
@@ -139,11 +159,11 @@ def test_a_commit_refused_by_a_rebalance_is_retried(kafka_ns, sink_db) -> None:
     thread.start()
     try:
         # every partition assigned: the sink's topics to the sink, elsewhere to slow
-        every = len(tps) + len(probe.partitions_for_topic(elsewhere))
+        every = len(g.tps) + len(g.probe.partitions_for_topic(g.elsewhere))
         _until(lambda: polled_until(slow, ConsumerGroupState.STABLE, every) and _one(
             sink_db, "SELECT count(*) FROM pg_locks WHERE NOT granted")[0] > 0,
             "the sink in the group, its first write waiting")
-        newcomer = member()
+        newcomer = g.member()
         _until(lambda: polled_until(newcomer, ConsumerGroupState.PREPARING_REBALANCING),
                "the newcomer's rebalance")
         time.sleep(HEARTBEAT_S + 1)  # the sink learns of the rebalance from its next heartbeat
@@ -155,14 +175,13 @@ def test_a_commit_refused_by_a_rebalance_is_retried(kafka_ns, sink_db) -> None:
             newcomer.poll(timeout_ms=100)
             return not thread.is_alive()
         _until(sink_done, "the sink's end")
-        ends = {tp: end for tp, end in probe.end_offsets(tps).items() if end > 0}
+        ends = g.ends()
     finally:
         blocker.close()
-        for consumer in (slow, newcomer, probe):
+        for consumer in (slow, newcomer, g.probe):
             if consumer is not None:
                 consumer.close(autocommit=False)
-    with admin_client() as kadmin:
-        assert {tp: o for tp, o in group_offsets(kadmin, group).items() if tp.topic != elsewhere} == ends
+    assert g.committed() == ends
     assert result["stats"].stored > 0
 
 
@@ -179,21 +198,11 @@ def test_a_consumer_out_of_a_stable_group_too_long_is_replaced(kafka_ns, sink_db
     monkeypatch.setenv("WARDSTREAM_GROUP_SETTLE_S", "3")
     data = generate(patients=30, days=30, seed=4)
     produce(data, kafka_ns)
-    group, topics = default_group(), default_topics()
-    elsewhere = f"{kafka_ns}test.elsewhere"
-    ensure_topics([elsewhere])
-    admin = AdminClient({"bootstrap.servers": settings().kafka.bootstrap_servers})
-    probe = make_consumer(group_id=None)
-    tps = [TopicPartition(t, p) for t in topics for p in probe.partitions_for_topic(t)]
-    ends = {tp: end for tp, end in probe.end_offsets(tps).items() if end > 0}
+    g = SinkGroup(kafka_ns)
+    ends = g.ends()
 
     def state() -> ConsumerGroupState:
-        return admin.describe_consumer_groups([group])[group].result(timeout=30).state
-
-    def member() -> KafkaConsumer:  # a member reading ``elsewhere`` (pattern: see the test above)
-        consumer = make_consumer(group_id=group)
-        consumer.subscribe(pattern=f"^{re.escape(elsewhere)}$")
-        return consumer
+        return g.described().state
 
     def polled(*members: KafkaConsumer) -> bool:  # members keep their place in the group by polling
         for consumer in members:
@@ -201,10 +210,9 @@ def test_a_consumer_out_of_a_stable_group_too_long_is_replaced(kafka_ns, sink_db
         return True
 
     def committed() -> bool:
-        with admin_client() as kadmin:
-            return {tp: o for tp, o in group_offsets(kadmin, group).items() if tp.topic != elsewhere} == ends
+        return g.committed() == ends
 
-    slow = member()
+    slow = g.member()
     newcomer = None
     _until(lambda: polled(slow) and state() == ConsumerGroupState.STABLE, "the first member's assignment")
     stop = threading.Event()
@@ -213,19 +221,19 @@ def test_a_consumer_out_of_a_stable_group_too_long_is_replaced(kafka_ns, sink_db
     thread.start()
     try:
         _until(lambda: polled(slow) and committed(), "the sink's first commits")
-        newcomer = member()
+        newcomer = g.member()
         _until(lambda: polled(newcomer) and state() == ConsumerGroupState.PREPARING_REBALANCING,
                "the newcomer's rebalance")  # it waits for slow, which does not poll now
         _until(lambda: any("out of a stable group" in r.getMessage() for r in caplog.records),
                "the sink replacing its consumer")
         more = generate(patients=10, days=10, seed=5)
         produce(more, kafka_ns)  # read by the new consumer
-        ends = {tp: end for tp, end in probe.end_offsets(tps).items() if end > 0}
+        ends = g.ends()
         _until(lambda: polled(slow, newcomer) and committed(), "the new consumer's commits")  # the rebalance ends
     finally:
         stop.set()
         thread.join(60)
-        for consumer in (slow, newcomer, probe):
+        for consumer in (slow, newcomer, g.probe):
             if consumer is not None:
                 consumer.close(autocommit=False)
     assert not thread.is_alive()
