@@ -538,7 +538,27 @@ def expire(state: PatientState, now: datetime) -> tuple[PatientState, list[Label
         return state, []
     keep = [p for p in state.pending if not p.due_at < now]
     outcomes = [LabelOutcome(p, False, None, p.due_at) for p in done]
-    return replace(state, pending=keep), _sorted_outcomes(outcomes)
+    closed = state.closed
+    if closed is not None and any(p.encounter_id == closed["discharge"]["encounter_id"] for p in done):
+        closed = labelled(closed)
+    return replace(state, pending=keep, closed=closed), _sorted_outcomes(outcomes)
+
+
+LABELLED_DISCHARGE = ("encounter_id", "occurred_at", "discharge_disposition")
+
+
+def labelled(closed: dict[str, Any]) -> dict[str, Any]:
+    """The last discharge as kept once its label is known: an A13 of it is dead-lettered then
+    (:func:`cancellation_check` reads the event's encounter and disposition), and a merge reads
+    only the stay and the time. Its score, alert, features and the rest of the event (two
+    thirds of a patient's state) were kept for a withdrawal that can no longer come.
+
+    >>> labelled({"open": {"encounter_id": "E1"}, "score": {}, "alert": None, "features": {},
+    ...           "high_risk": False, "discharge": {"encounter_id": "E1", "occurred_at": "t",
+    ...           "discharge_disposition": "home", "diagnosis_codes": ["I50.9"]}})
+    {'open': {'encounter_id': 'E1'}, 'discharge': {'encounter_id': 'E1', 'occurred_at': 't', 'discharge_disposition': 'home'}}
+    """
+    return {"open": closed["open"], "discharge": {k: closed["discharge"][k] for k in LABELLED_DISCHARGE}}
 
 
 def next_due(state: PatientState) -> datetime | None:
