@@ -47,8 +47,7 @@ from consumers.db import TRANSIENT_ERRORS, close_quietly, connect, libpq_url, si
 from consumers.sink import stop_on_signals
 from contracts.events import Alert, Topics, format_ts
 from wardstream.config import settings
-from wardstream.kafka_io import (GroupMember, OffsetCommits, end_offsets_of, ensure_topics, make_consumer,
-                                 next_offsets)
+from wardstream.kafka_io import GroupMember, end_offsets_of, ensure_topics, make_consumer, next_offsets
 
 log = logging.getLogger(__name__)
 
@@ -321,8 +320,8 @@ def run_notifier(*, url: str | None = None, group: str | None = None, until_idle
                         max_attempts, backoff_initial, backoff_max, timeout)
     member = GroupMember(lambda: make_consumer(topic, group_id=group or f"{s.topic_namespace}wardstream-notifier",
                                                s=s, max_poll_records=200, max_poll_interval_ms=1_800_000),
-                         s.group_settle_s, "notifier")
-    commits = OffsetCommits(member.consumer, "delivered alerts")
+                         s.group_settle_s, "notifier", "delivered alerts")
+    commits = member.commits
     last_data = time.monotonic()
     end_offsets = None
     try:
@@ -331,7 +330,7 @@ def run_notifier(*, url: str | None = None, group: str | None = None, until_idle
                 notifier.retry_failed()
             while not stop.is_set():
                 if member.stuck():  # a new consumer reads on from the last committed offsets
-                    commits.rebind(member.replace())
+                    member.replace()
                     end_offsets, last_data = None, time.monotonic()
                 consumer = member.consumer
                 polled = consumer.poll(timeout_ms=500)

@@ -53,8 +53,7 @@ from contracts.events import (
 )
 from stream.kpi_tally import Partial
 from wardstream.config import settings
-from wardstream.kafka_io import (GroupMember, OffsetCommits, end_offsets_of, ensure_topics, make_consumer,
-                                 next_offsets)
+from wardstream.kafka_io import GroupMember, end_offsets_of, ensure_topics, make_consumer, next_offsets
 
 log = logging.getLogger(__name__)
 
@@ -260,10 +259,10 @@ def run_sink(*, topics: Iterable[str] | None = None, group: str | None = None,
     ensure_topics(topic_list, s)
     member = GroupMember(lambda: make_consumer(*topic_list, group_id=group or default_group(ns), s=s,
                                                max_poll_records=max_batch, max_poll_interval_ms=1_800_000),
-                         s.group_settle_s, "sink")
+                         s.group_settle_s, "sink", "stored messages")
     linger_ms = s.sink_linger_ms if linger_ms is None else linger_ms
     linger = FetchLinger(member.consumer, linger_ms)
-    commits = OffsetCommits(member.consumer, "stored messages")
+    commits = member.commits
     writer = DatabaseWriter(libpq_url(db_url) if db_url else sink_url(),
                             lambda: stop.is_set() or halt.is_set(), stats)
     # One writer thread: batch N is written (the server works, psycopg2 releases the GIL) while
@@ -294,8 +293,7 @@ def run_sink(*, topics: Iterable[str] | None = None, group: str | None = None,
             while not stop.is_set():
                 if member.stuck():  # the batch in flight is written, then a new consumer reads
                     settle()        # on from the last committed offsets
-                    commits.rebind(member.replace())
-                    linger = FetchLinger(member.consumer, linger_ms)
+                    linger = FetchLinger(member.replace(), linger_ms)
                     stats.group_replacements = member.replaced
                     end_offsets, last_data = None, time.monotonic()
                 consumer = member.consumer

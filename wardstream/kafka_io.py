@@ -468,11 +468,12 @@ class GroupMember:
 
     LEAVE_MS = 5000
 
-    def __init__(self, make: Callable[[], KafkaConsumer], settle_s: float, what: str) -> None:
+    def __init__(self, make: Callable[[], KafkaConsumer], settle_s: float, what: str, read: str) -> None:
         self._make = make
         self.settle_s = settle_s
         self.what = what  # the client, for the log
         self.consumer = make()
+        self.commits = OffsetCommits(self.consumer, read)  # ``read``: what it re-reads, for the log
         self.replaced = 0
         self._unsettled_since: float | None = None
 
@@ -496,9 +497,10 @@ class GroupMember:
         """Close the consumer (nothing committed) and make a new one, which joins afresh. The
         close waits at most ``LEAVE_MS`` for the broker to take the member out: behind a join the
         broker holds, the answer would wait out the request timeout; else the broker drops the
-        member when its session expires."""
+        member when its session expires. The offsets pending in :attr:`commits` are dropped."""
         self.consumer.close(autocommit=False, timeout_ms=self.LEAVE_MS)
         self.consumer = self._make()
+        self.commits.rebind(self.consumer)
         self.replaced += 1
         self._unsettled_since = None
         return self.consumer
