@@ -283,6 +283,7 @@ class Pipeline:
         finally:
             self.journal.clear()
         flow.commit_state(scope)
+        await self.state_sends.send_now()  # in flight while the next batch is processed
         self.watch.moved(taken)
         for partition, day in sent_days.items():
             self._sent_days[partition] = max(day, self._sent_days.get(partition, day))

@@ -34,6 +34,10 @@ from stream import faust_patches
 log = logging.getLogger(__name__)
 
 JOURNAL_POLL_S = 0.001
+SEND_NOW_S = 0.1  # the longest :meth:`JournalSends.send_now` waits for Faust's producer buffer
+# Faust's buffer task takes a message off its queue, then needs 3 turns of the event loop to hand
+# it to aiokafka (faust-streaming 0.15.3; tests/test_faust_batch.py fails when it needs more)
+HANDOVER_STEPS = 5
 
 
 @contextmanager
@@ -147,10 +151,31 @@ class JournalSends:
         producer send them without its linger (``faust_patches.send_lingering``) as soon as they
         reach it."""
         while pending := [f for f in self.sent if not f.done()]:
-            faust_patches.send_lingering(self.app.producer)
-            await asyncio.wait(pending, timeout=JOURNAL_POLL_S)
+            # one future for all: a poll then costs the same for 10 sends or 1,000 (asyncio.wait
+            # over the list itself added and removed a callback per send at every poll)
+            everything = asyncio.gather(*pending, return_exceptions=True)
+            while not everything.done():
+                faust_patches.send_lingering(self.app.producer)
+                await asyncio.wait((everything,), timeout=JOURNAL_POLL_S)
         for f in self.sent:
             f.result()
+
+    async def send_now(self) -> None:
+        """Have the recorded sends leave now: wait until Faust's producer buffer has handed them
+        to aiokafka, then send the batches holding them without their linger.
+
+        The ADT agent calls it after writing a batch's state. Its next batch runs without
+        yielding to the event loop for the most part, so Faust's buffer would otherwise hand
+        the writes on only when that batch waits for its outputs, and the wait for the writes
+        (:meth:`acked`, before the next journal) would hold their whole round trip. At most
+        ``SEND_NOW_S``: a producer that cannot send (a broker away) is waited for there."""
+        buffer, loop = self.app.producer.buffer, asyncio.get_running_loop()
+        deadline = loop.time() + SEND_NOW_S
+        while buffer.size and loop.time() < deadline:
+            await asyncio.sleep(0)
+        for _ in range(HANDOVER_STEPS):  # the buffer's task hands its last message to aiokafka
+            await asyncio.sleep(0)
+        faust_patches.send_lingering(self.app.producer)
 
     def clear(self) -> None:
         self.sent.clear()
