@@ -71,7 +71,6 @@ def test_send_now_has_buffered_table_writes_sent_without_the_producers_linger(ka
 
     from contracts.events import Topics
     from stream.faust_batch import JournalSends
-    from stream.faust_patches import send_lingering
     from wardstream.config import settings
     from wardstream.kafka_io import ensure_topics
 
@@ -85,10 +84,9 @@ def test_send_now_has_buffered_table_writes_sent_without_the_producers_linger(ka
     async def deliver() -> tuple[float, int]:
         await app.producer.start()
         try:  # the topic's metadata first (its first send waits for it, as a worker's did at its start)
-            warm = topic.send_soon(key=b"p0", value=b"w", partition=0)
-            while not warm.done():
-                send_lingering(app.producer)
-                await asyncio.sleep(0.01)
+            sends.sent.append(topic.send_soon(key=b"p0", value=b"w", partition=0))
+            await sends.acked()  # (cuts the linger itself)
+            sends.clear()
             # as a table's ``send_changelog`` queues its writes (JournalSends records them there)
             sends.sent += [topic.send_soon(key=b"p0", value=b"w%d" % i, partition=0) for i in range(200)]
             buffered = app.producer.buffer.size
