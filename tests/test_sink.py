@@ -24,7 +24,7 @@ from stream.kpi_tally import Partial
 from test_sink_support import reset_group, sink_db  # noqa: F401  (fixture)
 from wardstream.cli import app
 from wardstream.config import ConfigError, settings
-from wardstream.kafka_io import admin_client, ensure_topics, group_offsets, make_consumer
+from wardstream.kafka_io import GroupMember, admin_client, ensure_topics, group_offsets, make_consumer
 
 pytestmark = pytest.mark.e2e
 
@@ -141,9 +141,18 @@ def test_a_commit_refused_by_a_rebalance_is_retried(kafka_ns, sink_db) -> None:
         return described.state == state and sum(
             len(m.assignment.topic_partitions) for m in described.members) >= assigned
 
-    slow = g.member()
+    # kafka-python once left ``slow``, the group's leader, rejoining for good after the sink
+    # joined (polled all the while): replaced after 10 s out of a stable group, as the sink's
+    # own consumer is (GroupMember). It holds no offsets, so a new one changes nothing here.
+    slow = GroupMember(g.member, settle_s=10, what="test's slow member", read="nothing")
+
+    def kept(member: GroupMember) -> KafkaConsumer:
+        if member.stuck():
+            member.replace()
+        return member.consumer
+
     newcomer = None
-    _until(lambda: polled_until(slow, ConsumerGroupState.STABLE), "the first member's assignment")
+    _until(lambda: polled_until(kept(slow), ConsumerGroupState.STABLE), "the first member's assignment")
     blocker = psycopg2.connect(sink_db)  # holds every table: the sink's first write waits
     with blocker.cursor() as cur:
         cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
@@ -160,7 +169,7 @@ def test_a_commit_refused_by_a_rebalance_is_retried(kafka_ns, sink_db) -> None:
     try:
         # every partition assigned: the sink's topics to the sink, elsewhere to slow
         every = len(g.tps) + len(g.probe.partitions_for_topic(g.elsewhere))
-        _until(lambda: polled_until(slow, ConsumerGroupState.STABLE, every) and _one(
+        _until(lambda: polled_until(kept(slow), ConsumerGroupState.STABLE, every) and _one(
             sink_db, "SELECT count(*) FROM pg_locks WHERE NOT granted")[0] > 0,
             "the sink in the group, its first write waiting")
         newcomer = g.member()
@@ -171,14 +180,14 @@ def test_a_commit_refused_by_a_rebalance_is_retried(kafka_ns, sink_db) -> None:
         assert refused.wait(60), "no commit of the sink was refused"
 
         def sink_done() -> bool:  # the two members rejoin: the rebalance ends
-            slow.poll(timeout_ms=100)
+            kept(slow).poll(timeout_ms=100)
             newcomer.poll(timeout_ms=100)
             return not thread.is_alive()
         _until(sink_done, "the sink's end")
         ends = g.ends()
     finally:
         blocker.close()
-        for consumer in (slow, newcomer, g.probe):
+        for consumer in (slow.consumer, newcomer, g.probe):
             if consumer is not None:
                 consumer.close(autocommit=False)
     assert g.committed() == ends
