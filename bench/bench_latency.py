@@ -151,15 +151,16 @@ TARGET_P99_MS = 250
 SINK_LINGER0 = {"WARDSTREAM_SINK_LINGER_MS": "0"}
 
 
-def configs(quick: bool) -> list[tuple[str, dict[str, str], list[tuple[int, int]]]]:
-    """(label, extra env of the worker, sink and notifier, [(events/s, seconds)]): a sweep of
-    rates, rising, up to the issue's 1,000/s, to find the highest rate this machine sustains
-    within the target, with the default settings and with a sink that writes each fetch as its
+def configs(quick: bool) -> list[tuple[str, dict[str, str], list[tuple[int, int]], bool]]:
+    """(label, extra env of the worker, sink and notifier, [(events/s, seconds)], split): a sweep
+    of rates, rising, up to the issue's 1,000/s, to find the highest rate this machine sustains
+    within the target, with the default settings, with the worker's two sides in two processes
+    (``split``: ``--role adt`` and ``--role kpis``) and with a sink that writes each fetch as its
     own batch (``WARDSTREAM_SINK_LINGER_MS=0``)."""
     if quick:
-        return [("default", {}, [(50, 8), (1000, 3)])]
+        return [("default", {}, [(50, 8), (1000, 3)], False)]
     rates = [(50, 20), (200, 10), (400, 10), (600, 10), (800, 10), (1000, 10)]
-    return [("default", {}, rates), ("sink_linger0", SINK_LINGER0, rates)]
+    return [("default", {}, rates, False), ("split", {}, rates, True), ("sink_linger0", SINK_LINGER0, rates, False)]
 
 
 def sustained(out: dict[str, object], label: str) -> int | None:
@@ -184,9 +185,9 @@ def run(quick: bool = False) -> dict:
 
     out: dict[str, object] = {"warmup_days": warm_days, "warmup_events": n_warm,
                               "default_guarantee": default_guarantee()}
-    for label, env, phases in configs(quick):
+    for label, env, phases, split in configs(quick):
         try:
-            out.update(measure(label, env, phases, sim, items, n_warm, logs))
+            out.update(measure(label, env, phases, sim, items, n_warm, logs, split=split))
         except (RuntimeError, TimeoutError) as exc:
             out[f"{label}_failed"] = str(exc)[:160]
         out[f"{label}_highest_rate_with_webhook_p99_under_{TARGET_P99_MS}ms"] = sustained(out, label)
@@ -194,8 +195,9 @@ def run(quick: bool = False) -> dict:
 
 
 def measure(label: str, env: dict[str, str], phases: list[tuple[int, int]], sim: Simulation,
-            items: list, n_warm: int, logs: Path) -> dict[str, object]:
-    """One pipeline (worker, sink, notifier, each with ``env``): warm-up, then each paced phase."""
+            items: list, n_warm: int, logs: Path, split: bool = False) -> dict[str, object]:
+    """One pipeline (worker, sink, notifier, each with ``env``; ``split``: the worker's two sides
+    in two processes): warm-up, then each paced phase."""
     from stream.runner import StreamWorker
     from producers.kafka_sink import Sender
     from wardstream.config import settings
@@ -218,7 +220,8 @@ def measure(label: str, env: dict[str, str], phases: list[tuple[int, int]], sim:
         threading.Thread(target=hooks.serve_forever, daemon=True).start()
         conn = psycopg2.connect(url)
         try:
-            with StreamWorker(env=env, log_path=logs / f"{label}-worker.log", loglevel="warning") as worker, \
+            with StreamWorker(env=env, log_path=logs / f"{label}-worker.log", loglevel="warning",
+                              split=split) as worker, \
                     Service("sink", env=env, log=logs / f"{label}-sink.log") as sink, \
                     Service("notify", "--url", hooks.url, "--backoff", "0.05", env=env,
                             log=logs / f"{label}-notify.log") as notify:
@@ -234,8 +237,9 @@ def measure(label: str, env: dict[str, str], phases: list[tuple[int, int]], sim:
                     batch = items[pos:pos + int(rate * seconds)]
                     pos += len(batch)
                     since = datetime.fromisoformat(batch[0][3])
-                    cpu = CpuMeter({"worker": worker.proc.pid, "sink": sink.proc.pid, "notify": notify.proc.pid,
-                                    "kafka": LocalKafka().pid(), "bench": os.getpid()})
+                    kpis_side = {"worker_kpis": worker.kpis_proc.pid} if worker.kpis_proc else {}
+                    cpu = CpuMeter({"worker": worker.proc.pid, **kpis_side, "sink": sink.proc.pid,
+                                    "notify": notify.proc.pid, "kafka": LocalKafka().pid(), "bench": os.getpid()})
                     sent, achieved = paced_send(producer, t.adt, [b[:3] for b in batch], rate)
                     out[f"{label}_r{rate}_cores_used_while_sending"] = cpu.cores()
                     deadline = time.monotonic() + 600

@@ -40,9 +40,10 @@ workers' peak RSS (process tree, sampled every 0.25 s); the CPU each process too
 clocked span (cores = CPU seconds / wall seconds); the rows in PostgreSQL; and how long one
 ``SELECT count(*) FROM kpi_windows`` (the view computing every window from the partials) takes.
 
-Alone: ``python -m bench.bench_replay [--quick | --days N] [--workers 1 2] [--unsettled]``
+Alone: ``python -m bench.bench_replay [--quick | --days N] [--workers 1 2] [--unsettled] [--split]``
 (``--unsettled``: each worker count again with ``WARDSTREAM_KPI_SETTLE=0``, the KPI flushes that
-never settle); each run's figures also go to stderr as soon as they are measured.
+never settle; ``--split``: each worker as two processes, its ADT side and its KPI side); each
+run's figures also go to stderr as soon as they are measured.
 """
 
 from __future__ import annotations
@@ -74,11 +75,13 @@ TABLES = ("adt_events", "discharge_scores", "readmissions", "alerts", "kpi_parti
 
 def run(quick: bool = False, workers: tuple[int, ...] = (1, 2),
         brokers: Callable[[], dict[str, int | None]] | None = None, days: int | None = None,
-        unsettled: bool = False) -> dict:
+        unsettled: bool = False, split: bool = False) -> dict:
     """The figures of the module doc; ``brokers``: the broker processes to measure the CPU of, by
     name (default: the local broker's JVM); ``days``: another period than 365 (30 if ``quick``);
     ``unsettled``: after each worker count, the same again with ``WARDSTREAM_KPI_SETTLE=0``
-    (figures ``replay_<n>w_unsettled_*``: KPI flushes that never settle, stream/README.md)."""
+    (figures ``replay_<n>w_unsettled_*``: KPI flushes that never settle, stream/README.md);
+    ``split``: each worker as two processes, its ADT side and its KPI side (``replay_<n>w_split_*``,
+    stream/README.md "Roles")."""
     from consumers.replay import copy_into_namespace, plan_replay
 
     brokers = brokers or (lambda: {"kafka": kafka_pid()})
@@ -93,15 +96,19 @@ def run(quick: bool = False, workers: tuple[int, ...] = (1, 2),
                    simulate_to_kafka_s=round(produced.seconds, 1),
                    simulate_to_kafka_events_per_s=round(produced.events / produced.seconds))
         runs = [(n, label) for n in workers for label in ("", "unsettled_")[:2 if unsettled else 1]]
+        if split:
+            runs = [(n, "split_" + label) for n, label in runs]
         for n, label in runs:
-            with namespace(f"brdst{n}w") as dst, scoped_env(**({"WARDSTREAM_KPI_SETTLE": "0"} if label else {})):
+            unsettled_env = {"WARDSTREAM_KPI_SETTLE": "0"} if "unsettled" in label else {}
+            with namespace(f"brdst{n}w") as dst, scoped_env(**unsettled_env):
                 t0 = time.perf_counter()
                 copied = copy_into_namespace(plan_replay(src), dst)
                 copy_s = time.perf_counter() - t0
                 out.setdefault("replay_copy_s", round(copy_s, 1))
                 out.setdefault("replay_copy_events_per_s", round(copied.events / copy_s))
                 with fresh_db() as url:
-                    figures = replay(produced, url, n, logs, brokers(), timeout=LIMIT_S if days > 30 else QUICK_LIMIT_S)
+                    figures = replay(produced, url, n, logs, brokers(), timeout=LIMIT_S if days > 30 else QUICK_LIMIT_S,
+                                     split=split)
                     figures.update(traffic(dst, int(figures["applied_events"])))  # per event applied
                     figures.update(database(url))
             part = {f"replay_{n}w_{label}{k}": v for k, v in figures.items()}
@@ -111,7 +118,7 @@ def run(quick: bool = False, workers: tuple[int, ...] = (1, 2),
 
 
 def replay(produced: Produced, url: str, n: int, logs: Path, brokers: dict[str, int | None],
-           timeout: float) -> dict[str, object]:
+           timeout: float, split: bool = False) -> dict[str, object]:
     """``n`` workers + one sink from a cold start until every row is committed (module doc)."""
     from stream.runner import StreamWorker
 
@@ -119,16 +126,18 @@ def replay(produced: Produced, url: str, n: int, logs: Path, brokers: dict[str, 
     for p in [*(logs / f"{n}w-worker{i}.log" for i in range(n)), logs / f"{n}w-sink.log"]:
         p.unlink(missing_ok=True)
     ws = [StreamWorker(env={"WARDSTREAM_STATE_DIR": str(state / f"w{i}")},
-                       log_path=logs / f"{n}w-worker{i}.log", loglevel="warning") for i in range(n)]
+                       log_path=logs / f"{n}w-worker{i}.log", loglevel="warning", split=split) for i in range(n)]
     samplers: list[RssSampler] = []
     t0 = time.perf_counter()
     try:
         for w in ws:
             w.start()
-            samplers.append(RssSampler(w.proc.pid))
-            samplers[-1].start()
+            for proc in w.procs:
+                samplers.append(RssSampler(proc.pid))
+                samplers[-1].start()
         with Service("sink", log=logs / f"{n}w-sink.log") as sink:
             cpu = CpuMeter({**{f"worker{i}": w.proc.pid for i, w in enumerate(ws)},
+                            **{f"worker{i}_kpis": w.kpis_proc.pid for i, w in enumerate(ws) if w.kpis_proc},
                             "sink": sink.proc.pid, **brokers})
             seconds, marks = wait_in_postgres(ws, sink, t0, timeout)
             cores = cpu.cores()
@@ -293,6 +302,8 @@ if __name__ == "__main__":
     parser.add_argument("--days", type=int, help="simulated days (default 365, 30 with --quick)")
     parser.add_argument("--unsettled", action="store_true",
                         help="each worker count again with WARDSTREAM_KPI_SETTLE=0, in the same run")
+    parser.add_argument("--split", action="store_true",
+                        help="each worker as two processes: --role adt and --role kpis")
     args = parser.parse_args()
     print(json.dumps(run(quick=args.quick, workers=tuple(args.workers), days=args.days,
-                         unsettled=args.unsettled), indent=2))
+                         unsettled=args.unsettled, split=args.split), indent=2))

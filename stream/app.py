@@ -12,6 +12,11 @@ credentials, RocksDB caps), then :class:`Pipeline`, which declares every topic a
 * agent ``monitor_health`` (here): hospital.health-partials -> :mod:`stream.health_monitor`;
 * timer ``watch_partitions`` and the read-back of skipped messages: :mod:`stream.partition_watch`.
 
+A worker runs both sides by default; with ``WARDSTREAM_WORKER_ROLE`` (``wardstream worker
+--role``) ``adt`` it runs the ADT agents only and ``kpis`` the KPI and health agents only, as a
+Faust app of its own (stream/README.md "Roles"): the two sides then take a process, and a
+core, each. Each side declares only its own tables.
+
 Agent and timer names are ``stream.app.<function>`` wherever the function lives, so what Faust
 and the worker's logs know them by does not depend on the module layout.
 """
@@ -19,7 +24,8 @@ and the worker's logs know them by does not depend on the module layout.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from datetime import date
 from functools import partial
 from typing import Any
@@ -33,7 +39,7 @@ from stream import adt_flow, faust_patches, health_monitor
 from stream.continuity import Item
 from stream.faust_app import JSON, create_app, rocksdb_options
 from stream.faust_batch import JournalSends, ack, as_event, gathered, stopping, waiting
-from stream.kpi_agent import KpiAgent
+from stream.kpi_agent import KpiAgent, progress_header
 from stream.output_lanes import OutputLanes
 from stream.partition_watch import PartitionWatch, written_offset
 from stream.staged import Staged
@@ -65,27 +71,33 @@ class Pipeline:
         self.app = app
         self.settings = s
         self.tuning = s.stream
+        # what this worker runs (WARDSTREAM_WORKER_ROLE): the ADT side, the KPI side, or both
+        self.adt_side, self.kpi_side = s.stream.role != "kpis", s.stream.role != "adt"
         self._topics_and_tables()
         self.outputs = OutputLanes(app, s)
-        self.journal = JournalSends(app, self.partition_state)  # only the ADT flow's commit writes it
-        # the journaled tables' writes: in Kafka before the next batch's journal replaces this one's
-        self.state_sends = JournalSends(app, self.patients, self.due, self.models, self.health, self.kpi)
-        self._flow_lock = asyncio.Lock()  # one batch of the flow at a time (process_adt, process_merges)
-        # hospital.adt partition -> the latest day of the KPI records its batches sent from here
-        self._sent_days: dict[int, date] = {}
-        self.flow = adt_flow.AdtFlow(source_topic=self.topics.adt, patients=self.patients,
-                                     partitions=self.partition_state, due=self.due, models=self.models,
-                                     alert_share=s.alert_share_for, health=self.health, kpi=self.kpi)
-        self.health_state = Staged(self.health_days)
-        self.monitor = health_monitor.HealthMonitor(self.health_state)
-        self.kpis = KpiAgent(app, s, days=self.kpi_days, partials_topic=self.kpi_partials_topic,
-                             kpis_topic=self.topics.kpis, outputs=self.outputs, behind=self.behind,
-                             sent_days=lambda: self._sent_days)
-        self.watch = PartitionWatch(app, s, self.adt_topic, done={
-            self.topics.adt: written_offset(self.partition_state),
-            self.topics.adt_merges: written_offset(self.partition_state, "merge_offset"),
-            self.topics.kpi_partials: self.kpis.flushed_offset,
-            self.topics.reference: self.kpis.reference_offset})
+        done: dict[str, Callable[[int], int]] = {}  # per input topic, a partition's last offset done
+        if self.adt_side:
+            self.journal = JournalSends(app, self.partition_state)  # only the ADT flow's commit writes it
+            # the journaled tables' writes: in Kafka before the next batch's journal replaces this one's
+            self.state_sends = JournalSends(app, self.patients, self.due, self.models, self.health, self.kpi)
+            self._flow_lock = asyncio.Lock()  # one batch of the flow at a time (process_adt, process_merges)
+            # hospital.adt partition -> the latest day of the KPI records its batches sent from here
+            self._sent_days: dict[int, date] = {}
+            self.flow = adt_flow.AdtFlow(source_topic=self.topics.adt, patients=self.patients,
+                                         partitions=self.partition_state, due=self.due, models=self.models,
+                                         alert_share=s.alert_share_for, health=self.health, kpi=self.kpi)
+            done[self.topics.adt] = written_offset(self.partition_state)
+            done[self.topics.adt_merges] = written_offset(self.partition_state, "merge_offset")
+        if self.kpi_side:
+            self.health_state = Staged(self.health_days)
+            self.monitor = health_monitor.HealthMonitor(self.health_state)
+            # the ADT side's backlog: asked here when it runs beside, else from the partials' headers
+            progress = dict(behind=self.behind, sent_day=self._sent_day) if self.adt_side else {}
+            self.kpis = KpiAgent(app, s, days=self.kpi_days, partials_topic=self.kpi_partials_topic,
+                                 kpis_topic=self.topics.kpis, outputs=self.outputs, **progress)
+            done[self.topics.kpi_partials] = self.kpis.flushed_offset
+            done[self.topics.reference] = self.kpis.reference_offset
+        self.watch = PartitionWatch(app, s, self.adt_topic, done=done)
         self._register()
 
     def _topics_and_tables(self) -> None:
@@ -122,21 +134,23 @@ class Pipeline:
             return app.Table(name, default=None, partitions=partitions, schema=JSON, help=help,
                              options=dict(options))
 
-        self.patients = table("patients", "PatientState by patient_id")
-        self.partition_state = table("partition_state", "p{partition}: event-time watermark, last offset")
-        self.due = table("due", "p{partition}:{day}: patients with a pending discharge due that day")
-        self.models = table("models", "p{partition}: the partition's river model (bytes) and alert policy")
-        self.kpi = table("kpi", "k{partition}|{day}|{shard}: the ADT partition's KPI day buckets")
-        self.kpi_days = table("kpi_days", "d|{day}|{shard}: the latest KPI partial per dimension and "
-                                          "ADT partition; cap|{provider_id}: capacity")
-        self.health = table("health", "h{partition}|{facility}|{day}: health aggregates; "
-                                      "e{partition}|{facility}: error detector")
-        self.health_days = table("health_days", "d|{facility}|{day}|{adt partition}: the last "
-                                                "health-partials record; f|{facility}: its days")
+        if self.adt_side:  # each side's tables only in the app that runs it
+            self.patients = table("patients", "PatientState by patient_id")
+            self.partition_state = table("partition_state", "p{partition}: event-time watermark, last offset")
+            self.due = table("due", "p{partition}:{day}: patients with a pending discharge due that day")
+            self.models = table("models", "p{partition}: the partition's river model (bytes) and alert policy")
+            self.kpi = table("kpi", "k{partition}|{day}|{shard}: the ADT partition's KPI day buckets")
+            self.health = table("health", "h{partition}|{facility}|{day}: health aggregates; "
+                                          "e{partition}|{facility}: error detector")
+        if self.kpi_side:
+            self.kpi_days = table("kpi_days", "d|{day}|{shard}: the latest KPI partial per dimension and "
+                                              "ADT partition; cap|{provider_id}: capacity")
+            self.health_days = table("health_days", "d|{facility}|{day}|{adt partition}: the last "
+                                                    "health-partials record; f|{facility}: its days")
 
     def _register(self) -> None:
-        """Every agent, timer and signal handler of the worker."""
-        app, kpis = self.app, self.kpis
+        """Every agent, timer and signal handler of the worker (of the sides it runs)."""
+        app = self.app
         app.timer(interval=5.0, name="stream.app.watch_partitions")(self.watch.watch_partitions)
         app.on_before_shutdown.connect(self._close_outputs)
         # An agent that raises stops the worker (its supervisor starts a new one from the
@@ -145,21 +159,31 @@ class Pipeline:
         # the group drops the worker, which then still writes changelogs for partitions it no
         # longer owns (a chaos soak run lost KPI state that way).
         agent = partial(app.agent, concurrency=1, supervisor_strategy=mode.CrashingSupervisor)
-        agent(self.adt_topic, name="stream.app.process_adt")(self.process_adt)
-        agent(self.merges_topic, name="stream.app.process_merges")(self.process_merges)
-        agent(self.kpi_partials_topic, name="stream.app.combine_kpis")(kpis.combine_kpis)
-        agent(self.reference_topic, name="stream.app.load_reference")(kpis.load_reference)
-        agent(self.health_partials_topic, name="stream.app.monitor_health")(self.monitor_health)
-        app.timer(interval=self.tuning.kpi_flush_seconds, name="stream.app.flush_kpis")(kpis.flush_kpis)
+        if self.adt_side:
+            agent(self.adt_topic, name="stream.app.process_adt")(self.process_adt)
+            agent(self.merges_topic, name="stream.app.process_merges")(self.process_merges)
+        if self.kpi_side:
+            kpis = self.kpis
+            agent(self.kpi_partials_topic, name="stream.app.combine_kpis")(kpis.combine_kpis)
+            agent(self.reference_topic, name="stream.app.load_reference")(kpis.load_reference)
+            agent(self.health_partials_topic, name="stream.app.monitor_health")(self.monitor_health)
+            app.timer(interval=self.tuning.kpi_flush_seconds, name="stream.app.flush_kpis")(kpis.flush_kpis)
         app.on_partitions_assigned.connect(self._on_assigned)
 
-    def behind(self) -> bool:
+    def behind(self, taken_now: Mapping[int, int] | None = None) -> bool:
         """Whether more than a batch of hospital.adt messages waits past the flow's state on this
-        worker's partitions, by the log ends its fetches last saw (then KPI flushes settle)."""
+        worker's partitions, by the log ends its fetches last saw (then KPI flushes settle);
+        ``taken_now``: the last offset per partition of a batch not yet in the state."""
         def taken(partition: int) -> int:
+            if taken_now and partition in taken_now:
+                return taken_now[partition]
             return adt_flow.taken_offset(self.partition_state.get(adt_flow.partition_key(partition)))
 
         return sum(waiting(self.app, self.topics.adt, taken).values()) > self.tuning.adt_batch
+
+    def _sent_day(self) -> date | None:
+        """The latest day of the KPI records this worker's ADT side sent."""
+        return max(self._sent_days.values(), default=None)
 
     def _waiting_past(self, held: list[EventT]) -> int:
         """The hospital.adt messages past the last of ``held`` on each of their partitions."""
@@ -170,16 +194,19 @@ class Pipeline:
 
     async def _on_assigned(self, app: faust.App, assigned: Any, **kwargs: Any) -> None:
         # The tables are the truth after a rebalance: drop in-memory copies.
-        self.flow.forget_cache()
-        self._sent_days.clear()
-        self.kpis.on_assigned()
-        self.monitor.forget()
+        if self.adt_side:
+            self.flow.forget_cache()
+            self._sent_days.clear()
+        if self.kpi_side:
+            self.kpis.on_assigned()
+            self.monitor.forget()
         self.watch.forget()
 
     async def _close_outputs(self, app: faust.App, **kwargs: Any) -> None:
         self.watch.close()
         self.outputs.close()
-        self.kpis.close()
+        if self.kpi_side:
+            self.kpis.close()
 
     # -- agents ------------------------------------------------------------------------------
 
@@ -261,8 +288,9 @@ class Pipeline:
                 with as_event(item.context):
                     outputs = process(item)
                 await send(outputs)  # scores, alerts, labels, accepted events, merge hops, dead letters
-            await send(flow.partials(n))  # a dimension's (a facility's) records to one partition
             sent_days = flow.kpi_tally.staged_days()
+            # a dimension's (a facility's) records to one partition, with this side's progress
+            await send(self._with_progress(flow.partials(n), taken, sent_days))
             await batch.acked()  # every output acknowledged (raises if one failed)
             await self.state_sends.acked()  # the previous batch's state, before its journal is replaced
             self.state_sends.clear()
@@ -288,6 +316,18 @@ class Pipeline:
         for partition, day in sent_days.items():
             self._sent_days[partition] = max(day, self._sent_days.get(partition, day))
         return last
+
+    def _with_progress(self, outputs: list[adt_flow.Output], taken: list[Item],
+                       staged_days: dict[int, date]) -> list[adt_flow.Output]:
+        """The KPI partials among ``outputs`` with the ADT side's progress after the batch that
+        ``taken`` is as a header, for a KPI side that runs in another process
+        (:class:`stream.kpi_agent.AdtProgress`)."""
+        adt = self.topics.adt
+        taken_now = {item.partition: item.offset for item in taken if item.context.message.topic == adt}
+        header = progress_header(self.behind(taken_now),
+                                 max([*self._sent_days.values(), *staged_days.values()], default=None))
+        return [replace(out, headers=(*out.headers, header)) if out.topic == adt_flow.KPI_PARTIALS else out
+                for out in outputs]
 
     async def monitor_health(self, stream: faust.StreamT) -> None:
         """hospital.health-partials -> hospital.model-health (stream/health_monitor.py): a batch's

@@ -14,8 +14,10 @@ from wardstream.config import ConfigError, Settings, load_settings
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 GUARANTEES = ("at_least_once", "exactly_once")
+ROLES = ("all", "adt", "kpis")
 LogLevel = Enum("LogLevel", {v: v for v in LOG_LEVELS}, type=str)  # type: ignore[misc]
 Guarantee = Enum("Guarantee", {v: v for v in GUARANTEES}, type=str)  # type: ignore[misc]
+Role = Enum("Role", {v: v for v in ROLES}, type=str)  # type: ignore[misc]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,12 @@ def register(app: typer.Typer) -> None:
                  "at_least_once). Outputs are effectively-once either way (ids derive from input "
                  "ids, state skips re-delivered offsets); exactly_once on Faust 0.15.3 loses "
                  "outputs on a SIGTERM stop (stream/README.md)."),
+        role: Role | None = typer.Option(
+            None, "--role", case_sensitive=False,
+            help="What this worker runs: 'all' (default: WARDSTREAM_WORKER_ROLE, else all), 'adt' "
+                 "(hospital.adt -> scores, alerts, labels, partials) or 'kpis' (partials -> "
+                 "hospital.kpis, hospital.model-health; app and group '{namespace}wardstream-kpis'). "
+                 "Run one 'adt' and one 'kpis' worker to give each side a process of its own."),
         flush_seconds: float | None = typer.Option(
             None, "--kpi-flush-seconds", min=0.1,
             help="How often changed KPI windows are emitted (wall clock; values never depend on "
@@ -48,7 +56,8 @@ def register(app: typer.Typer) -> None:
         """Consume hospital.adt and produce scores, alerts, labels, KPIs and the DLQ.
 
         Creates the topics when missing, then runs one Faust worker (app id and consumer group
-        '{namespace}wardstream-stream', state under WARDSTREAM_STATE_DIR/faust). Stop it with
+        '{namespace}wardstream-stream', '{namespace}wardstream-kpis' for the role kpis; state under
+        WARDSTREAM_STATE_DIR/faust). Stop it with
         Ctrl-C / SIGTERM: a restarted worker resumes from its changelogged state, the online
         models included. Logs carry ids only.
         """
@@ -57,6 +66,7 @@ def register(app: typer.Typer) -> None:
             "topic_namespace": s.topic_namespace if namespace is None else namespace,
             "stream": s.stream.model_copy(update={
                 "processing_guarantee": guarantee.value if guarantee else s.stream.processing_guarantee,
+                "role": role.value if role else s.stream.role,
                 "kpi_flush_seconds": flush_seconds or s.stream.kpi_flush_seconds,
             }),
         })
@@ -75,7 +85,8 @@ def run_worker(s: Settings, loglevel: str = "info", log_file: str | None = None)
     app = create_worker(s)
     changelogs = changelog_topics(app)
     ensure_topics([*topic_specs(s), *changelogs], s=s, extra=changelogs)
-    _worker_class(log_file)(app, loglevel=loglevel).execute_from_commandline()
+    name = "worker-kpis" if s.stream.role == "kpis" else "worker"  # the default log file's name
+    _worker_class(log_file, name)(app, loglevel=loglevel).execute_from_commandline()
 
 
 GC_THRESHOLDS = (20_000, 10, 10)  # allocations between young collections (Python's default: 700)
@@ -100,7 +111,7 @@ def tune_gc() -> None:
              gc.get_freeze_count())
 
 
-def _worker_class(log_file: str | None) -> type:
+def _worker_class(log_file: str | None, log_name: str = "worker") -> type:
     import faust
 
     from wardstream.logs import ConsoleFilter, log_file as default_log_file
@@ -121,7 +132,7 @@ def _worker_class(log_file: str | None) -> type:
             super()._setup_logging()
             level = getattr(logging, str(self.loglevel).upper(), logging.INFO)
             if log_file != "-":
-                path = default_log_file("worker") if log_file is None else Path(log_file)
+                path = default_log_file(log_name) if log_file is None else Path(log_file)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 root = logging.getLogger()
                 for handler in root.handlers:  # Faust's console handlers

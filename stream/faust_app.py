@@ -1,6 +1,7 @@
 """The bare ``faust.App`` from :class:`wardstream.config.Settings` (no topics, tables or agents).
 
-* the app id and consumer group are ``{namespace}wardstream-stream``, so a replay into a fresh
+* the app id and consumer group are ``{namespace}wardstream-stream`` (``-kpis`` for a worker
+  that runs the KPI side apart: :func:`app_id`), so a replay into a fresh
   namespace (``WARDSTREAM_NAMESPACE=replay-1.``) starts from empty state with its own group,
   changelog topics (``{app id}-{table}-changelog``) and local RocksDB directory;
 * the processing guarantee is ``at_least_once`` by default: the outputs are made effectively-once
@@ -24,9 +25,11 @@ from wardstream.config import Settings, StreamSettings
 JSON = faust.Schema(key_type=str, key_serializer="json", value_serializer="json")
 
 
-def app_id(namespace: str) -> str:
-    """Faust app id = consumer group id, derived from the topic namespace."""
-    return f"{namespace}wardstream-stream"
+def app_id(namespace: str, role: str = "all") -> str:
+    """Faust app id = consumer group id, derived from the topic namespace and the worker's role:
+    the KPI side run apart (role ``kpis``) is an app of its own, with its own group and tables'
+    changelogs; the ADT side (``adt``) keeps the group of a worker that runs both (``all``)."""
+    return f"{namespace}wardstream-{'kpis' if role == 'kpis' else 'stream'}"
 
 
 def broker_credentials(s: Settings) -> Any:
@@ -69,10 +72,10 @@ def create_app(s: Settings) -> faust.App:
     """The bare ``faust.App`` (no topics, tables or agents); creates its state directory."""
     ns = s.topic_namespace
     port = s.stream.web_port
-    datadir = s.state_dir / "faust" / app_id(ns)
+    datadir = s.state_dir / "faust" / app_id(ns, s.stream.role)
     datadir.mkdir(parents=True, exist_ok=True)
     return faust.App(
-        app_id(ns),
+        app_id(ns, s.stream.role),
         broker=[f"kafka://{h.strip()}" for h in s.kafka.bootstrap_servers.split(",") if h.strip()],
         broker_credentials=broker_credentials(s),
         # rocksdb:// uses the rocksdict driver here (python-rocksdb is not installed).

@@ -12,18 +12,22 @@ every message taken is acknowledged, so the timer flushes at once when the agent
 then. While the worker's ADT side or its combiner reads a backlog (a replay, a catch-up),
 flushes settle: a window's KPI waits until it can no longer change in event time
 (``KpiCombiner.flush_batches``), and the records behind what waits are acknowledged once it has
-gone out. Wiring in :class:`stream.app.Pipeline`; the flush's timing is stream/README.md's "KPI
-flushes" and "Settling flushes in a backlog".
+gone out. Whether the ADT side has a backlog comes from that side when it runs in the same
+worker, else from the partials' ``wardstream-adt`` header (:class:`AdtProgress`). Wiring in
+:class:`stream.app.Pipeline`; the flush's timing is stream/README.md's "KPI flushes" and
+"Settling flushes in a backlog".
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import date
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import faust
 from faust.exceptions import NotReady, ProducerSendError
@@ -53,24 +57,79 @@ FLUSH_YIELD_EVERY = 100  # KPI messages sent between two yields to the event loo
 FLUSH_SLICE_S = 0.01
 
 
+ADT_HEADER = "wardstream-adt"  # on each hospital.kpi-partials bundle: b"{sender}|{behind 0/1}|{day}"
+SENDER = f"{socket.gethostname()}:{os.getpid()}"  # this process, as the ADT side that sends
+SENDER_EXPIRY_S = 30.0  # a sender heard from no longer for this long (gone) has no backlog
+
+
+def progress_header(behind: bool, day: date | None) -> tuple[str, bytes]:
+    """The ``wardstream-adt`` header of the partials a batch of this process's ADT side sends:
+    whether that side has a backlog, and the latest day of the KPI records it has sent.
+
+    >>> progress_header(True, date(2025, 3, 4))[1].split(b"|")[1:]
+    [b'1', b'2025-03-04']
+    """
+    return ADT_HEADER, f"{SENDER}|{int(behind)}|{day.isoformat() if day else ''}".encode()
+
+
+class AdtProgress:
+    """The ADT side's progress as the partials' ``wardstream-adt`` headers report it, for a KPI
+    side that runs in a process of its own (role ``kpis``): behind while any sender's latest
+    header said so (a sender silent for ``SENDER_EXPIRY_S`` is left out: gone, or idle, and an
+    idle side has no backlog), and the latest day any sender reported.
+
+    >>> p = AdtProgress(clock=lambda: 0.0)
+    >>> p.saw([progress_header(True, date(2025, 3, 4))]); p.behind(), p.sent_day()
+    (True, datetime.date(2025, 3, 4))
+    >>> p.saw({ADT_HEADER: progress_header(False, None)[1]}); p.behind(), p.sent_day()
+    (False, datetime.date(2025, 3, 4))
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._senders: dict[bytes, tuple[bool, float]] = {}  # sender -> (behind, when heard)
+        self._day: date | None = None
+
+    def saw(self, headers: Mapping[str, bytes] | Iterable[tuple[str, bytes]] | None) -> None:
+        """Take a partials message's headers (Faust gives a mapping or ``(key, value)`` pairs)."""
+        pairs: Any = headers.items() if isinstance(headers, Mapping) else headers or ()
+        for key, value in pairs:
+            if key != ADT_HEADER or not value:
+                continue
+            sender, flag, day = value.split(b"|")
+            self._senders[sender] = (flag == b"1", self._clock())
+            if day:
+                d = date.fromisoformat(day.decode())
+                self._day = d if self._day is None else max(d, self._day)
+
+    def behind(self) -> bool:
+        now = self._clock()
+        return any(flag and now - heard < SENDER_EXPIRY_S for flag, heard in self._senders.values())
+
+    def sent_day(self) -> date | None:
+        return self._day
+
+
 class KpiAgent:
     """The combiner, its staged table ``kpi_days``, and the records it holds until a flush.
 
-    ``behind`` says whether the worker's ADT side has a backlog, ``sent_days`` the latest day of
-    the KPI records it sent per ADT partition (then flushes settle: :meth:`_settling`).
+    ``behind`` says whether the ADT side has a backlog, ``sent_day`` the latest day of the KPI
+    records it sent (then flushes settle: :meth:`_settling`): given by the worker when it runs
+    the ADT side too, else read from the partials' headers (:class:`AdtProgress`).
     """
 
     def __init__(self, app: faust.App, s: Settings, *, days: faust.Table, partials_topic: faust.TopicT,
-                 kpis_topic: str, outputs: OutputLanes, behind: Callable[[], bool] = lambda: False,
-                 sent_days: Callable[[], Mapping[int, date]] = dict) -> None:
+                 kpis_topic: str, outputs: OutputLanes, behind: Callable[[], bool] | None = None,
+                 sent_day: Callable[[], date | None] | None = None) -> None:
         self.app = app
         self.settings = s
         self.tuning = s.stream
         self.partials_topic = partials_topic
         self.kpis_topic = kpis_topic
         self.outputs = outputs
-        self.behind = behind
-        self.sent_days = sent_days
+        self.progress = AdtProgress() if behind is None or sent_day is None else None
+        self.behind = behind or self.progress.behind  # type: ignore[union-attr]
+        self.sent_day = sent_day or self.progress.sent_day  # type: ignore[union-attr]
         self.state = Staged(days)
         self.combiner = KpiCombiner(days=self.state, ready=lambda: app.tables.recovery.completed.is_set())
         # the records applied since the last flush began: acknowledged (so Kafka may commit them)
@@ -99,6 +158,9 @@ class KpiAgent:
         self._stream = stream
         async for events in stream.noack_take(self.tuning.adt_batch, within=self.tuning.kpi_batch_within):
             last = {event.message.partition: event for event in events}
+            if self.progress is not None:
+                for event in events:
+                    self.progress.saw(event.headers)
             taken = await self._partials_line.take(events)
             try:
                 for item in taken:
@@ -173,7 +235,7 @@ class KpiAgent:
         bursts up to seconds apart: after a flush interval with no record put, the last answer
         stands while partials wait (else that flush would send all that was held)."""
         if self.combiner.put_since_flush:
-            self._lag = self.combiner.lagging(max(self.sent_days().values(), default=None))
+            self._lag = self.combiner.lagging(self.sent_day())
         elif self._lag:
             self._lag = self._partials_waiting()
         return self._lag

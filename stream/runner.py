@@ -10,10 +10,13 @@ For tests, ``make demo`` and replays::
     # leaving the block sends SIGTERM and waits for a clean stop
 
 The namespace, broker and state directory come from the environment (``WARDSTREAM_NAMESPACE``
-etc., inherited by the subprocess; pass ``env=`` to override). "Caught up" means:
+etc., inherited by the subprocess; pass ``env=`` to override). ``StreamWorker(split=True)`` runs
+the two sides as two processes (``--role adt`` and ``--role kpis``, stream/README.md "Roles").
+"Caught up" means:
 
 1. the worker's consumer group (``{namespace}wardstream-stream``) has committed every
-   ``hospital.adt`` and ``hospital.adt-merges`` offset and every data offset of ``hospital.kpi-partials`` (the KPI
+   ``hospital.adt`` and ``hospital.adt-merges`` offset, and the KPI side's (the same group, or
+   ``{namespace}wardstream-kpis`` when split) every data offset of ``hospital.kpi-partials`` (the KPI
    combiner acknowledges a partial only once a flush of its windows is in Kafka, so its
    committed offset says the windows are out: progress travels through Kafka, not a file);
 2. then nothing moved (end offsets of every output topic, the group's commits) for ``settle``
@@ -30,6 +33,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from kafka import TopicPartition
 from kafka.errors import KafkaError
@@ -39,9 +43,9 @@ from wardstream.config import REPO_ROOT
 from wardstream.kafka_io import BrokerUnavailable, admin_client, end_offsets_of, group_offsets, make_consumer
 
 
-def group_id(namespace: str) -> str:
+def group_id(namespace: str, role: str = "all") -> str:
     """The worker's consumer group (= Faust app id); mirrors ``stream.faust_app.app_id``."""
-    return f"{namespace}wardstream-stream"
+    return f"{namespace}wardstream-{'kpis' if role == 'kpis' else 'stream'}"
 
 
 class WorkerDied(RuntimeError):
@@ -49,11 +53,12 @@ class WorkerDied(RuntimeError):
 
 
 class StreamWorker:
-    """One ``wardstream worker`` subprocess; a context manager that stops it with SIGTERM."""
+    """One ``wardstream worker`` subprocess, or two with ``split`` (the ADT side, :attr:`proc`,
+    and the KPI side, :attr:`kpis_proc`); a context manager that stops it with SIGTERM."""
 
     def __init__(self, env: Mapping[str, str] | None = None, log_path: Path | str | None = None,
                  loglevel: str = "info", flush_seconds: float | None = None,
-                 cwd: Path | str | None = None) -> None:
+                 cwd: Path | str | None = None, split: bool = False) -> None:
         self.env = {**os.environ, **(env or {})}
         # the code of the checkout that starts it, whatever the working directory (``cwd``)
         self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), self.env.get("PYTHONPATH")]))
@@ -64,39 +69,61 @@ class StreamWorker:
         self.namespace = self.env.get("WARDSTREAM_NAMESPACE", "")
         self.log_path = Path(log_path) if log_path else None
         self.loglevel = loglevel
+        self.split = split
         self.proc: subprocess.Popen[bytes] | None = None
-        self._log = None
+        self.kpis_proc: subprocess.Popen[bytes] | None = None
+        self._logs: list[Any] = []
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> "StreamWorker":
-        # everything on the worker's console, which this runner writes to its own log file
-        cmd = [sys.executable, "-m", "stream.cli", "-l", self.loglevel, "--log-file", "-"]
-        out = subprocess.DEVNULL
-        if self.log_path:
-            self._log = open(self.log_path, "ab")
-            out = self._log
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=self.cwd)
+        self.proc = self._start("adt" if self.split else "all", self.log_path)
+        if self.split:
+            kpis_log = self.log_path and self.log_path.with_name(f"{self.log_path.stem}-kpis{self.log_path.suffix}")
+            self.kpis_proc = self._start("kpis", kpis_log)
         return self
 
+    def _start(self, role: str, log_path: Path | None) -> subprocess.Popen[bytes]:
+        # everything on the worker's console, which this runner writes to its own log file
+        cmd = [sys.executable, "-m", "stream.cli", "-l", self.loglevel, "--log-file", "-", "--role", role]
+        out: Any = subprocess.DEVNULL
+        if log_path:
+            out = open(log_path, "ab")
+            self._logs.append(out)
+        return subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=self.cwd)
+
+    @property
+    def procs(self) -> list[subprocess.Popen[bytes]]:
+        return [p for p in (self.proc, self.kpis_proc) if p is not None]
+
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return bool(self.procs) and all(p.poll() is None for p in self.procs)
 
     def stop(self, timeout: float = 60) -> int | None:
-        """SIGTERM (Faust stops cleanly: flushes, commits), then SIGKILL after ``timeout``."""
+        """SIGTERM (Faust stops cleanly: flushes, commits), then SIGKILL after ``timeout``;
+        the ADT side's exit code (of a split worker, the first non-zero one)."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+        running = [p for p in self.procs if p.poll() is None]
+        for p in running:
+            p.send_signal(signal.SIGTERM)
+        for p in running:
             try:
-                self.proc.wait(timeout)
+                p.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        if self._log:
-            self._log.close()
-            self._log = None
-        return self.proc.returncode
+                p.kill()
+                p.wait(10)
+        for f in self._logs:
+            f.close()
+        self._logs.clear()
+        return next((p.returncode for p in self.procs if p.returncode), self.proc.returncode)
+
+    def committed(self) -> dict[TopicPartition, int]:
+        """The committed offsets of the worker's groups (both sides' when split)."""
+        committed = committed_offsets(group_id(self.namespace))
+        if self.split:
+            committed.update(committed_offsets(group_id(self.namespace, "kpis")))
+        return committed
 
     def __enter__(self) -> "StreamWorker":
         return self.start()
@@ -111,7 +138,7 @@ class StreamWorker:
         """Messages of hospital.adt and hospital.adt-merges not yet committed by the worker
         (``adt_lag``), etc."""
         topics = Topics(self.namespace)
-        committed = committed_offsets(group_id(self.namespace))
+        committed = self.committed()
         ends = end_offsets([topics.adt, topics.adt_merges])  # merges: their later hops
         adt_lag = sum(max(0, end - committed.get(tp, 0)) for tp, end in ends.items())
         ends = {tp: end for tp, end in ends.items() if tp.topic == topics.adt}
@@ -146,7 +173,7 @@ class StreamWorker:
         last_snapshot: object = None
         while True:
             if not self.alive():
-                raise WorkerDied(f"worker exited with {self.proc and self.proc.returncode}; "
+                raise WorkerDied(f"worker exited with {[p.returncode for p in self.procs]}; "
                                  f"log: {self.log_path}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"worker not caught up after {timeout}s (log: {self.log_path})")

@@ -32,6 +32,7 @@ class Message:
     offset: int
     key: bytes | None
     value: bytes | None
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 def read_all(topic: str, timeout_ms: int = 5000) -> list[Message]:
@@ -48,7 +49,8 @@ def read_all(topic: str, timeout_ms: int = 5000) -> list[Message]:
             batch = consumer.poll(timeout_ms=200, max_records=5000)
             idle = 0 if batch else idle + 1
             for tp, records in batch.items():
-                out.extend(Message(topic, tp.partition, r.offset, r.key, r.value) for r in records)
+                out.extend(Message(topic, tp.partition, r.offset, r.key, r.value, list(r.headers or ()))
+                           for r in records)
         return sorted(out, key=lambda m: (m.partition, m.offset))
     finally:
         consumer.close()

@@ -187,6 +187,30 @@ def test_create_worker_builds_and_registers_everything(tmp_path: Path) -> None:
     assert (tmp_path / "faust" / "cfg.wardstream-stream").is_dir()
 
 
+@pytest.mark.parametrize("role", ["adt", "kpis"])
+def test_a_worker_of_one_role_registers_that_side_only(tmp_path: Path, role: str) -> None:
+    """``--role adt``: the ADT agents and tables under the group of a worker running both;
+    ``--role kpis``: the KPI and health agents and tables, an app and group of their own."""
+    code = (
+        "import json\n"
+        "from stream.app import create_worker\n"
+        "from wardstream.config import load_settings\n"
+        "app = create_worker(load_settings())\n"
+        "print(json.dumps([app.conf.id, sorted(a.rsplit('.', 1)[1] for a in app.agents), sorted(app.tables)]))\n"
+    )
+    done = _python(code, WARDSTREAM_NAMESPACE="cfg.", WARDSTREAM_STATE_DIR=str(tmp_path),
+                   WARDSTREAM_WORKER_ROLE=role, KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1")
+    assert done.returncode == 0, done.stderr
+    app_id, agents, tables = json.loads(done.stdout)
+    if role == "adt":
+        assert (app_id, agents) == ("cfg.wardstream-stream", ["process_adt", "process_merges"])
+        assert tables == ["due", "health", "kpi", "models", "partition_state", "patients"]
+    else:
+        assert (app_id, agents) == ("cfg.wardstream-kpis", ["combine_kpis", "load_reference", "monitor_health"])
+        assert tables == ["health_days", "kpi_days"]
+    assert (tmp_path / "faust" / app_id).is_dir()
+
+
 def test_the_worker_refuses_a_bad_setting_before_any_connection() -> None:
     """``python -m stream.cli`` (the worker alone, what stream.runner starts): one line, exit 2,
     no broker contacted (the broker address is unreachable; the refusal comes at once)."""

@@ -20,7 +20,7 @@ import zstandard
 from producers.simulator import SimConfig
 from stream.adt_flow import ACCEPTED, DLQ, LABELS, SCORES, AdtFlow
 from contracts.events import DeadLetter
-from stream.kpi_agent import HeldRecords, KpiAgent
+from stream.kpi_agent import ADT_HEADER, SENDER_EXPIRY_S, AdtProgress, HeldRecords, KpiAgent, progress_header
 from stream.kpi_combiner import KpiCombiner
 from stream.kpi_tally import capacity_partial
 from flow_inputs import Message, flow_tables, partitioned_messages
@@ -459,7 +459,7 @@ def test_a_flush_interval_with_no_partial_keeps_the_lagging_answer_while_partial
     last one keeps the agent's last answer while partials wait on its input (else it would send
     everything held), and goes live once none wait."""
     agent = KpiAgent.__new__(KpiAgent)  # the decision only: no app
-    agent.combiner, agent.sent_days, agent._lag = KpiCombiner(days={}), dict, False
+    agent.combiner, agent.sent_day, agent._lag = KpiCombiner(days={}), lambda: None, False
     waits = True
     agent._partials_waiting = lambda: waits
     routed = _routed(messages)
@@ -634,3 +634,24 @@ def test_kpi_messages_do_not_depend_on_send_order_or_flush_timing() -> None:
         if v["dimension"] == "department":
             spanning.add((v["dimension_id"], v["facility_id"]))
     assert len({f for _, f in spanning}) == 2  # departments are labelled with either hospital
+
+
+def test_a_kpi_side_apart_learns_the_adt_sides_backlog_from_the_partials_headers() -> None:
+    """A KPI side in its own process (role ``kpis``) is behind while any ADT side's latest
+    header says so; a sender silent for SENDER_EXPIRY_S (gone) no longer counts, the latest day
+    any sender reported stays, and other headers are ignored."""
+    now = [0.0]
+    progress = AdtProgress(clock=lambda: now[0])
+    assert not progress.behind() and progress.sent_day() is None
+    progress.saw([(ADT_HEADER, b"host-a:1|1|2025-01-05")])
+    progress.saw({ADT_HEADER: b"host-b:2|0|2025-01-03", "other": b"x"})
+    assert progress.behind() and progress.sent_day() == date(2025, 1, 5)
+    progress.saw([(ADT_HEADER, b"host-a:1|0|2025-01-06")])  # its backlog done
+    assert not progress.behind() and progress.sent_day() == date(2025, 1, 6)
+    progress.saw([(ADT_HEADER, b"host-b:2|1|")])
+    now[0] = SENDER_EXPIRY_S - 1
+    assert progress.behind()
+    now[0] = SENDER_EXPIRY_S + 1  # host-b silent since: gone
+    assert not progress.behind() and progress.sent_day() == date(2025, 1, 6)
+    progress.saw(None)  # a message read back from Kafka carries none here
+    assert progress_header(False, None)[0] == ADT_HEADER

@@ -86,6 +86,10 @@ class StreamSettings(BaseSettings):
 
     processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
         "at_least_once", validation_alias=AliasChoices("WARDSTREAM_PROCESSING_GUARANTEE"))
+    # what one worker process runs (stream/README.md "Roles"): both sides, the ADT side only
+    # (hospital.adt -> outputs, partials), or the KPI side only (partials -> hospital.kpis,
+    # hospital.model-health), each side then its own Faust app, group and process
+    role: Literal["all", "adt", "kpis"] = Field("all", validation_alias=AliasChoices("WARDSTREAM_WORKER_ROLE"))
     # how often changed KPI windows are emitted (wall clock decides only when, never a value)
     kpi_flush_seconds: float = _seconds("KPI_FLUSH_SECONDS", 2.0)
     # Faust's web view, off unless a port is given
