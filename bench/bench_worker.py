@@ -56,10 +56,10 @@ def drain(produced_events: int, logs: Path, label: str, env: dict[str, str], tim
         def start(self) -> "Worker":
             if cwd is None and cmd is None:
                 return super().start()
-            self._log = open(self.log_path, "ab")
+            log = open(self.log_path, "ab")
+            self._logs.append(log)  # closed by stop()
             argv = list(cmd or [sys.executable, "-m", "stream.cli", "-l", self.loglevel, "--log-file", "-"])
-            self.proc = subprocess.Popen(argv, env=self.env, cwd=cwd, stdout=self._log,
-                                         stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(argv, env=self.env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
             return self
 
     t0 = time.perf_counter()
